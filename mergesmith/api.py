@@ -1,0 +1,115 @@
+"""The library's front door: plan a recipe, run a merge. The CLI is a thin layer over this."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+from mergesmith.config.load import load_recipe, parse_recipe
+from mergesmith.config.schema import Recipe
+from mergesmith.execute.runner import execute, slots
+from mergesmith.io.resolve import close_models, open_models
+from mergesmith.io.writer import ShardedWriter, parse_size
+from mergesmith.output.card import model_card
+from mergesmith.output.config import output_config
+from mergesmith.output.directory import check_target, staged_directory
+from mergesmith.output.tokenizer import (
+    copy_generation_config, copy_tokenizer, resolve_chat_template, write_chat_template,
+)
+from mergesmith.plan.jobs import Plan
+from mergesmith.plan.planner import build_plan
+
+DEFAULT_SHARD_SIZE = "5GB"
+
+
+@dataclass(frozen=True)
+class RecipeSource:
+    recipe: Recipe
+    text: str            # the YAML as the user wrote it, kept for the card
+    name: str            # file name or "<recipe>", for messages
+    base_dir: Optional[Path]
+
+
+def read_recipe(recipe: Union[str, Path, Recipe, dict]) -> RecipeSource:
+    if isinstance(recipe, Recipe):
+        text = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        return RecipeSource(recipe, text, "<recipe>", None)
+    if isinstance(recipe, dict):
+        return RecipeSource(parse_recipe(recipe), yaml.safe_dump(recipe, sort_keys=False), "<recipe>", None)
+    parsed = load_recipe(recipe)
+    path = Path(recipe) if isinstance(recipe, Path) or "\n" not in str(recipe) else None
+    if path is None:
+        return RecipeSource(parsed, str(recipe), "<recipe>", None)
+    return RecipeSource(parsed, path.read_text(encoding="utf-8"), str(path), path.parent.resolve())
+
+
+def _model_keys(recipe: Recipe) -> list[str]:
+    keys = list(recipe.referenced_models())
+    choice = recipe.tokenizer_choice
+    if choice not in (None, "base", "union") and choice not in keys:
+        keys.append(choice)
+    return keys
+
+
+def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
+    """What a merge would do, tensor by tensor; reads only headers and configs."""
+    src = read_recipe(recipe)
+    models = open_models(_model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    try:
+        return build_plan(src.recipe, models, source=src.name, seed=seed)
+    finally:
+        close_models(models)
+
+
+def merge(
+    recipe, out: Union[str, Path], *, force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE,
+    seed: int = 0, allow_pickle: bool = False, progress: bool = False,
+) -> Plan:
+    """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically."""
+    src = read_recipe(recipe)
+    out = Path(out)
+    check_target(out, force)
+    size = parse_size(shard_size)
+    models = open_models(_model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    try:
+        the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
+        template = None
+        if src.recipe.chat_template:
+            template = resolve_chat_template(src.recipe.chat_template, models, src.name)
+        with staged_directory(out, force) as staging:
+            writer = ShardedWriter(staging, slots(the_plan), size)
+            try:
+                _run(the_plan, models, writer, progress)
+                writer.finish()
+            except BaseException:
+                writer.close()
+                raise
+            _write_metadata(the_plan, models, src, staging, out.name, template)
+    finally:
+        close_models(models)
+    return the_plan
+
+
+def _run(the_plan, models, writer, progress: bool) -> None:
+    if not progress:
+        execute(the_plan, models, writer)
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=len(the_plan.jobs), unit="tensor", desc="merging") as bar:
+        execute(the_plan, models, writer, bar.update)
+
+
+def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: str, template) -> None:
+    config = output_config(the_plan, models)
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    copy_generation_config(models[the_plan.config_donor], staging)
+    copy_tokenizer(models[the_plan.tokenizer_donor], staging)
+    if template:
+        write_chat_template(template, staging)
+    (staging / "mergesmith_config.yml").write_text(src.text)
+    (staging / "README.md").write_text(model_card(src.recipe, src.text, name))

@@ -1,0 +1,94 @@
+"""Architecture knowledge as data: which tensors a model has, their roles, how layers repeat.
+
+One JSON file per family in ``data/``. A weight entry has a ``name`` (``{layer}`` stands for
+the layer index), a ``role`` (embed, attn_q, mlp_down, final_norm, lm_head, ...), and
+optionally ``vocab_axis``, ``optional`` and ``tied_to`` (names to read instead when the
+model ties this tensor to another, e.g. lm_head to the input embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib import resources
+from typing import Optional
+
+from mergesmith.errors import ArchitectureError
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str
+    role: str
+    vocab_axis: Optional[int] = None
+    optional: bool = False
+    tied_to: tuple[str, ...] = ()
+
+    def at_layer(self, index: int) -> "WeightSpec":
+        return replace(self, name=self.name.replace("{layer}", str(index)))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str
+    model_type: str
+    architectures: tuple[str, ...]
+    num_layers_key: str
+    per_layer_keys: tuple[str, ...]
+    pre: tuple[WeightSpec, ...]
+    layer: tuple[WeightSpec, ...]
+    post: tuple[WeightSpec, ...]
+
+    def layer_weights(self, index: int) -> tuple[WeightSpec, ...]:
+        return tuple(w.at_layer(index) for w in self.layer)
+
+    def num_layers(self, config: dict, source: str) -> int:
+        try:
+            return int(config[self.num_layers_key])
+        except (KeyError, TypeError, ValueError):
+            raise ArchitectureError(
+                f"{source}: config.json has no integer '{self.num_layers_key}'; add the layer count"
+            ) from None
+
+
+def _weights(entries: list[dict]) -> tuple[WeightSpec, ...]:
+    return tuple(
+        WeightSpec(
+            name=e["name"], role=e["role"], vocab_axis=e.get("vocab_axis"),
+            optional=bool(e.get("optional", False)), tied_to=tuple(e.get("tied_to", ())),
+        )
+        for e in entries
+    )
+
+
+def _parse(family: str, data: dict) -> ArchSpec:
+    return ArchSpec(
+        family=family, model_type=data["model_type"], architectures=tuple(data["architectures"]),
+        num_layers_key=data["num_layers_key"], per_layer_keys=tuple(data.get("per_layer_keys", ())),
+        pre=_weights(data["pre"]), layer=_weights(data["layer"]), post=_weights(data["post"]),
+    )
+
+
+@cache
+def all_architectures() -> tuple[ArchSpec, ...]:
+    """Every definition shipped in ``data/``, parsed once."""
+    folder = resources.files("mergesmith.arch") / "data"
+    specs = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".json"):
+            specs.append(_parse(entry.name[: -len(".json")], json.loads(entry.read_text())))
+    return tuple(specs)
+
+
+def arch_for_config(config: dict, source: str) -> ArchSpec:
+    """The definition whose ``architectures`` names the model's class in config.json."""
+    names = config.get("architectures") or []
+    for spec in all_architectures():
+        if any(name in spec.architectures for name in names):
+            return spec
+    known = sorted(a for spec in all_architectures() for a in spec.architectures)
+    raise ArchitectureError(
+        f"{source}: architecture {names or config.get('model_type')!r} has no definition; "
+        f"supported: {', '.join(known)}"
+    )

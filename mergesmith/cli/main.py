@@ -1,0 +1,42 @@
+"""``mergesmith`` — one CLI; each subcommand module adds its parser and handler.
+
+Library errors become one line on stderr and exit code 2. Heavy imports happen inside handlers,
+so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from mergesmith.cli import merge_cmd, plan_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergesmith", description="Merge LLM checkpoints from mergekit-style YAML recipes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (merge_cmd, plan_cmd):
+        module.add_parser(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    from mergesmith.errors import MergesmithError
+
+    try:
+        return args.handler(args) or 0
+    except MergesmithError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Streaming sharded safetensors writer.
+
+The plan knows every output tensor's name, shape and dtype before any arithmetic, so each
+shard's header is written first and every tensor goes straight to its byte offset: nothing
+is buffered beyond the tensor being written. The index is written last, by ``finish()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mergesmith.errors import ConfigError, MergesmithError
+
+ST_CODES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+INDEX_NAME = "model.safetensors.index.json"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``5GB``, ``500MiB``, ``1000000`` → bytes."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(f"--shard-size '{text}' is not a size; write e.g. 5GB, 500MiB or a byte count")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ConfigError(f"--shard-size '{text}' must be positive")
+    return size
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * torch.empty((), dtype=self.dtype).element_size()
+
+
+def _split(slots: Sequence[TensorSlot], shard_size: int) -> list[list[TensorSlot]]:
+    shards: list[list[TensorSlot]] = [[]]
+    used = 0
+    for slot in slots:
+        if shards[-1] and used + slot.nbytes > shard_size:
+            shards.append([])
+            used = 0
+        shards[-1].append(slot)
+        used += slot.nbytes
+    return shards
+
+
+def _header(slots: Sequence[TensorSlot]) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    entries, spans, offset = {"__metadata__": {"format": "pt"}}, {}, 0
+    for slot in slots:
+        spans[slot.name] = (offset, offset + slot.nbytes)
+        entries[slot.name] = {"dtype": ST_CODES[slot.dtype], "shape": list(slot.shape), "data_offsets": list(spans[slot.name])}
+        offset += slot.nbytes
+    raw = json.dumps(entries, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)   # data must start 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw, spans
+
+
+class ShardedWriter:
+    def __init__(self, directory: Path, slots: Sequence[TensorSlot], shard_size: int):
+        self.directory = directory
+        shards = _split(slots, shard_size)
+        count = len(shards)
+        self.files = [
+            "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
+        ]
+        self._where: dict[str, tuple[int, int, TensorSlot]] = {}   # name -> (shard, offset, slot)
+        self._fds: list[int] = []
+        for shard_index, (file, shard) in enumerate(zip(self.files, shards)):
+            header, spans = _header(shard)
+            fd = os.open(directory / file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds.append(fd)
+            os.pwrite(fd, header, 0)
+            os.ftruncate(fd, len(header) + sum(s.nbytes for s in shard))
+            for slot in shard:
+                self._where[slot.name] = (shard_index, len(header) + spans[slot.name][0], slot)
+        self._pending = set(self._where)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        shard_index, offset, slot = self._where[name]
+        if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
+            raise MergesmithError(
+                f"internal: {name} computed as {tuple(tensor.shape)} {tensor.dtype}, planned {slot.shape} {slot.dtype}"
+            )
+        view = memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        fd, written = self._fds[shard_index], 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], offset + written)
+        self._pending.discard(name)
+
+    def finish(self) -> list[str]:
+        """Close the shards and write the index (sharded outputs only); every slot must be filled."""
+        if self._pending:
+            raise MergesmithError(f"internal: {len(self._pending)} planned tensors were never written, e.g. {min(self._pending)}")
+        self.close()
+        if len(self.files) > 1:
+            total = sum(slot.nbytes for _, _, slot in self._where.values())
+            weight_map = {name: self.files[shard] for name, (shard, _, _) in self._where.items()}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2))
+        return list(self.files)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)

@@ -1,0 +1,208 @@
+"""Recipe + opened models → Plan. Pure: reads only headers and configs already in memory.
+
+Follows mergekit's planning so recipes give the same tensors: embeddings come from the first
+slice's sources and final norm / head from the last slice's, both at gradient position t=0;
+layer ``i`` of an ``n``-layer slice sits at ``t = i / (n - 1)`` (t=1 for one layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+
+from mergesmith.arch.spec import ArchSpec, WeightSpec, arch_for_config
+from mergesmith.config.load import dtype_name
+from mergesmith.config.params import resolve
+from mergesmith.config.schema import OutputSlice, Recipe
+from mergesmith.errors import ArchitectureError, ConfigError, MissingTensorError, ShapeMismatchError
+from mergesmith.io.resolve import ModelInput
+from mergesmith.methods.registry import get_method
+from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Scope
+from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
+from mergesmith.plan.slices import canonical_slices, check_slices
+
+
+@dataclass(frozen=True)
+class _Context:
+    recipe: Recipe
+    method: MethodSpec
+    models: Mapping[str, ModelInput]
+    source: str
+
+
+def _scopes(ctx: _Context, out_slice: OutputSlice, model: Optional[str]):
+    """Parameter scopes, highest precedence first: the source's own, the slice's, the recipe's."""
+    if model is not None:
+        for src in out_slice.sources:
+            if src.model == model:
+                yield src.parameters
+    yield out_slice.parameters
+    yield ctx.recipe.parameters
+
+
+def _resolve_params(ctx, out_slice, base_index, out_name, in_names, t) -> MethodParams:
+    method = ctx.method
+    shared = {}
+    for p in method.params:
+        if p.scope == Scope.SHARED:
+            shared[p.name] = _one(ctx, p, _scopes(ctx, out_slice, None), out_name, t, None)
+    per_input = []
+    for i, (src, name) in enumerate(zip(out_slice.sources, in_names)):
+        values = {}
+        for p in method.params:
+            if p.scope == Scope.INPUT or (p.scope == Scope.NON_BASE and i != base_index):
+                values[p.name] = _one(ctx, p, _scopes(ctx, out_slice, src.model), name, t, src.model)
+        per_input.append(values)
+    return MethodParams(shared=shared, per_input=tuple(per_input))
+
+
+def _one(ctx, param, scopes, tensor_name, t, model):
+    where = f"{ctx.source}: {tensor_name}: "
+    found, value = resolve(param.name, scopes, tensor_name, t, lambda v: param.validate(v, where))
+    if found:
+        return value
+    if param.required:
+        owner = f" for model '{model}'" if model else ""
+        raise ConfigError(
+            f"{ctx.source}: merge method '{ctx.method.name}' needs parameter '{param.name}'{owner} "
+            f"(tensor {tensor_name}); set it under that model's parameters or the top-level parameters"
+        )
+    return param.default
+
+
+def _lookup(model: ModelInput, weight: WeightSpec, name: str) -> Optional[str]:
+    """The tensor to read for ``name`` in this model: itself, else a tied alternative."""
+    if name in model.tensors:
+        return name
+    return next((alt for alt in weight.tied_to if alt in model.tensors), None)
+
+
+def _base_index(ctx: _Context, out_slice: OutputSlice, where: str) -> Optional[int]:
+    if ctx.method.base == BasePolicy.IGNORED:
+        return None
+    base = out_slice.base_model or ctx.recipe.base_model
+    keys = [s.model for s in out_slice.sources]
+    if base is None or base not in keys:
+        raise ConfigError(
+            f"{ctx.source}: {where}: merge method '{ctx.method.name}' needs a base_model among its sources "
+            f"{keys}; set base_model to one of them"
+        )
+    return keys.index(base)
+
+
+def _check_contract(ctx: _Context, out_slice: OutputSlice, where: str) -> None:
+    keys = [s.model for s in out_slice.sources]
+    n, lo, hi = len(keys), ctx.method.min_inputs, ctx.method.max_inputs
+    if n < lo or (hi is not None and n > hi):
+        want = f"exactly {lo}" if lo == hi else (f"at most {hi}" if hi is not None else f"at least {lo}")
+        raise ConfigError(f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models, got {n}: {keys}")
+    if len(set(keys)) != n:
+        raise ConfigError(f"{ctx.source}: {where}: a model appears twice among the sources {keys}; list each once")
+
+
+def _dtype(ctx: _Context, infos) -> tuple[str, str]:
+    compute = dtype_name(ctx.recipe.dtype)
+    if compute is None:
+        promoted = infos[0].dtype
+        for info in infos[1:]:
+            promoted = torch.promote_types(promoted, info.dtype)
+        compute = str(promoted).removeprefix("torch.")
+    return compute, dtype_name(ctx.recipe.out_dtype) or compute
+
+
+def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> Optional[TensorJob]:
+    models = [ctx.models[s.model] for s in out_slice.sources]
+    if weight_out.optional and not any(n in m.tensors for m, n in zip(models, in_names)):
+        return None
+    found = [_lookup(m, weight_out, n) for m, n in zip(models, in_names)]
+    present = [i for i, f in enumerate(found) if f is not None]
+    where = f"output tensor {weight_out.name}"
+    if len(present) < len(models):
+        if weight_out.optional and ctx.method.singleton_passthrough and len(present) == 1:
+            return _passthrough_job(ctx, models[present[0]], found[present[0]], weight_out, layer)
+        missing = models[next(i for i, f in enumerate(found) if f is None)]
+        raise MissingTensorError(
+            f"{ctx.source}: model '{missing.key}' ({missing.path}) has no tensor {in_names[found.index(None)]} "
+            f"needed for {where}; is it a complete {ctx.models[missing.key].config.get('model_type')} checkpoint?"
+        )
+    infos = [m.tensors[f] for m, f in zip(models, found)]
+    if len({i.shape for i in infos}) > 1:
+        shapes = ", ".join(f"'{m.key}': {list(i.shape)}" for m, i in zip(models, infos))
+        hint = " (vocabularies differ: give tokenizer_source)" if weight_out.vocab_axis is not None else ""
+        raise ShapeMismatchError(f"{ctx.source}: {where} has inputs of different shapes {{{shapes}}}{hint}")
+    base_index = _base_index(ctx, out_slice, where)
+    params = _resolve_params(ctx, out_slice, base_index, weight_out.name, in_names, t)
+    compute, out = _dtype(ctx, infos)
+    sources = tuple(TensorSource(m.key, f) for m, f in zip(models, found))
+    return TensorJob(weight_out.name, sources, base_index, ctx.method.name, params, infos[0].shape, compute, out, layer)
+
+
+def _passthrough_job(ctx, model: ModelInput, name: str, weight_out: WeightSpec, layer) -> TensorJob:
+    info = model.tensors[name]
+    compute, out = _dtype(ctx, [info])
+    params = MethodParams(shared={}, per_input=({"scale": None},))
+    return TensorJob(weight_out.name, (TensorSource(model.key, name),), None, "passthrough", params,
+                     info.shape, compute, out, layer)
+
+
+def _check_arch(models: Mapping[str, ModelInput]) -> ArchSpec:
+    specs = {key: arch_for_config(dict(m.config), f"model '{key}' ({m.path})") for key, m in models.items()}
+    families = {s.family for s in specs.values()}
+    if len(families) > 1:
+        listing = ", ".join(f"'{k}': {s.family}" for k, s in specs.items())
+        raise ArchitectureError(f"models of different architectures cannot be merged: {listing}")
+    return next(iter(specs.values()))
+
+
+def _plan_layers(ctx, arch, slices, jobs: list) -> list[LayerOrigin]:
+    origins: list[LayerOrigin] = []
+    for out_slice in slices:
+        start0, end0 = out_slice.sources[0].layer_range
+        count = end0 - start0
+        for offset in range(count):
+            t = offset / (count - 1) if count > 1 else 1
+            out_index = len(origins)
+            for k, template in enumerate(arch.layer):
+                in_names = [arch.layer_weights(s.layer_range[0] + offset)[k].name for s in out_slice.sources]
+                job = _plan_tensor(ctx, out_slice, template.at_layer(out_index), in_names, t, out_index)
+                if job is not None:
+                    jobs.append(job)
+            origins.append(LayerOrigin(out_slice.sources[0].model, start0 + offset))
+    return origins
+
+
+def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
+    config_donor = recipe.base_model or recipe.referenced_models()[0]
+    choice = recipe.tokenizer_choice
+    if choice is None:
+        return config_donor, config_donor
+    if choice == "union":
+        raise ConfigError(f"{source}: tokenizer_source 'union' is not supported yet; use 'base' or a model")
+    if choice == "base":
+        if recipe.base_model is None:
+            raise ConfigError(f"{source}: tokenizer_source 'base' needs a base_model; set base_model or name a model")
+        return config_donor, recipe.base_model
+    return config_donor, choice
+
+
+def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str = "<recipe>", seed: int = 0) -> Plan:
+    ctx = _Context(recipe, get_method(recipe.merge_method, f"{source}: merge_method"), models, source)
+    arch = _check_arch(models)
+    slices = canonical_slices(recipe, arch, models)
+    check_slices(slices, arch, models, source)
+    for i, out_slice in enumerate(slices):
+        _check_contract(ctx, out_slice, f"slices[{i}]")
+        _base_index(ctx, out_slice, f"slices[{i}]")
+    jobs: list[TensorJob] = []
+    for weight in arch.pre:
+        names = [weight.name] * len(slices[0].sources)
+        jobs += [j for j in [_plan_tensor(ctx, slices[0], weight, names, 0, None)] if j]
+    origins = _plan_layers(ctx, arch, slices, jobs)
+    for weight in arch.post:
+        names = [weight.name] * len(slices[-1].sources)
+        jobs += [j for j in [_plan_tensor(ctx, slices[-1], weight, names, 0, None)] if j]
+    config_donor, tokenizer_donor = _donors(recipe, source)
+    out_dtype = dtype_name(recipe.out_dtype or recipe.dtype)
+    return Plan(tuple(jobs), arch, config_donor, tokenizer_donor, tuple(origins), out_dtype, seed)
