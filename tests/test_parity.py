@@ -1,0 +1,140 @@
+"""Differential tests: mergesmith and mergekit 0.1.5 run the same recipe on the same pico models.
+
+Every output tensor must be bit-exact or within one unit in the last place of the output
+dtype; the counts are collected for the session summary (see conftest.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mergesmith.api import merge
+from reference import compare, load_dir, run_mergekit
+
+pytestmark = pytest.mark.mergekit
+
+T_ATTN = "[0, 0.5, 0.3, 0.7, 1]"
+T_MLP = "[1, 0.5, 0.7, 0.3, 0]"
+
+
+def _check(recipe: str, tmp_path: Path, parity_log, label: str, seed=None):
+    ours = tmp_path / "ours"
+    merge(recipe, ours, seed=seed or 0)
+    ref = run_mergekit(recipe, tmp_path / "ref", seed=seed)
+    parity = compare(load_dir(ours), load_dir(ref))
+    parity_log.append((label, parity))
+    assert not parity.missing and not parity.extra, (parity.missing, parity.extra)
+    assert not parity.differing, parity.summary() + f" differing: {parity.differing[:5]}"
+    return parity
+
+
+def slerp_recipe(a: Path, b: Path, layers: int, dtype: str, attn=T_ATTN, mlp=T_MLP) -> str:
+    # The published recipe's layout, comment included; only model names and layer counts differ.
+    return f"""
+slices:
+  - sources:
+      - model: {a}
+        layer_range: [0, {layers}]
+      - model: {b}
+        layer_range: [0, {layers}]
+merge_method: slerp
+base_model: {a}
+parameters:
+  t:
+    - filter: self_attn
+      value: {attn}
+    - filter: mlp
+      value: {mlp}
+    - value: 0.5 # fallback for rest of tensors
+dtype: {dtype}
+"""
+
+
+def test_recipe1_phi2_slerp_fp16(phi2_family, tmp_path, parity_log):
+    _check(slerp_recipe(phi2_family[0], phi2_family[1], 4, "float16"), tmp_path, parity_log, "recipe 1 phi2 slerp fp16")
+
+
+def test_recipe2_mistral_slerp_bf16(mistral_family, tmp_path, parity_log):
+    _check(slerp_recipe(mistral_family[0], mistral_family[1], 4, "bfloat16"), tmp_path, parity_log,
+           "recipe 2 mistral slerp bf16")
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3"])
+def test_recipe3_mirrored_slerp(kind, families, tmp_path, parity_log):
+    fam = families[kind]
+    recipe = slerp_recipe(fam[0], fam[1], 4, "bfloat16", attn="[1, 0.7, 0.3, 0.5, 0]", mlp="[0, 0.3, 0.7, 0.5, 1]")
+    _check(recipe, tmp_path, parity_log, f"recipe 3 {kind} mirrored slerp")
+
+
+def frankenmerge_recipe(model: Path) -> str:
+    ranges = [(0, 4, None), (4, 8, None), (8, 12, 1.5), (12, 16, None), (16, 20, 2.0), (20, 24, None),
+              (24, 28, 2.5), (28, 32, None), (32, 36, 3.0), (36, 40, None), (40, 44, 3.5), (44, 47, 4.0)]
+    out = ["slices:"]
+    for start, end, scale in ranges:
+        out += ["  - sources:", f"      - model: {model}", f"        layer_range: [{start}, {end}]"]
+        if scale is not None:
+            out += ["        parameters:", "          scale:",
+                    f"            - filter: o_proj", f"              value: {scale}",
+                    f"            - filter: down_proj", f"              value: {scale}"]
+    out += ["merge_method: passthrough", "dtype: bfloat16"]
+    return "\n".join(out) + "\n"
+
+
+def test_recipe4_frankenmerge_47_layers(llama48, tmp_path, parity_log):
+    parity = _check(frankenmerge_recipe(llama48), tmp_path, parity_log, "recipe 4 llama48 passthrough")
+    # embed, 47 layers x 9 tensors, final norm, lm_head
+    assert parity.exact + parity.within_ulp == 1 + 47 * 9 + 2
+
+
+def models_recipe(method: str, fam: list[Path], dtype: str, extra: str = "") -> str:
+    base, ft1, ft2 = fam
+    if method == "linear":
+        body = f"""
+models:
+  - model: {ft1}
+    parameters: {{weight: 0.7}}
+  - model: {ft2}
+    parameters: {{weight: [0.2, 0.9]}}
+"""
+    else:
+        body = f"""
+models:
+  - model: {base}
+  - model: {ft1}
+    parameters: {{weight: 0.6, density: [0.3, 0.8]}}
+  - model: {ft2}
+    parameters:
+      weight:
+        - filter: mlp
+          value: 0.9
+        - value: 0.4
+      density: 0.55
+base_model: {base}
+"""
+    return body + f"merge_method: {method}\ndtype: {dtype}\n{extra}"
+
+
+METHOD_CASES = [
+    ("linear", "parameters: {normalize: true}\n"),
+    ("task_arithmetic", "parameters: {lambda: 0.8}\n"),
+    ("ties", "parameters: {normalize: true, int8_mask: true}\n"),
+    ("ties", "parameters: {normalize: false, rescale: true, lambda: 1.3}\n"),
+    # DARE is random; density 1 makes it deterministic, so both tools must agree exactly.
+    ("dare_ties", "parameters: {normalize: true, int8_mask: true, density: 1.0}\n"),
+    ("dare_linear", "parameters: {rescale: true, density: 1.0}\n"),
+]
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "phi2", "gemma3"])
+@pytest.mark.parametrize("method,extra", METHOD_CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(METHOD_CASES)])
+def test_models_methods(kind, method, extra, families, tmp_path, parity_log):
+    fam = families[kind]
+    if method.startswith("dare"):
+        # per-model density would override the global 1.0: keep only weights
+        recipe = models_recipe(method, fam, "bfloat16", extra).replace("density: [0.3, 0.8]", "density: 1.0").replace(
+            "density: 0.55", "density: 1.0")
+    else:
+        recipe = models_recipe(method, fam, "float32" if kind == "phi2" else "bfloat16", extra)
+    _check(recipe, tmp_path, parity_log, f"{kind} {method}")
