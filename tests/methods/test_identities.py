@@ -93,3 +93,10 @@ def test_dare_is_reproducible_by_seed_and_name_and_keeps_about_density():
 def test_unknown_method_suggests_the_nearest():
     with pytest.raises(ConfigError, match="did you mean 'slerp'"):
         get_method("slurp")
+
+
+def test_slerp_falls_back_to_lerp_for_collinear_inputs():
+    a = _rand(16, seed=4)
+    b = 2 * a  # cos θ = 1: slerp is undefined, lerp is the answer
+    out = METHODS["slerp"].fn([a, b], 0, MethodParams({"t": 0.25}, ({}, {})), None)
+    assert torch.allclose(out, 0.75 * a + 0.25 * b)
