@@ -122,21 +122,37 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
     if len(present) < len(models):
         if weight_out.optional and ctx.method.singleton_passthrough and len(present) == 1:
             return _passthrough_job(ctx, models[present[0]], found[present[0]], weight_out, layer)
-        missing = models[next(i for i, f in enumerate(found) if f is None)]
+        missing = models[found.index(None)]
+        label = f"'{missing.key}'" if str(missing.path) == missing.key else f"'{missing.key}' ({missing.path})"
         raise MissingTensorError(
-            f"{ctx.source}: model '{missing.key}' ({missing.path}) has no tensor {in_names[found.index(None)]} "
-            f"needed for {where}; is it a complete {ctx.models[missing.key].config.get('model_type')} checkpoint?"
+            f"{ctx.source}: model {label} has no tensor {in_names[found.index(None)]}; "
+            f"is it a complete {missing.config.get('model_type')} checkpoint? re-download or re-save it"
         )
     infos = [m.tensors[f] for m, f in zip(models, found)]
     if len({i.shape for i in infos}) > 1:
-        shapes = ", ".join(f"'{m.key}': {list(i.shape)}" for m, i in zip(models, infos))
-        hint = " (vocabularies differ: give tokenizer_source)" if weight_out.vocab_axis is not None else ""
-        raise ShapeMismatchError(f"{ctx.source}: {where} has inputs of different shapes {{{shapes}}}{hint}")
+        raise _shape_error(ctx, models, infos, weight_out, where)
     base_index = _base_index(ctx, out_slice, where)
     params = _resolve_params(ctx, out_slice, base_index, weight_out.name, in_names, t)
     compute, out = _dtype(ctx, infos)
     sources = tuple(TensorSource(m.key, f) for m, f in zip(models, found))
     return TensorJob(weight_out.name, sources, base_index, ctx.method.name, params, infos[0].shape, compute, out, layer)
+
+
+SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def _shape_error(ctx, models, infos, weight_out: WeightSpec, where: str) -> ShapeMismatchError:
+    shapes = ", ".join(f"'{m.key}': {list(i.shape)}" for m, i in zip(models, infos))
+    differing = [k for k in SIZE_KEYS if len({str(m.config.get(k)) for m in models}) > 1]
+    if differing:
+        values = ", ".join(f"{k}: " + " vs ".join(str(m.config.get(k)) for m in models) for k in differing)
+        hint = f"their config.json differ in {values}"
+    else:
+        hint = "one checkpoint does not match its config.json"
+    fix = "only models of the same size can be merged"
+    if weight_out.vocab_axis is not None:
+        fix += " (for different vocabularies set tokenizer_source)"
+    return ShapeMismatchError(f"{ctx.source}: {where} has inputs of different shapes {{{shapes}}}; {hint}; {fix}")
 
 
 def _passthrough_job(ctx, model: ModelInput, name: str, weight_out: WeightSpec, layer) -> TensorJob:

@@ -43,7 +43,10 @@ def check_slices(slices: tuple[OutputSlice, ...], arch: ArchSpec, models: Mappin
                 )
             lengths.append(end - start)
         if len(set(lengths)) > 1:
+            spans = ", ".join(
+                f"'{s.model}' [{s.layer_range[0]}, {s.layer_range[1]}) = {n}" for s, n in zip(out_slice.sources, lengths)
+            )
             raise ConfigError(
-                f"{source}: slices[{i}] sources span different numbers of layers {lengths}; "
+                f"{source}: slices[{i}] sources span different numbers of layers: {spans}; "
                 "every source of one slice must cover the same count"
             )
