@@ -43,6 +43,8 @@ dtype: bfloat16
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 38
     assert config["architectures"] == ["LlamaForCausalLM"]
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == config["eos_token_id"]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)

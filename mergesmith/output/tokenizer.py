@@ -34,7 +34,13 @@ def copy_tokenizer(donor: ModelInput, dest: Path) -> None:
 
 
 def copy_generation_config(donor: ModelInput, dest: Path) -> None:
-    if donor.gguf_file is None and (donor.path / "generation_config.json").is_file():
+    if donor.gguf_file is not None:
+        from mergesmith.io.gguf import gguf_generation_config
+
+        ids = gguf_generation_config(donor.gguf_file)
+        if ids:
+            (dest / "generation_config.json").write_text(json.dumps(ids, indent=2) + "\n")
+    elif (donor.path / "generation_config.json").is_file():
         shutil.copyfile(donor.path / "generation_config.json", dest / "generation_config.json")
 
 
