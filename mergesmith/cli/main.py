@@ -7,6 +7,7 @@ so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Optional, Sequence
@@ -36,6 +37,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MergesmithError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `mergesmith plan r.yml | head`: the reader left; that is not an error. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
