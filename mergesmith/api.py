@@ -67,7 +67,7 @@ def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
 
 def merge(
     recipe, out: Union[str, Path], *, force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE,
-    seed: int = 0, allow_pickle: bool = False, progress: bool = False,
+    seed: int = 0, allow_pickle: bool = False, progress: bool = False, workers: int = 2,
 ) -> Plan:
     """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically."""
     src = read_recipe(recipe)
@@ -83,7 +83,7 @@ def merge(
         with staged_directory(out, force) as staging:
             writer = ShardedWriter(staging, slots(the_plan), size)
             try:
-                _run(the_plan, models, writer, progress)
+                _run(the_plan, models, writer, progress, workers)
                 writer.finish()
             except BaseException:
                 writer.close()
@@ -94,14 +94,14 @@ def merge(
     return the_plan
 
 
-def _run(the_plan, models, writer, progress: bool) -> None:
+def _run(the_plan, models, writer, progress: bool, workers: int) -> None:
     if not progress:
-        execute(the_plan, models, writer)
+        execute(the_plan, models, writer, workers=workers)
         return
     from tqdm import tqdm
 
     with tqdm(total=len(the_plan.jobs), unit="tensor", desc="merging") as bar:
-        execute(the_plan, models, writer, bar.update)
+        execute(the_plan, models, writer, bar.update, workers=workers)
 
 
 def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: str, template) -> None:

@@ -27,8 +27,8 @@ def test_dare_is_independent_of_job_order(llama_family, tmp_path, monkeypatch):
     mergesmith.merge(recipe, tmp_path / "forward", seed=5)
     original = runner.execute
 
-    def backwards(plan, models, writer, progress=None):
-        original(dataclasses.replace(plan, jobs=plan.jobs[::-1]), models, writer, progress)
+    def backwards(plan, models, writer, progress=None, workers=2):
+        original(dataclasses.replace(plan, jobs=plan.jobs[::-1]), models, writer, progress, workers=1)
 
     monkeypatch.setattr("mergesmith.api.execute", backwards)
     mergesmith.merge(recipe, tmp_path / "backward", seed=5)
@@ -49,3 +49,12 @@ def test_dare_keeps_about_density_of_each_delta(llama_family, tmp_path):
     delta = ft2[name] - base[name]
     mask = (out[name] - base[name]) != 0
     assert torch.allclose((out[name] - base[name])[mask], 0.4 * delta[mask], atol=1e-6)
+
+
+def test_worker_count_does_not_change_the_output(llama_family, tmp_path):
+    recipe = models_recipe("dare_ties", llama_family, "bfloat16")
+    mergesmith.merge(recipe, tmp_path / "one", seed=4, workers=1)
+    mergesmith.merge(recipe, tmp_path / "four", seed=4, workers=4)
+    one, four = load_dir(tmp_path / "one"), load_dir(tmp_path / "four")
+    assert one.keys() == four.keys()
+    assert all(torch.equal(one[k], four[k]) for k in one)

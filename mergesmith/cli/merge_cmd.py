@@ -11,6 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--shard-size", default="5GB", help="largest output shard, e.g. 5GB, 500MiB (default 5GB)")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (DARE); per tensor, order-independent")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
+    p.add_argument("--workers", type=int, default=2, help="tensors merged at once (default 2); results do not depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
 
@@ -20,7 +21,7 @@ def run(args) -> int:
 
     plan = merge(
         args.recipe, args.out, force=args.force, shard_size=args.shard_size, seed=args.seed,
-        allow_pickle=args.allow_pickle, progress=not args.quiet,
+        allow_pickle=args.allow_pickle, progress=not args.quiet, workers=args.workers,
     )
     if not args.quiet:
         print(f"wrote {len(plan.jobs)} tensors, {plan.num_layers} layers to {args.out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -38,8 +39,39 @@ def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int) -> torc
     return result.to(torch_dtype(job.out_dtype))
 
 
-def execute(plan: Plan, models: Mapping[str, ModelInput], writer: ShardedWriter, progress: Optional[Progress] = None) -> None:
-    for job in plan.jobs:
-        writer.write(job.output, run_job(job, models, plan.seed))
-        if progress is not None:
-            progress(1)
+def execute(
+    plan: Plan, models: Mapping[str, ModelInput], writer: ShardedWriter,
+    progress: Optional[Progress] = None, workers: int = 2,
+) -> None:
+    """Run every job; up to ``workers`` jobs are in flight at once.
+
+    Each job reads, computes and writes on its own (torch kernels and pread/pwrite release the
+    GIL), so IO of one job overlaps arithmetic of another. Memory is bounded by the in-flight
+    jobs, never by model size. Results do not depend on ``workers``: each job is independent and
+    random methods are seeded per tensor.
+    """
+    if workers <= 1:
+        for job in plan.jobs:
+            _write_job(job, models, writer, plan.seed, progress)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergesmith") as pool:
+        in_flight: set = set()
+        try:
+            for job in plan.jobs:
+                if len(in_flight) >= workers:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                in_flight.add(pool.submit(_write_job, job, models, writer, plan.seed, progress))
+            for future in in_flight:
+                future.result()
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+
+
+def _write_job(job: TensorJob, models, writer: ShardedWriter, seed: int, progress: Optional[Progress]) -> None:
+    writer.write(job.output, run_job(job, models, seed))
+    if progress is not None:
+        progress(1)

@@ -7,13 +7,12 @@ and ``get(name)`` (one tensor). Readers never hold more than the tensor asked fo
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors import safe_open
-
 from mergesmith.errors import InputFormatError, MissingTensorError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -50,6 +49,11 @@ class TensorReader(Protocol):
 
 def read_safetensors_header(path: Path) -> dict:
     """The JSON header of one safetensors file (8-byte little-endian length, then JSON)."""
+    return _header_and_start(path)[1]
+
+
+def _header_and_start(path: Path) -> tuple[int, dict]:
+    """Byte offset where tensor data begins, and the header's tensor entries."""
     try:
         with open(path, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
@@ -59,18 +63,24 @@ def read_safetensors_header(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise InputFormatError(f"{path}: cannot read safetensors header ({exc})") from exc
     header.pop("__metadata__", None)
-    return header
+    return 8 + size, header
 
 
 class SafetensorsReader:
-    """Reads a model directory of one ``model.safetensors`` or index-described shards."""
+    """Reads a model directory of one ``model.safetensors`` or index-described shards.
+
+    Tensors are read with ``pread`` into freshly allocated tensors rather than through a
+    memory map: pages of a mapped file count towards the process's resident memory once
+    touched, so mapping two 7B inputs would make the RSS grow with model size.
+    """
 
     def __init__(self, path: Path, shard_of: dict[str, Path]):
         self.path = path
-        self._shard_of = shard_of
         self._infos: dict[str, TensorInfo] = {}
+        self._spans: dict[str, tuple[Path, int, int]] = {}   # name -> (shard, byte offset, byte count)
         for shard in sorted(set(shard_of.values())):
-            for name, entry in read_safetensors_header(shard).items():
+            data_start, header = _header_and_start(shard)
+            for name, entry in header.items():
                 if shard_of.get(name) != shard:
                     continue
                 dtype = _ST_DTYPES.get(entry["dtype"])
@@ -78,13 +88,16 @@ class SafetensorsReader:
                     raise InputFormatError(
                         f"{shard}: tensor {name} has dtype {entry['dtype']}, which mergesmith does not read"
                     )
+                begin, end = entry["data_offsets"]
                 self._infos[name] = TensorInfo(name, tuple(entry["shape"]), dtype)
+                self._spans[name] = (shard, data_start + begin, end - begin)
         missing = sorted(set(shard_of) - set(self._infos))
         if missing:
             raise InputFormatError(
                 f"{path / SAFETENSORS_INDEX}: lists {missing[0]} but no shard holds it; re-download the model"
             )
-        self._handles: dict[Path, object] = {}
+        # Opened once, up front: worker threads then only pread, which is safe to share.
+        self._fds = {shard: os.open(shard, os.O_RDONLY) for shard in sorted(set(shard_of.values()))}
 
     @classmethod
     def open_dir(cls, path: Path) -> "SafetensorsReader":
@@ -118,14 +131,21 @@ class SafetensorsReader:
             raise MissingTensorError(f"{self.path}: no tensor {name}") from None
 
     def get(self, name: str) -> torch.Tensor:
-        shard = self._shard_of.get(name)
-        if shard is None:
-            raise MissingTensorError(f"{self.path}: no tensor {name}")
-        handle = self._handles.get(shard)
-        if handle is None:
-            handle = safe_open(str(shard), framework="pt")
-            self._handles[shard] = handle
-        return handle.get_tensor(name)
+        info = self.info(name)
+        shard, offset, count = self._spans[name]
+        out = torch.empty(info.shape, dtype=info.dtype)
+        if count != out.numel() * out.element_size():
+            raise InputFormatError(f"{shard}: tensor {name} has {count} bytes for shape {list(info.shape)} {info.dtype}")
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if count else memoryview(b"")
+        done = 0
+        while done < count:
+            got = os.preadv(self._fds[shard], [view[done:]], offset + done)
+            if got <= 0:
+                raise InputFormatError(f"{shard}: file ends inside tensor {name}; re-download the model")
+            done += got
+        return out
 
     def close(self) -> None:
-        self._handles.clear()
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
