@@ -1,0 +1,20 @@
+"""Only the optional C extension lives here; everything else is in pyproject.toml.
+
+``optional=True``: where it cannot be compiled (no C compiler, no OpenMP), mergesmith installs
+without it and runs the pure-torch implementations, which give the same numbers more slowly.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "mergesmith.native._kernels",
+            ["mergesmith/native/kernels.c"],
+            # -ffp-contract=off: no fused multiply-add, so rounding matches torch's separate ops.
+            extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-std=c11"],
+            extra_link_args=["-fopenmp"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,102 @@
+"""The C kernels agree bit for bit with the pure-torch reference they accelerate."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from mergesmith import native
+from mergesmith.methods.consensus import sign_agreement
+from mergesmith.methods.topk import top_k_mask
+
+pytestmark = pytest.mark.skipif(not native.available(torch.zeros(1)), reason="C kernels not built")
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+def _reference(base, xs, weights, density, consensus, normalize, lam):
+    """Task arithmetic as mergekit computes it, with the lowest-index top-k tie rule."""
+    deltas = base.new_empty((len(xs), *base.shape))
+    for row, x in enumerate(xs):
+        delta = x - base
+        if density < 1:
+            delta = delta * top_k_mask(delta, max(1, int(density * delta.numel()))).to(delta.dtype)
+        deltas[row] = delta
+    w = torch.tensor(weights, dtype=base.dtype).reshape(-1, 1)
+    deltas.mul_(w)
+    if consensus:
+        mask = sign_agreement(deltas, "sum")
+        mixed, divisor = (deltas * mask).sum(0), (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = deltas.sum(0), w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    if lam != 1:
+        mixed *= lam
+    return base + mixed
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gta_kernel_is_bit_exact(dtype):
+    gen = torch.Generator().manual_seed(0)
+    for n_models, consensus, normalize, lam, density in itertools.product([1, 3], [True, False], [True, False], [1.0, 0.7], [1.0, 0.37]):
+        base = torch.randn(70_001, generator=gen).to(dtype)
+        xs = [(base.float() + 0.02 * torch.randn(base.shape, generator=gen)).to(dtype) for _ in range(n_models)]
+        weights = [0.6, 0.9, 0.35][:n_models]
+        thresholds = [
+            native.magnitude_threshold(x, base, max(1, int(density * x.numel()))) if density < 1 else (-1, -1) for x in xs
+        ]
+        w = torch.tensor(weights, dtype=dtype)
+        total = float(w.sum())
+        fast = native.gta(base, xs, thresholds, w, consensus, normalize, lam, 1.0 if abs(total) < 1e-8 else total)
+        slow = _reference(base, xs, weights, density, consensus, normalize, lam)
+        assert torch.equal(_bits(fast), _bits(slow)), (n_models, consensus, normalize, lam, density)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_threshold_matches_top_k_mask_including_ties(dtype):
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(200_003, generator=gen).to(dtype)
+    x = base.clone()
+    x[::3] = (base[::3].float() + 0.01).to(dtype)   # many equal deltas: a large tie block
+    delta = x - base
+    for k in (1, 1000, 66_000, 150_000):
+        key, cutoff = native.magnitude_threshold(x, base, k)
+        mask = top_k_mask(delta, k)
+        kept_idx = mask.nonzero().reshape(-1)
+        mag = delta.abs()
+        threshold = mag[mask].min()
+        ties_kept = kept_idx[mag[kept_idx] == threshold]
+        assert int(ties_kept.max()) == cutoff
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lerp2_matches_torch_float32_combination(dtype):
+    gen = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(100_003, generator=gen).to(dtype) for _ in range(2))
+    ca, cb = torch.tensor(0.61), torch.tensor(0.47)
+    expected = (ca * a.float() + cb * b.float()).to(dtype)
+    assert torch.equal(_bits(native.lerp2(a, b, float(ca), float(cb))), _bits(expected))
+
+
+def test_dot3():
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, -5.0, 6.0])
+    assert native.dot3(a, b) == (14.0, 77.0, 12.0)
+
+
+def test_half_conversions_cover_specials():
+    values = torch.tensor([0.0, -0.0, 1e-8, -6e-8, 6.1e-5, 65504.0, 65519.0, 65520.0, float("inf"), -float("inf")])
+    for dtype in (torch.float16, torch.bfloat16):
+        a = values.to(dtype)
+        zeros = torch.zeros_like(a)
+        out = native.lerp2(a, zeros, 1.0, 0.0)   # -0 * 1 + 0 * 0 is +0, as in torch
+        assert torch.equal(_bits(out), _bits((1.0 * a.float() + 0.0 * zeros.float()).to(dtype)))
+        scaled = native.lerp2(a, a, 0.5, 0.25)   # 0.75 * a, rounded
+        assert torch.equal(_bits(scaled), _bits((0.5 * a.float() + 0.25 * a.float()).to(dtype)))
