@@ -39,31 +39,45 @@ def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int) -> torc
     return result.to(torch_dtype(job.out_dtype))
 
 
+# Bytes of input and output tensors that may be in flight at once. One job larger than this
+# still runs (alone): memory stays bounded by the largest tensor, never by the model.
+DEFAULT_BUDGET = 512 * 2**20
+
+
+def job_bytes(job: TensorJob, models: Mapping[str, ModelInput]) -> int:
+    count = 1
+    for dim in job.shape:
+        count *= dim
+    element = torch.empty((), dtype=torch_dtype(job.dtype)).element_size()
+    return count * element * (len(job.sources) + 1)
+
+
 def execute(
     plan: Plan, models: Mapping[str, ModelInput], writer: ShardedWriter,
-    progress: Optional[Progress] = None, workers: int = 2,
+    progress: Optional[Progress] = None, workers: int = 2, budget: int = DEFAULT_BUDGET,
 ) -> None:
-    """Run every job; up to ``workers`` jobs are in flight at once.
+    """Run every job; up to ``workers`` jobs and ``budget`` bytes are in flight at once.
 
-    Each job reads, computes and writes on its own (torch kernels and pread/pwrite release the
-    GIL), so IO of one job overlaps arithmetic of another. Memory is bounded by the in-flight
-    jobs, never by model size. Results do not depend on ``workers``: each job is independent and
-    random methods are seeded per tensor.
+    Each job reads, computes and writes on its own (torch kernels, the C kernels and
+    pread/pwrite release the GIL), so IO of one job overlaps arithmetic of another. Results do
+    not depend on ``workers``: each job is independent and random methods are seeded per tensor.
     """
     if workers <= 1:
         for job in plan.jobs:
             _write_job(job, models, writer, plan.seed, progress)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergesmith") as pool:
-        in_flight: set = set()
+        in_flight: dict = {}   # future -> bytes
         try:
             for job in plan.jobs:
-                if len(in_flight) >= workers:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                cost = job_bytes(job, models)
+                while in_flight and (len(in_flight) >= workers or sum(in_flight.values()) + cost > budget):
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
+                        del in_flight[future]
                         future.result()
-                in_flight.add(pool.submit(_write_job, job, models, writer, plan.seed, progress))
-            for future in in_flight:
+                in_flight[pool.submit(_write_job, job, models, writer, plan.seed, progress)] = cost
+            for future in list(in_flight):
                 future.result()
         except BaseException:
             for future in in_flight:
