@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mergesmith.api import merge
+from mergesmith.api import plan as mergesmith_plan
 from reference import compare, load_dir, run_mergekit
 
 pytestmark = pytest.mark.mergekit
@@ -119,8 +121,10 @@ base_model: {base}
 METHOD_CASES = [
     ("linear", "parameters: {normalize: true}\n"),
     ("task_arithmetic", "parameters: {lambda: 0.8}\n"),
-    ("ties", "parameters: {normalize: true, int8_mask: true}\n"),
-    ("ties", "parameters: {normalize: false, rescale: true, lambda: 1.3}\n"),
+    # tie_break: mergekit reproduces mergekit's unstable-sort choice among entries tied at the
+    # density threshold (common in bf16); the default rule is checked in test_ties_default_tie_rule.
+    ("ties", "parameters: {normalize: true, int8_mask: true, tie_break: mergekit}\n"),
+    ("ties", "parameters: {normalize: false, rescale: true, lambda: 1.3, tie_break: mergekit}\n"),
     # DARE is random; density 1 makes it deterministic, so both tools must agree exactly.
     ("dare_ties", "parameters: {normalize: true, int8_mask: true, density: 1.0}\n"),
     ("dare_linear", "parameters: {rescale: true, density: 1.0}\n"),
@@ -138,3 +142,38 @@ def test_models_methods(kind, method, extra, families, tmp_path, parity_log):
     else:
         recipe = models_recipe(method, fam, "float32" if kind == "phi2" else "bfloat16", extra)
     _check(recipe, tmp_path, parity_log, f"{kind} {method}")
+
+
+def _threshold_ties(base: torch.Tensor, ft: torch.Tensor, density: float) -> torch.Tensor:
+    """Entries of |ft - base| equal to the k-th largest: where tie rules may choose differently."""
+    magnitude = (ft - base).abs().reshape(-1).float()
+    k = max(1, int(density * magnitude.numel()))
+    kth = torch.topk(magnitude, k).values[-1]
+    return (magnitude == kth).reshape(base.shape)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_ties_default_tie_rule_differs_only_at_threshold_ties(kind, families, tmp_path, parity_log):
+    """Default selection: exact top-k, ties lowest index first. Against mergekit every tensor is
+    equal except where a model's delta sits exactly at its density threshold."""
+    base, ft1, ft2 = families[kind]
+    recipe = models_recipe("ties", [base, ft1, ft2], "bfloat16", "parameters: {normalize: true}\n")
+    merge(recipe, tmp_path / "ours")
+    ref = run_mergekit(recipe, tmp_path / "ref")
+    ours, theirs = load_dir(tmp_path / "ours"), load_dir(ref)
+    b, x1, x2 = (load_dir(p) for p in (base, ft1, ft2))
+    plan_ = mergesmith_plan(recipe)
+    differing_entries = 0
+    for name, ref_tensor in theirs.items():
+        diff = ours[name] != ref_tensor
+        if not diff.any():
+            continue
+        job = plan_.by_output()[name]
+        densities = [job.params.per_input[i]["density"] for i in (1, 2)]
+        src = [s.name for s in job.sources]
+        ties = _threshold_ties(b[src[0]].bfloat16(), x1[src[1]].bfloat16(), densities[0]) | _threshold_ties(
+            b[src[0]].bfloat16(), x2[src[2]].bfloat16(), densities[1])
+        assert not (diff & ~ties).any(), f"{name}: differences outside threshold ties"
+        differing_entries += int(diff.sum())
+    parity = compare(ours, theirs)
+    parity_log.append((f"{kind} ties default tie rule ({differing_entries} entries at threshold ties)", parity))

@@ -15,12 +15,19 @@ def _param(p) -> str:
     return f"`{p.name}` ({default}{scope})"
 
 
+def _count(lo: int, hi) -> str:
+    return f"{lo}" + ("+" if hi is None else ("" if hi == lo else f"-{hi}"))
+
+
 def method_table() -> str:
     rows = ["| method | base model | models | parameters (default) |", "|---|---|---|---|"]
     for spec in sorted(METHODS.values(), key=lambda s: s.name):
         name = f"[`{spec.name}`]({spec.reference})" if spec.reference else f"`{spec.name}`"
-        base = "required" if spec.base == BasePolicy.REQUIRED else "-"
-        count = f"{spec.min_inputs}" + ("+" if spec.max_inputs is None else ("" if spec.max_inputs == spec.min_inputs else f"-{spec.max_inputs}"))
+        base = {BasePolicy.REQUIRED: "required", BasePolicy.OPTIONAL: "optional"}.get(spec.base, "-")
+        if spec.base == BasePolicy.OPTIONAL:  # count the others: the base comes on top
+            count = _count(spec.min_non_base, spec.max_non_base) + " (+ base)"
+        else:
+            count = _count(spec.min_inputs, spec.max_inputs)
         if spec.random:
             count += " (random: `--seed`)"
         rows.append(f"| {name} | {base} | {count} | {', '.join(_param(p) for p in spec.params)} |")

@@ -6,12 +6,18 @@ import difflib
 from types import MappingProxyType
 
 from mergesmith.errors import ConfigError
-from mergesmith.methods import linear, passthrough, slerp, task_arithmetic
+from mergesmith.methods import (
+    arcee_fusion, linear, model_stock, nearswap, passthrough, ram, sce, slerp, spherical, task_arithmetic,
+)
 from mergesmith.methods.spec import MethodSpec
 
-METHODS = MappingProxyType(
-    {spec.name: spec for spec in (linear.SPEC, slerp.SPEC, passthrough.SPEC, *task_arithmetic.SPECS)}
-)
+METHODS = MappingProxyType({
+    spec.name: spec
+    for spec in (
+        linear.SPEC, slerp.SPEC, passthrough.SPEC, *task_arithmetic.SPECS, model_stock.SPEC, *spherical.SPECS,
+        sce.SPEC, nearswap.SPEC, arcee_fusion.SPEC, *ram.SPECS,
+    )
+})
 
 
 def get_method(name: str, where: str = "merge_method") -> MethodSpec:

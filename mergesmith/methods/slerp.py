@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Param
+from mergesmith import native
+from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors, Param
 
 CHUNK = 1024 * 1024
 DOT_THRESHOLD = 0.9995
@@ -42,6 +43,9 @@ def slerp_pair(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     sin_theta = torch.sin(theta)
     coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
     coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+    if native.available(a, b):
+        # One fused pass, same float32 arithmetic and rounding as the loop below.
+        return native.lerp2(a, b, float(coef_a), float(coef_b)).reshape(v0.shape)
     out = torch.empty_like(a)
     for start, x in _chunks(a, dtype):
         out[start : start + CHUNK] = coef_a * x + coef_b * b[start : start + CHUNK].to(dtype)
@@ -56,5 +60,5 @@ def slerp(tensors, base_index, params: MethodParams, generator=None) -> torch.Te
 SPEC = MethodSpec(
     name="slerp", pretty_name="SLERP", reference="https://en.wikipedia.org/wiki/Slerp", fn=slerp,
     params=(Param("t", float, doc="0 gives the base model, 1 the other"),),
-    base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, singleton_passthrough=True,
+    base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, optional_tensors=OptionalTensors.SINGLETON,
 )

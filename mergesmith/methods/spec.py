@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin
 
 import torch
 from pydantic import TypeAdapter, ValidationError
@@ -26,7 +26,17 @@ class Scope(str, Enum):
 
 class BasePolicy(str, Enum):
     REQUIRED = "required"
-    IGNORED = "ignored"
+    OPTIONAL = "optional"    # the base is used when the recipe names one among the sources
+    IGNORED = "ignored"      # a named base is one more ordinary input
+
+
+class OptionalTensors(str, Enum):
+    """An optional tensor (e.g. an untied lm_head) that only some inputs have."""
+
+    ERROR = "error"                    # a missing-tensor error
+    SINGLETON = "singleton"            # exactly one input has it: copy that one
+    BASE_SINGLETON = "base_singleton"  # only the base has it: copy the base's
+    BASE_OR_SKIP = "base_or_skip"      # too few inputs for the method: the base's if only it has it, else omit
 
 
 REQUIRED = object()
@@ -52,8 +62,29 @@ class Param:
         try:
             return self._adapter.validate_python(value)
         except ValidationError:
-            kind = getattr(self.kind, "__name__", str(self.kind))
-            raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is not a valid {kind}") from None
+            raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is not {describe(self.kind)}") from None
+
+
+def describe(kind: Any) -> str:
+    """``a float``, ``true, false or 'paper'``: a parameter type as a user reads it."""
+    options = _alternatives(kind)
+    return options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+
+
+def _alternatives(kind: Any) -> list[str]:
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is Annotated:
+        return _alternatives(args[0])
+    if origin is Literal:
+        return [repr(a) for a in args]
+    if origin is Union:
+        return [option for a in args for option in _alternatives(a)]
+    if kind is bool:
+        return ["true", "false"]
+    if kind is type(None):
+        return ["null"]
+    name = getattr(kind, "__name__", str(kind))
+    return [f"an {name}" if name[0] in "aeiou" else f"a {name}"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +112,18 @@ class MethodSpec:
     min_inputs: int = 1
     max_inputs: Optional[int] = None
     random: bool = False
-    # An optional tensor that only one input has is copied from it (mergekit: slerp).
-    singleton_passthrough: bool = False
+    optional_tensors: OptionalTensors = OptionalTensors.ERROR
+    # Inputs other than the base (all inputs when there is no base).
+    min_non_base: int = 0
+    max_non_base: Optional[int] = None
+    # Cross-parameter checks for one job, run at plan time: raise ConfigError, warn on
+    # suspicious values. ``where`` prefixes messages (recipe and tensor).
+    check: Optional[Callable[[MethodParams, str], None]] = None
+
+    @property
+    def singleton_passthrough(self) -> bool:
+        """An optional tensor that only one input has is copied from it (mergekit: slerp)."""
+        return self.optional_tensors == OptionalTensors.SINGLETON
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)

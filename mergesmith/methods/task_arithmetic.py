@@ -8,21 +8,40 @@ where ``m_i`` is the TIES sign-agreement mask (all ones without consensus).
 - task_arithmetic (arXiv:2212.04089): no sparsifier, no consensus.
 - ties (arXiv:2306.01708): magnitude sparsifier + sign consensus.
 - dare_linear / dare_ties (arXiv:2311.03099): random sparsifier (+ consensus for ties).
+- breadcrumbs / breadcrumbs_ties (arXiv:2312.06795): outlier sparsifier (+ consensus).
+- della_linear / della (arXiv:2406.11617): MagPrune sparsifier (+ consensus).
 Arithmetic happens in the compute dtype, as in mergekit.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 import torch
+from pydantic import AfterValidator
 
 from mergesmith.methods import sparsify
 from mergesmith.methods.consensus import sign_agreement
+from mergesmith.methods.fused import fused_task_arithmetic
 from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Param, Scope
 
-Sparsifier = Callable[..., torch.Tensor]
+
+@dataclass(frozen=True)
+class Sparsifier:
+    """A sparsify step and the per-model parameters it needs beyond ``density``."""
+
+    fn: Callable[..., torch.Tensor]
+    extra: tuple[Param, ...] = ()
+    random: bool = False
+    # ``check(density, where, **extra)`` raises ConfigError for values the step cannot use.
+    check: Optional[Callable[..., None]] = None
+
+
+def _extra(sparsifier: Sparsifier, own) -> dict:
+    return {p.name: own[p.name] for p in sparsifier.extra}
 
 
 def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Optional[Sparsifier], generator) -> torch.Tensor:
@@ -33,7 +52,8 @@ def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Optional
     for row, i in enumerate(others):
         delta = tensors[i] - base
         if sparsifier is not None:
-            delta = sparsifier(delta, params.per_input[i]["density"], params.shared["rescale"], generator)
+            own = params.per_input[i]
+            delta = sparsifier.fn(delta, own["density"], params.shared["rescale"], generator, **_extra(sparsifier, own))
         deltas[row] = delta
     return deltas
 
@@ -46,6 +66,10 @@ def generalized_task_arithmetic(
     others = [i for i in range(len(tensors)) if i != base_index]
     if not others:
         return base
+    if sparsifier is None or sparsifier is MAGNITUDE:
+        fused = fused_task_arithmetic(tensors, base_index, params, magnitude=sparsifier is MAGNITUDE, consensus=consensus)
+        if fused is not None:
+            return fused
     deltas = task_vectors(tensors, base_index, params, sparsifier, generator)
     weights = torch.tensor(params.each("weight", others), dtype=deltas.dtype, device=deltas.device)
     weights = weights.reshape((-1,) + (1,) * base.dim())
@@ -66,29 +90,76 @@ def generalized_task_arithmetic(
     return (base + mixed).to(base.dtype)
 
 
-def _params(normalize: bool, rescale: bool) -> tuple[Param, ...]:
+def _negative_gamma(method: str) -> Callable[[float], float]:
+    def check(gamma: float) -> float:
+        if gamma < 0:
+            warnings.warn(
+                f"{method}: parameter gamma = {gamma} is negative; mergesmith removes no outliers (as gamma 0), "
+                "mergekit keeps fewer than density of the entries (none when -gamma >= density)", stacklevel=2,
+            )
+        return gamma
+    return check
+
+
+def _check_inputs(params: MethodParams, where: str, *, sparsifier: Sparsifier) -> None:
+    for own in params.per_input:
+        if "density" in own:   # the non-base inputs
+            sparsifier.check(own["density"], where, **_extra(sparsifier, own))
+
+
+MAGNITUDE = Sparsifier(sparsify.magnitude, extra=(
+    Param("tie_break", Literal["index", "mergekit"], Scope.NON_BASE, default="index",
+          doc="entries tied at the threshold: index keeps the lowest indices (linear time); "
+              "mergekit reproduces mergekit's sort (slow, bit-exact)"),
+))
+RANDOM = Sparsifier(sparsify.random, random=True)
+MAGPRUNE = Sparsifier(
+    sparsify.magprune, random=True, check=sparsify.check_magprune,
+    extra=(Param("epsilon", float, Scope.NON_BASE, default=0.15, doc="keep probabilities span density ± epsilon"),),
+)
+
+
+def _outliers(method: str) -> Sparsifier:
+    gamma = Param("gamma", Annotated[float, AfterValidator(_negative_gamma(method))], Scope.NON_BASE, default=0.01,
+                  doc="fraction of largest-magnitude delta entries removed")
+    return Sparsifier(sparsify.outliers, extra=(gamma,))
+
+
+def _params(normalize: bool, rescale: bool, sparsifier: Optional[Sparsifier]) -> tuple[Param, ...]:
+    random = sparsifier is not None and sparsifier.random
     return (
         Param("int8_mask", bool, default=False, doc="store the sign mask as int8 (no numeric effect)"),
         Param("normalize", bool, default=normalize, doc="divide by the sum of (agreeing) weights"),
-        Param("rescale", bool, default=rescale, doc="rescale kept delta entries to the delta's L1 norm"),
+        Param("rescale", sparsify.Rescale if random else bool, default=rescale,
+              doc="rescale kept delta entries: true to the delta's L1 norm"
+              + (", paper by 1/keep probability" if random else "")),
         Param("lambda", float, default=1.0, doc="scale of the merged task vector"),
         Param("weight", float, Scope.NON_BASE, doc="coefficient of each model's task vector"),
         Param("density", float, Scope.NON_BASE, default=1.0, doc="fraction of each delta kept"),
+        *(sparsifier.extra if sparsifier is not None else ()),
     )
 
 
-def _spec(name, pretty, url, sparsifier, consensus, normalize, rescale) -> MethodSpec:
+def _spec(name, pretty, url, sparsifier: Optional[Sparsifier], consensus, normalize, rescale) -> MethodSpec:
     return MethodSpec(
         name=name, pretty_name=pretty, reference=url,
         fn=partial(generalized_task_arithmetic, sparsifier=sparsifier, consensus=consensus),
-        params=_params(normalize, rescale), base=BasePolicy.REQUIRED,
-        random=sparsifier is sparsify.random,
+        params=_params(normalize, rescale, sparsifier), base=BasePolicy.REQUIRED,
+        random=sparsifier is not None and sparsifier.random,
+        check=partial(_check_inputs, sparsifier=sparsifier) if sparsifier is not None and sparsifier.check else None,
     )
 
 
+DARE = "https://arxiv.org/abs/2311.03099"
+BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
+DELLA = "https://arxiv.org/abs/2406.11617"
 SPECS = (
     _spec("task_arithmetic", "Task Arithmetic", "https://arxiv.org/abs/2212.04089", None, None, False, False),
-    _spec("ties", "TIES", "https://arxiv.org/abs/2306.01708", sparsify.magnitude, "sum", True, False),
-    _spec("dare_ties", "DARE TIES", "https://arxiv.org/abs/2311.03099", sparsify.random, "sum", False, True),
-    _spec("dare_linear", "Linear DARE", "https://arxiv.org/abs/2311.03099", sparsify.random, None, False, True),
+    _spec("ties", "TIES", "https://arxiv.org/abs/2306.01708", MAGNITUDE, "sum", True, False),
+    _spec("dare_ties", "DARE TIES", DARE, RANDOM, "sum", False, True),
+    _spec("dare_linear", "Linear DARE", DARE, RANDOM, None, False, True),
+    _spec("breadcrumbs", "Model Breadcrumbs", BREADCRUMBS, _outliers("breadcrumbs"), None, False, False),
+    _spec("breadcrumbs_ties", "Model Breadcrumbs with TIES", BREADCRUMBS, _outliers("breadcrumbs_ties"), "sum", False, False),
+    _spec("della", "DELLA", DELLA, MAGPRUNE, "sum", True, True),
+    _spec("della_linear", "Linear DELLA", DELLA, MAGPRUNE, None, False, True),
 )
