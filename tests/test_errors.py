@@ -345,7 +345,8 @@ def test_failure_during_execution_leaves_no_partial_output(monkeypatch, tmp_path
     calls = fail_on_call(monkeypatch, 5, error)
     with pytest.raises(type(error), match=str(error)):
         merge(recipe, out)
-    assert len(calls) == 5  # it really failed mid-execution, after planning and 4 written tensors
+    # it really failed mid-execution; with two workers one more job may already have started
+    assert 5 <= len(calls) <= 6
     assert_nothing_written(out)
 
 

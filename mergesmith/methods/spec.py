@@ -120,10 +120,5 @@ class MethodSpec:
     # suspicious values. ``where`` prefixes messages (recipe and tensor).
     check: Optional[Callable[[MethodParams, str], None]] = None
 
-    @property
-    def singleton_passthrough(self) -> bool:
-        """An optional tensor that only one input has is copied from it (mergekit: slerp)."""
-        return self.optional_tensors == OptionalTensors.SINGLETON
-
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)

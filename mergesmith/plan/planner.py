@@ -19,7 +19,7 @@ from mergesmith.config.schema import OutputSlice, Recipe
 from mergesmith.errors import ArchitectureError, ConfigError, MissingTensorError, ShapeMismatchError
 from mergesmith.io.resolve import ModelInput
 from mergesmith.methods.registry import get_method
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Scope
+from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors, Scope
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
 from mergesmith.plan.slices import canonical_slices, check_slices
 
@@ -84,6 +84,8 @@ def _base_index(ctx: _Context, out_slice: OutputSlice, where: str) -> Optional[i
         return None
     base = out_slice.base_model or ctx.recipe.base_model
     keys = [s.model for s in out_slice.sources]
+    if base is None and ctx.method.base == BasePolicy.OPTIONAL:
+        return None
     if base is None or base not in keys:
         raise ConfigError(
             f"{ctx.source}: {where}: merge method '{ctx.method.name}' needs a base_model among its sources "
@@ -100,6 +102,12 @@ def _check_contract(ctx: _Context, out_slice: OutputSlice, where: str) -> None:
         raise ConfigError(f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models, got {n}: {keys}")
     if len(set(keys)) != n:
         raise ConfigError(f"{ctx.source}: {where}: a model appears twice among the sources {keys}; list each once")
+    others = n - (_base_index(ctx, out_slice, where) is not None)
+    lo, hi = ctx.method.min_non_base, ctx.method.max_non_base
+    if others < lo or (hi is not None and others > hi):
+        want = f"exactly {lo}" if lo == hi else (f"at most {hi}" if hi is not None else f"at least {lo}")
+        raise ConfigError(f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models besides "
+                          f"the base, got {others}: {keys}")
 
 
 def _dtype(ctx: _Context, infos) -> tuple[str, str]:
@@ -120,8 +128,12 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
     present = [i for i, f in enumerate(found) if f is not None]
     where = f"output tensor {weight_out.name}"
     if len(present) < len(models):
-        if weight_out.optional and ctx.method.singleton_passthrough and len(present) == 1:
-            return _passthrough_job(ctx, models[present[0]], found[present[0]], weight_out, layer)
+        if weight_out.optional:
+            kept = _partial_inputs(ctx, out_slice, present, where)
+            if kept == []:
+                return None   # too few inputs for the method (model_stock): omitted, as in mergekit
+            if kept is not None:
+                return _passthrough_job(ctx, models[kept[0]], found[kept[0]], weight_out, layer)
         missing = models[found.index(None)]
         label = f"'{missing.key}'" if str(missing.path) == missing.key else f"'{missing.key}' ({missing.path})"
         raise MissingTensorError(
@@ -133,6 +145,8 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
         raise _shape_error(ctx, models, infos, weight_out, where)
     base_index = _base_index(ctx, out_slice, where)
     params = _resolve_params(ctx, out_slice, base_index, weight_out.name, in_names, t)
+    if ctx.method.check is not None:
+        ctx.method.check(params, f"{ctx.source}: {where}: ")
     compute, out = _dtype(ctx, infos)
     sources = tuple(TensorSource(m.key, f) for m, f in zip(models, found))
     return TensorJob(weight_out.name, sources, base_index, ctx.method.name, params, infos[0].shape, compute, out, layer)
@@ -153,6 +167,19 @@ def _shape_error(ctx, models, infos, weight_out: WeightSpec, where: str) -> Shap
     if weight_out.vocab_axis is not None:
         fix += " (for different vocabularies set tokenizer_source)"
     return ShapeMismatchError(f"{ctx.source}: {where} has inputs of different shapes {{{shapes}}}; {hint}; {fix}")
+
+
+def _partial_inputs(ctx, out_slice, present: list[int], where: str):
+    """For an optional tensor only ``present`` inputs have: ``[i]`` to copy input i, ``[]`` to omit
+    the tensor, None for a missing-tensor error (mergekit's optional tensor policies)."""
+    policy = ctx.method.optional_tensors
+    base = _base_index(ctx, out_slice, where)
+    if len(present) == 1 and (policy == OptionalTensors.SINGLETON
+                              or (policy == OptionalTensors.BASE_SINGLETON and present[0] == base)):
+        return present
+    if policy == OptionalTensors.BASE_OR_SKIP and len(present) < ctx.method.min_inputs:
+        return present if present == [base] else []
+    return None
 
 
 def _passthrough_job(ctx, model: ModelInput, name: str, weight_out: WeightSpec, layer) -> TensorJob:

@@ -1,9 +1,6 @@
-"""What planning must catch or tell for the added methods, before any tensor is read.
-
-The tests marked xfail wait for the planner to honour what the method specs declare
-(``BasePolicy.OPTIONAL``, ``min_non_base``/``max_non_base``, ``check``); they are strict, so
-the day the planner does, they fail until the marker is removed.
-"""
+"""What planning must catch or tell for the added methods, before any tensor is read: the
+planner honours what the method specs declare (``BasePolicy.OPTIONAL``,
+``min_non_base``/``max_non_base``, ``check``)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import pytest
 from mergesmith.api import plan as plan_recipe
 from mergesmith.errors import ConfigError
 
-PLANNER = "planner: spec.check / non-base counts / BasePolicy.OPTIONAL not honoured yet"
 
 
 def _recipe(base, others, method: str, params: str, extra: str = "") -> str:
@@ -42,14 +38,12 @@ def test_nuslerp_plans_with_a_base(llama_family):
     assert {job.base_index for job in plan.jobs} == {0}
 
 
-@pytest.mark.xfail(strict=True, reason=PLANNER)
 def test_della_epsilon_out_of_range_is_refused_at_plan_time(llama_family):
     recipe = _recipe(llama_family[0], llama_family[1:], "della", "{weight: 0.5, density: 0.9, epsilon: 0.15}")
     with pytest.raises(ConfigError, match=r"della: density 0.9 with epsilon 0.15 .* choose \|epsilon\| < 0.1"):
         plan_recipe(recipe)
 
 
-@pytest.mark.xfail(strict=True, reason=PLANNER)
 def test_nuslerp_without_base_takes_exactly_two_models(llama_family):
     plan = plan_recipe(_recipe(None, llama_family[1:], "nuslerp", "{weight: 0.5}"))
     assert {job.base_index for job in plan.jobs} == {None}

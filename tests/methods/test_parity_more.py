@@ -116,7 +116,6 @@ def test_nuslerp_with_base(llama_family, tmp_path, parity_log):
     _check(recipe + "dtype: bfloat16\n", tmp_path, parity_log, "llama nuslerp+base bf16 (flat/rows/columns)")
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="planner: BasePolicy.OPTIONAL is still treated as REQUIRED")
 def test_nuslerp_without_base(qwen2_family, tmp_path, parity_log):
     recipe = _models(None, qwen2_family[1:], "weight: 0.3", "weight: [0.9, 0.1]") + "merge_method: nuslerp\n"
     _check(recipe + NUSLERP_MODES + "dtype: float32\n", tmp_path, parity_log, "qwen2 nuslerp fp32")
@@ -127,7 +126,6 @@ def test_multislerp_with_base(qwen2_family, tmp_path, parity_log):
     _check(recipe, tmp_path, parity_log, "qwen2 multislerp+base bf16")
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="planner: BasePolicy.OPTIONAL is still treated as REQUIRED")
 def test_multislerp_without_base(llama_family, tmp_path, parity_log):
     recipe = _models(None, llama_family, "weight: 0.2", "weight: 0.3", "weight: 0.5")  # no base: three points
     _check(recipe + "merge_method: multislerp\nparameters: {normalize_weights: false}\ndtype: bfloat16\n",
