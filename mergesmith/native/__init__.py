@@ -31,7 +31,9 @@ def available(*tensors: torch.Tensor) -> bool:
 
 
 def _blocks(n: int) -> int:
-    return max(1, min(64, n // 65536))
+    # A few blocks per core: enough to share the work, few enough that the per-block histograms
+    # (512 KiB each) stay cheap to clear and sum.
+    return max(1, min(8, n // 65536))
 
 
 def _histogram(x, base, shift, prefix_shift, prefix) -> torch.Tensor:

@@ -16,23 +16,31 @@
 
 #define BINS 65536
 #define MAX_MODELS 64
+#define TILE 512
+#define INLINE static inline __attribute__((always_inline))
+/* Call fn with the dtype code as a literal: after inlining, every per-element dtype branch
+ * folds away and the loops vectorise. */
+#define DISPATCH(fn, dt, ...) switch (dt) { \
+    case 1: fn(1, __VA_ARGS__); break; \
+    case 2: fn(2, __VA_ARGS__); break; \
+    default: fn(0, __VA_ARGS__); }
 
-static inline float f_of_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint32_t bits_of_f(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+INLINE float f_of_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+INLINE uint32_t bits_of_f(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-static inline float bf16_to_f(uint16_t h) { return f_of_bits((uint32_t)h << 16); }
-static inline uint16_t f_to_bf16(float f) {
+INLINE float bf16_to_f(uint16_t h) { return f_of_bits((uint32_t)h << 16); }
+INLINE uint16_t f_to_bf16(float f) {
     uint32_t u = bits_of_f(f);
-    if (isnan(f)) return 0x7FC0;
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    uint16_t r = (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)0x7FC0 : r;
 }
-static inline float h_to_f(uint16_t h) {
+INLINE float h_to_f(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
     if (exp == 0) return mant ? copysignf((float)mant * (1.0f / 16777216.0f), sign ? -1.0f : 1.0f) : f_of_bits(sign);
     if (exp == 31) return f_of_bits(sign | 0x7F800000u | (mant << 13));
     return f_of_bits(sign | ((exp + 112u) << 23) | (mant << 13));
 }
-static inline uint16_t f_to_h(float f) {
+INLINE uint16_t f_to_h(float f) {
     uint32_t x = bits_of_f(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
     if (ax > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);
     if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);          /* rounds to infinity */
@@ -41,29 +49,29 @@ static inline uint16_t f_to_h(float f) {
 }
 
 /* load element i as float; round a float to the dtype (returned as float); store. */
-static inline float load(int dt, const void *p, int64_t i) {
+INLINE float load(int dt, const void *p, int64_t i) {
     if (dt == 0) return ((const float *)p)[i];
     if (dt == 1) return bf16_to_f(((const uint16_t *)p)[i]);
     return h_to_f(((const uint16_t *)p)[i]);
 }
-static inline float rnd(int dt, float f) {
+INLINE float rnd(int dt, float f) {
     if (dt == 0) return f;
     if (dt == 1) return bf16_to_f(f_to_bf16(f));
     return h_to_f(f_to_h(f));
 }
-static inline void store(int dt, void *p, int64_t i, float f) {
+INLINE void store(int dt, void *p, int64_t i, float f) {
     if (dt == 0) ((float *)p)[i] = f;
     else if (dt == 1) ((uint16_t *)p)[i] = f_to_bf16(f);
     else ((uint16_t *)p)[i] = f_to_h(f);
 }
 /* Magnitude key: the bits of |v| in the dtype's own format; orders like |v| (NaN largest). */
-static inline int64_t key_of(int dt, float v) {
+INLINE int64_t key_of(int dt, float v) {
     if (dt == 0) return (int64_t)(bits_of_f(v) & 0x7FFFFFFFu);
     if (dt == 1) return (int64_t)(f_to_bf16(v) & 0x7FFFu);
     return (int64_t)(f_to_h(v) & 0x7FFFu);
 }
 /* delta = x - base in the dtype (base may be NULL: delta = x). */
-static inline float delta_at(int dt, const void *base, const void *x, int64_t i) {
+INLINE float delta_at(int dt, const void *base, const void *x, int64_t i) {
     float v = load(dt, x, i);
     return base ? rnd(dt, v - load(dt, base, i)) : v;
 }
@@ -71,20 +79,24 @@ static inline float delta_at(int dt, const void *base, const void *x, int64_t i)
 /* hist_delta(dt, base, x, n, nblocks, shift, prefix_shift, prefix, hist):
  * per-block histograms of the 16-bit digit (key >> shift) & 0xFFFF of |x - base|, counting
  * only keys whose (key >> prefix_shift) == prefix when prefix >= 0. hist: int64[nblocks][BINS]. */
-static PyObject *hist_delta(PyObject *self, PyObject *args) {
-    int dt, nblocks, shift, pshift; unsigned long long pb, px, ph; long long n, prefix;
-    if (!PyArg_ParseTuple(args, "iKKLiiiLK", &dt, &pb, &px, &n, &nblocks, &shift, &pshift, &prefix, &ph)) return NULL;
-    const void *base = (const void *)pb, *x = (const void *)px; int64_t *hist = (int64_t *)ph;
-    Py_BEGIN_ALLOW_THREADS
+INLINE void hist_run(const int DT, const void *base, const void *x, int64_t n, int nblocks, int shift,
+                     int pshift, int64_t prefix, int64_t *hist) {
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < nblocks; b++) {
         int64_t lo = n * b / nblocks, hi = n * (b + 1) / nblocks, *h = hist + (int64_t)b * BINS;
         for (int64_t i = lo; i < hi; i++) {
-            int64_t key = key_of(dt, delta_at(dt, base, x, i));
+            int64_t key = key_of(DT, delta_at(DT, base, x, i));
             if (prefix >= 0 && (key >> pshift) != prefix) continue;
             h[(key >> shift) & 0xFFFF]++;
         }
     }
+}
+
+static PyObject *hist_delta(PyObject *self, PyObject *args) {
+    int dt, nblocks, shift, pshift; unsigned long long pb, px, ph; long long n, prefix;
+    if (!PyArg_ParseTuple(args, "iKKLiiiLK", &dt, &pb, &px, &n, &nblocks, &shift, &pshift, &prefix, &ph)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    DISPATCH(hist_run, dt, (const void *)pb, (const void *)px, n, nblocks, shift, pshift, prefix, (int64_t *)ph);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -99,81 +111,125 @@ static PyObject *nth_equal(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(found);
 }
 
+/* One tile [lo, hi) of generalised task arithmetic. Keys are compared as int32 (they fit in
+ * 31 bits) and the tie cutoff relative to the tile, so the mask loop vectorises. */
+INLINE void gta_tile(const int DT, const void *base, const void **xs, int k, int64_t lo, int64_t hi,
+                     const int64_t *thr, const int64_t *cut, const float *w, int consensus, int normalize,
+                     float lam, int use_lam, float divc, void *out) {
+    float fb[TILE], t[MAX_MODELS][TILE], votes[TILE], mixed[TILE], sdiv[TILE];
+    int len = (int)(hi - lo);
+    for (int j = 0; j < len; j++) { fb[j] = load(DT, base, lo + j); votes[j] = 0.0f; mixed[j] = 0.0f; sdiv[j] = 0.0f; }
+    for (int m = 0; m < k; m++) {
+        const void *x = xs[m];
+        float wm = w[m];
+        if (thr[m] < 0) {
+            for (int j = 0; j < len; j++) {
+                t[m][j] = rnd(DT, rnd(DT, load(DT, x, lo + j) - fb[j]) * wm);
+                votes[j] += t[m][j];
+            }
+            continue;
+        }
+        int32_t key_thr = thr[m] > INT32_MAX ? INT32_MAX : (int32_t)thr[m];
+        int64_t rel = cut[m] - lo;
+        int32_t cut_rel = rel < -1 ? -1 : (rel > TILE ? TILE : (int32_t)rel);
+        int never = thr[m] > INT32_MAX;
+        for (int j = 0; j < len; j++) {
+            float d = rnd(DT, load(DT, x, lo + j) - fb[j]);
+            int32_t key = (int32_t)key_of(DT, d);
+            /* bitwise, not short-circuit, so the loop stays branch-free; d * mask as in mergekit */
+            int keep = ((key > key_thr) | ((key == key_thr) & (j <= cut_rel))) & !never;
+            d = d * (float)keep;
+            t[m][j] = rnd(DT, d * wm);
+            votes[j] += t[m][j];
+        }
+    }
+    if (consensus) {
+        for (int m = 0; m < k; m++) {
+            float wm = w[m];
+            for (int j = 0; j < len; j++) {
+                float elected = (float)(2 * (rnd(DT, votes[j]) >= 0.0f) - 1);
+                float v = t[m][j];
+                float agree = (float)(((v > 0.0f) - (v < 0.0f)) == (int)elected);
+                mixed[j] += v * agree;          /* (deltas * mask).sum(0) */
+                sdiv[j] += wm * agree;          /* (weights * mask).sum(0) */
+            }
+        }
+    } else {
+        for (int m = 0; m < k; m++)
+            for (int j = 0; j < len; j++) mixed[j] += t[m][j];
+    }
+    for (int j = 0; j < len; j++) {
+        float mx = rnd(DT, mixed[j]), div = divc;
+        if (consensus) { div = rnd(DT, sdiv[j]); div = div == 0.0f ? 1.0f : div; }
+        if (normalize) mx = rnd(DT, mx / div);
+        if (use_lam) mx = rnd(DT, mx * lam);
+        store(DT, out, lo + j, fb[j] + mx);
+    }
+}
+
+INLINE void gta_run(const int DT, const void *base, const void **xs, int k, int64_t n, const int64_t *thr,
+                    const int64_t *cut, const float *w, int consensus, int normalize, float lam, int use_lam,
+                    float divc, void *out) {
+    int64_t tiles = (n + TILE - 1) / TILE;
+    #pragma omp parallel for schedule(static, 256)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        int64_t lo = tile * TILE, hi = lo + TILE < n ? lo + TILE : n;
+        gta_tile(DT, base, xs, k, lo, hi, thr, cut, w, consensus, normalize, lam, use_lam, divc, out);
+    }
+}
+
 /* gta(dt, base, xs, k, n, thr, cutoff, weights, consensus, normalize, lam, use_lam, divisor, out)
  * Generalised task arithmetic with optional magnitude masks and TIES sign consensus; see
  * mergesmith/methods/task_arithmetic.py for the formula. xs/thr/cutoff: int64[k] arrays
  * (thr < 0: no mask; an entry equal to thr is kept when its index <= cutoff); weights:
- * float32[k], already rounded to the dtype; divisor: the constant divisor without consensus. */
+ * float32[k], already rounded to the dtype; divisor: the constant divisor without consensus.
+ * Sums over models run in model order in float32, rounded once, as torch's reductions do. */
 static PyObject *gta(PyObject *self, PyObject *args) {
     int dt, k, consensus, normalize, use_lam; unsigned long long pb, pxs, pthr, pcut, pw, pout; long long n; float lam, divc;
     if (!PyArg_ParseTuple(args, "iKKiLKKKiifif" "K", &dt, &pb, &pxs, &k, &n, &pthr, &pcut, &pw, &consensus,
                           &normalize, &lam, &use_lam, &divc, &pout)) return NULL;
     if (k < 1 || k > MAX_MODELS) { PyErr_SetString(PyExc_ValueError, "gta: 1..64 models"); return NULL; }
-    const void *base = (const void *)pb; const void **xs = (const void **)pxs;
-    const int64_t *thr = (const int64_t *)pthr, *cut = (const int64_t *)pcut; const float *w = (const float *)pw;
-    void *out = (void *)pout;
     Py_BEGIN_ALLOW_THREADS
-    #pragma omp parallel for schedule(static, 65536)
-    for (int64_t i = 0; i < n; i++) {
-        float fb = load(dt, base, i), t[MAX_MODELS], mixed = 0.0f, div = divc;
-        for (int m = 0; m < k; m++) {
-            float d = rnd(dt, load(dt, xs[m], i) - fb);
-            if (thr[m] >= 0) {
-                int64_t key = key_of(dt, d);
-                if (!(key > thr[m] || (key == thr[m] && i <= cut[m]))) d = d * 0.0f;
-            }
-            t[m] = rnd(dt, d * w[m]);
-        }
-        if (consensus) {
-            float votes = 0.0f, sdiv = 0.0f;
-            for (int m = 0; m < k; m++) votes += t[m];
-            float elected = rnd(dt, votes) >= 0.0f ? 1.0f : -1.0f;
-            for (int m = 0; m < k; m++) {
-                float sign = t[m] > 0.0f ? 1.0f : (t[m] < 0.0f ? -1.0f : 0.0f);
-                int agree = sign == elected;
-                mixed += agree ? t[m] : t[m] * 0.0f;
-                sdiv += agree ? w[m] : w[m] * 0.0f;
-            }
-            div = rnd(dt, sdiv);
-            if (div == 0.0f) div = 1.0f;
-        } else {
-            for (int m = 0; m < k; m++) mixed += t[m];
-        }
-        mixed = rnd(dt, mixed);
-        if (normalize) mixed = rnd(dt, mixed / div);
-        if (use_lam) mixed = rnd(dt, mixed * lam);
-        store(dt, out, i, fb + mixed);
-    }
+    DISPATCH(gta_run, dt, (const void *)pb, (const void **)pxs, k, n, (const int64_t *)pthr, (const int64_t *)pcut,
+             (const float *)pw, consensus, normalize, lam, use_lam, divc, (void *)pout);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 /* dot3(dt, a, b, n) -> (sum a*a, sum b*b, sum a*b) in double. */
-static PyObject *dot3(PyObject *self, PyObject *args) {
-    int dt; unsigned long long pa, pb; long long n; double aa = 0, bb = 0, ab = 0;
-    if (!PyArg_ParseTuple(args, "iKKL", &dt, &pa, &pb, &n)) return NULL;
-    const void *a = (const void *)pa, *b = (const void *)pb;
-    Py_BEGIN_ALLOW_THREADS
+INLINE void dot3_run(const int DT, const void *a, const void *b, int64_t n, double *res) {
+    double aa = 0, bb = 0, ab = 0;
     #pragma omp parallel for schedule(static) reduction(+ : aa, bb, ab)
     for (int64_t i = 0; i < n; i++) {
-        double x = load(dt, a, i), y = load(dt, b, i);
+        double x = load(DT, a, i), y = load(DT, b, i);
         aa += x * x; bb += y * y; ab += x * y;
     }
+    res[0] = aa; res[1] = bb; res[2] = ab;
+}
+
+static PyObject *dot3(PyObject *self, PyObject *args) {
+    int dt; unsigned long long pa, pb; long long n; double res[3];
+    if (!PyArg_ParseTuple(args, "iKKL", &dt, &pa, &pb, &n)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    DISPATCH(dot3_run, dt, (const void *)pa, (const void *)pb, n, res);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("ddd", aa, bb, ab);
+    return Py_BuildValue("ddd", res[0], res[1], res[2]);
 }
 
 /* lerp2(dt, a, b, n, ca, cb, out): out = ca * a + cb * b, float32 arithmetic, rounded to dt. */
+INLINE void lerp2_run(const int DT, const void *a, const void *b, int64_t n, float ca, float cb, void *out) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float x = ca * load(DT, a, i), y = cb * load(DT, b, i);
+        store(DT, out, i, x + y);
+    }
+}
+
 static PyObject *lerp2(PyObject *self, PyObject *args) {
     int dt; unsigned long long pa, pb, po; long long n; float ca, cb;
     if (!PyArg_ParseTuple(args, "iKKLffK", &dt, &pa, &pb, &n, &ca, &cb, &po)) return NULL;
-    const void *a = (const void *)pa, *b = (const void *)pb; void *out = (void *)po;
     Py_BEGIN_ALLOW_THREADS
-    #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float x = ca * load(dt, a, i), y = cb * load(dt, b, i);
-        store(dt, out, i, x + y);
-    }
+    DISPATCH(lerp2_run, dt, (const void *)pa, (const void *)pb, n, ca, cb, (void *)po);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
