@@ -12,13 +12,13 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from mergesmith.cli import merge_cmd, plan_cmd
+from mergesmith.cli import card_cmd, eval_cmd, merge_cmd, plan_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergesmith", description="Merge LLM checkpoints from mergekit-style YAML recipes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (merge_cmd, plan_cmd):
+    for module in (merge_cmd, plan_cmd, eval_cmd, card_cmd):
         module.add_parser(sub)
     return parser
 

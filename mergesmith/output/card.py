@@ -1,6 +1,10 @@
-"""The model card: front matter, then Merge Details → Merge Method → Models Merged → Configuration."""
+"""The model card: front matter, then Merge Details → Merge Method → Models Merged → Configuration,
+and (after `mergesmith card --eval`) Evaluation results."""
 
 from __future__ import annotations
+
+import re
+from typing import Optional, Sequence
 
 import yaml
 
@@ -40,3 +44,62 @@ def recipe_from_card(card: str) -> str:
     """The YAML recipe embedded in a card (for round-trip checks and for re-running a merge)."""
     start = card.index("```yaml\n") + len("```yaml\n")
     return card[start : card.index("\n```", start)]
+
+
+# --- Evaluation results ------------------------------------------------------------------------
+# Written by `mergesmith card OUT --eval results.json`; the rows come from mergesmith.eval as plain
+# (metric, value) strings, so this module stays free of the eval subpackage.
+
+EVAL_HEADING = "## Evaluation results"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def eval_section(rows: Sequence[tuple[str, str]], *, datasets: str, context: str, date: str) -> str:
+    """The "Evaluation results" section: where the numbers come from, then a (metric, value) table."""
+    table = "\n".join(f"| {_cell(metric)} | {_cell(value)} |" for metric, value in rows)
+    return (
+        f"{EVAL_HEADING}\n\n"
+        f"Evaluated with `mergesmith eval` on {date}.\n\n"
+        f"- Data: {datasets}\n"
+        f"- Context length: {context}\n\n"
+        f"| metric | value |\n|---|---|\n{table}\n"
+    )
+
+
+def _section_span(card: str) -> Optional[tuple[int, int]]:
+    """Start and end of an existing evaluation section: from its heading to the next '## ' heading."""
+    if card.startswith(EVAL_HEADING + "\n"):
+        start = 0
+    else:
+        found = card.find("\n" + EVAL_HEADING + "\n")
+        if found < 0:
+            return None
+        start = found + 1
+    end = card.find("\n## ", start + len(EVAL_HEADING))
+    return start, len(card) if end < 0 else end + 1
+
+
+def with_eval_section(card: str, section: str) -> str:
+    """``card`` with its evaluation section replaced by ``section``, or ``section`` appended."""
+    span = _section_span(card)
+    if span is None:
+        return card.rstrip("\n") + "\n\n" + section
+    start, end = span
+    rest = card[end:]
+    return card[:start] + section + ("\n" + rest if rest else "")
+
+
+def eval_rows_from_card(card: str) -> list[tuple[str, str]]:
+    """The (metric, value) rows of a card's evaluation section (empty when it has none)."""
+    span = _section_span(card)
+    if span is None:
+        return []
+    rows = []
+    for line in card[span[0] : span[1]].splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 2 and cells != ["metric", "value"] and set(cells[0]) != {"-"}:
+            rows.append((cells[0], cells[1]))
+    return rows

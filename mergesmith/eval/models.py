@@ -1,0 +1,123 @@
+"""Loading a Hugging Face model directory for scoring, and the one forward pass every metric uses."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergesmith.errors import ArchitectureError, ConfigError, InputFormatError, MergesmithError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str          # the reference as given, for tables and messages
+    model: Any         # a transformers causal LM in eval mode
+    tokenizer: Any
+    device: torch.device
+    keeps_logits: bool  # forward() takes logits_to_keep (only the tail of the logits is computed)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype '{name}' is not supported for evaluation; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device '{name}' is not a torch device ({exc}); pass --device cpu, cuda, cuda:1 or mps") from exc
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type, lambda: True)
+    if not available():
+        raise ConfigError(f"device '{name}' is not available on this machine; pass --device cpu")
+    return device
+
+
+def check_model_dir(ref: str) -> Path:
+    """The model directory of ``ref`` (a local HF directory), checked before anything is loaded."""
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf")) and not (path / "config.json").exists()):
+        raise InputFormatError(
+            f"model '{ref}' is GGUF; evaluation reads Hugging Face directories: convert it first with "
+            "`mergesmith merge` and a passthrough recipe (dtype: float32)"
+        )
+    if not path.is_dir():
+        raise InputFormatError(f"model '{ref}' not found: no such directory; give a local Hugging Face model directory")
+    if not (path / "config.json").is_file():
+        raise InputFormatError(f"model '{ref}': {path / 'config.json'} is missing; a model directory needs its config.json")
+    return path
+
+
+def max_positions(ref: str) -> int | None:
+    """``max_position_embeddings`` from config.json (None when the config does not say)."""
+    config = json.loads((check_model_dir(ref) / "config.json").read_text())
+    config = config.get("text_config", config)
+    value = config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
+@contextmanager
+def _transformers_progress(enabled: bool):
+    """transformers draws its own 'Loading weights' bar; silence it unless progress was asked for."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
+def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: bool = False) -> LoadedModel:
+    path = check_model_dir(ref)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise MergesmithError(f"evaluating '{ref}' needs transformers ({exc}); install it: pip install 'mergesmith[hf]'") from exc
+    try:
+        with _transformers_progress(progress):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputFormatError(f"model '{ref}' does not load with transformers: {exc}".replace("\n", " ")) from exc
+    dev = check_device(device)
+    model = model.to(dev).eval()
+    keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return LoadedModel(ref, model, tokenizer, dev, keeps)
+
+
+def check_same_tokenizer(model: LoadedModel, ref: LoadedModel) -> None:
+    """KL divergence compares distributions over the same token ids: the vocabularies must match."""
+    if model.tokenizer.get_vocab() != ref.tokenizer.get_vocab():
+        raise ArchitectureError(
+            f"model '{model.name}' and reference '{ref.name}' have different tokenizers; KL divergence needs "
+            "identical token ids: pick a reference with the same tokenizer or drop --ref"
+        )
+
+
+def doc_start_id(loaded: LoadedModel) -> int:
+    """The token a document starts after: BOS, else EOS (so that the first text token is scored too)."""
+    tok = loaded.tokenizer
+    token = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if token is None:
+        raise InputFormatError(f"model '{loaded.name}': the tokenizer has neither a BOS nor an EOS token; perplexity needs one to start a document")
+    return int(token)
+
+
+def tail_logprobs(loaded: LoadedModel, ids: torch.Tensor, keep: int, attention_mask=None) -> torch.Tensor:
+    """log-softmax (float32) of the next-token logits at the last ``keep`` positions: [B, keep, V]."""
+    kwargs = {"logits_to_keep": keep} if loaded.keeps_logits else {}
+    ids = ids.to(loaded.device)
+    mask = None if attention_mask is None else attention_mask.to(loaded.device)
+    logits = loaded.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+    return torch.log_softmax(logits[:, -keep:].float(), dim=-1)
