@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from mergesmith.api import merge
+    from mergesmith.execute.memory import release_freed_tensors
+
+    release_freed_tensors()   # process-wide, so it belongs to the program, not the library
 
     plan = merge(
         args.recipe, args.out, force=args.force, shard_size=args.shard_size, seed=args.seed,
