@@ -80,10 +80,16 @@ def parity_log() -> list:
 def pytest_terminal_summary(terminalreporter):
     if not _PARITY:
         return
-    exact = sum(p.exact for _, p in _PARITY)
-    ulp = sum(p.within_ulp for _, p in _PARITY)
-    differing = sum(len(p.differing) for _, p in _PARITY)
+    # Merges under the default TIES tie rule differ from mergekit at threshold ties by design
+    # (their tests assert that nothing else differs); they are listed but not totalled.
+    exactness = [(label, p) for label, p in _PARITY if "tie rule" not in label]
+    exact = sum(p.exact for _, p in exactness)
+    ulp = sum(p.within_ulp for _, p in exactness)
+    differing = sum(len(p.differing) for _, p in exactness)
     terminalreporter.write_sep("=", "parity with mergekit 0.1.5")
     for label, p in _PARITY:
         terminalreporter.write_line(f"{label}: {p.summary()}")
-    terminalreporter.write_line(f"TOTAL over {len(_PARITY)} merges: {exact} tensors bit-exact, {ulp} within 1 ulp, {differing} differing")
+    terminalreporter.write_line(
+        f"TOTAL over {len(exactness)} merges: {exact} tensors bit-exact, {ulp} within 1 ulp, {differing} differing"
+        f" (plus {len(_PARITY) - len(exactness)} merges under the default tie rule, different only at threshold ties)"
+    )
