@@ -133,3 +133,13 @@ def test_plan_json_lists_every_tensor(llama_family):
     assert [s.model for s in job.sources] == [str(p) for p in llama_family]
     assert job.params.per_input[2]["weight"] == 0.9   # filter: mlp
     assert job.params.per_input[1]["density"] == pytest.approx(0.3 + 0.5 * 2 / 3)
+
+
+def test_tokenizer_source_base_takes_the_base_models_files(llama_family, tmp_path):
+    base = llama_family[0]
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(models_recipe("ties", llama_family, "float32") + "tokenizer_source: base\n")
+    out = tmp_path / "out"
+    merge(recipe, out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (base / name).read_bytes()

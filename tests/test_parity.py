@@ -6,6 +6,7 @@ dtype; the counts are collected for the session summary (see conftest.py).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,8 @@ def frankenmerge_recipe(model: Path) -> str:
         out += ["  - sources:", f"      - model: {model}", f"        layer_range: [{start}, {end}]"]
         if scale is not None:
             out += ["        parameters:", "          scale:",
-                    f"            - filter: o_proj", f"              value: {scale}",
-                    f"            - filter: down_proj", f"              value: {scale}"]
+                    "            - filter: o_proj", f"              value: {scale}",
+                    "            - filter: down_proj", f"              value: {scale}"]
     out += ["merge_method: passthrough", "dtype: bfloat16"]
     return "\n".join(out) + "\n"
 
@@ -177,3 +178,11 @@ def test_ties_default_tie_rule_differs_only_at_threshold_ties(kind, families, tm
         differing_entries += int(diff.sum())
     parity = compare(ours, theirs)
     parity_log.append((f"{kind} ties default tie rule ({differing_entries} entries at threshold ties)", parity))
+
+
+def test_out_dtype_casts_after_computing_in_dtype(llama_family, tmp_path, parity_log):
+    recipe = models_recipe("task_arithmetic", llama_family, "float32", "out_dtype: bfloat16\n")
+    parity = _check(recipe, tmp_path, parity_log, "llama task_arithmetic float32 -> out_dtype bfloat16")
+    assert parity.exact == 1 + 4 * 9 + 2
+    assert all(t.dtype == torch.bfloat16 for t in load_dir(tmp_path / "ours").values())
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["torch_dtype"] == "bfloat16"

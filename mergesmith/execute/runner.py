@@ -44,12 +44,12 @@ def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int) -> torc
 DEFAULT_BUDGET = 512 * 2**20
 
 
-def job_bytes(job: TensorJob, models: Mapping[str, ModelInput]) -> int:
+def job_bytes(job: TensorJob) -> int:
+    """Bytes a job holds at once: its inputs and its output, in the compute dtype."""
     count = 1
     for dim in job.shape:
         count *= dim
-    element = torch.empty((), dtype=torch_dtype(job.dtype)).element_size()
-    return count * element * (len(job.sources) + 1)
+    return count * torch_dtype(job.dtype).itemsize * (len(job.sources) + 1)
 
 
 def execute(
@@ -70,7 +70,7 @@ def execute(
         in_flight: dict = {}   # future -> bytes
         try:
             for job in plan.jobs:
-                cost = job_bytes(job, models)
+                cost = job_bytes(job)
                 while in_flight and (len(in_flight) >= workers or sum(in_flight.values()) + cost > budget):
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from mergesmith.api import merge
-from mergesmith.errors import ConfigError
 from reference import compare, load_dir, run_mergekit
 
 pytestmark = pytest.mark.mergekit
