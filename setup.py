@@ -1,6 +1,6 @@
 """Only the optional C extension lives here; everything else is in pyproject.toml.
 
-``optional=True``: where it cannot be compiled (no C compiler, no OpenMP), mergesmith installs
+``optional=True``: where it cannot be compiled (no C compiler), mergesmith installs
 without it and runs the pure-torch implementations, which give the same numbers more slowly.
 """
 
@@ -13,8 +13,7 @@ setup(
             ["mergesmith/native/kernels.c"],
             # -ffp-contract=off: no fused multiply-add, so rounding matches torch's separate ops.
             # -fno-trapping-math lets selects vectorise; no reassociation, so results are unchanged.
-            extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-std=c11"],
-            extra_link_args=["-fopenmp"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-std=c11"],
             optional=True,
         )
     ]

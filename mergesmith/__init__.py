@@ -8,7 +8,7 @@ The API is imported lazily so that ``mergesmith --help`` does not pay for torch.
 """
 
 __version__ = "0.1.0"
-__all__ = ["merge", "plan", "load_recipe"]
+__all__ = ["load_recipe", "merge", "plan"]
 
 
 def __getattr__(name):

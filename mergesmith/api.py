@@ -5,25 +5,28 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import yaml
 
 from mergesmith.config.load import load_recipe, parse_recipe
 from mergesmith.config.schema import Recipe
-from mergesmith.execute.runner import execute, slots
 from mergesmith.io.resolve import close_models, open_models
 from mergesmith.io.writer import ShardedWriter, parse_size
 from mergesmith.output.card import model_card
 from mergesmith.output.config import output_config
 from mergesmith.output.directory import check_target, staged_directory
 from mergesmith.output.tokenizer import (
-    copy_generation_config, copy_tokenizer, resolve_chat_template, write_chat_template,
+    copy_generation_config,
+    copy_tokenizer,
+    resolve_chat_template,
+    write_chat_template,
 )
 from mergesmith.plan.jobs import Plan
 from mergesmith.plan.planner import build_plan
 
 DEFAULT_SHARD_SIZE = "5GB"
+# Where `base+adapter` references are merged once and reused (io/lora.py).
+DEFAULT_LORA_CACHE = Path("~/.cache/mergesmith/lora")
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,16 @@ class RecipeSource:
     recipe: Recipe
     text: str            # the YAML as the user wrote it, kept for the card
     name: str            # file name or "<recipe>", for messages
-    base_dir: Optional[Path]
+    base_dir: Path | None
+    # Set by multi-stage lineages (mergesmith/lineage/): a card of their own, and files (the
+    # stage record) written into the staging directory, so a complete output always has them.
+    card: str | None = None
+    extra_files: tuple[tuple[str, str], ...] = ()
 
 
-def read_recipe(recipe: Union[str, Path, Recipe, dict]) -> RecipeSource:
+def read_recipe(recipe: str | Path | Recipe | dict | RecipeSource) -> RecipeSource:
+    if isinstance(recipe, RecipeSource):
+        return recipe
     if isinstance(recipe, Recipe):
         text = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
         return RecipeSource(recipe, text, "<recipe>", None)
@@ -47,7 +56,8 @@ def read_recipe(recipe: Union[str, Path, Recipe, dict]) -> RecipeSource:
     return RecipeSource(parsed, path.read_text(encoding="utf-8"), str(path), path.parent.resolve())
 
 
-def _model_keys(recipe: Recipe) -> list[str]:
+def model_keys(recipe: Recipe) -> list[str]:
+    """The models a recipe opens: every referenced model, plus a model named as tokenizer source."""
     keys = list(recipe.referenced_models())
     choice = recipe.tokenizer_choice
     if choice not in (None, "base", "union") and choice not in keys:
@@ -58,7 +68,7 @@ def _model_keys(recipe: Recipe) -> list[str]:
 def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
     """What a merge would do, tensor by tensor; reads only headers and configs."""
     src = read_recipe(recipe)
-    models = open_models(_model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    models = open_models(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
     try:
         return build_plan(src.recipe, models, source=src.name, seed=seed)
     finally:
@@ -66,15 +76,27 @@ def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
 
 
 def merge(
-    recipe, out: Union[str, Path], *, force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE,
+    recipe, out: str | Path, *, force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE,
     seed: int = 0, allow_pickle: bool = False, progress: bool = False, workers: int = 2,
+    lora_cache: str | Path | None = DEFAULT_LORA_CACHE, device: str = "cpu",
 ) -> Plan:
-    """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically."""
+    """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically.
+
+    ``lora_cache``: where ``base+adapter`` inputs are merged and kept for later runs; None folds
+    adapters in on the fly instead, writing nothing outside ``out``.
+    """
     src = read_recipe(recipe)
     out = Path(out)
+    from mergesmith.execute.runner import (  # torch: only a merge needs it
+        check_device,
+        slots,
+    )
+
+    device = check_device(device)
     check_target(out, force)
     size = parse_size(shard_size)
-    models = open_models(_model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    cache = Path(lora_cache).expanduser() if lora_cache is not None else None
+    models = open_models(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
         the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
         template = None
@@ -83,7 +105,7 @@ def merge(
         with staged_directory(out, force) as staging:
             writer = ShardedWriter(staging, slots(the_plan), size)
             try:
-                _run(the_plan, models, writer, progress, workers)
+                _run(the_plan, models, writer, progress, workers, device)
                 writer.finish()
             except BaseException:
                 writer.close()
@@ -94,22 +116,26 @@ def merge(
     return the_plan
 
 
-def _run(the_plan, models, writer, progress: bool, workers: int) -> None:
+def _run(the_plan, models, writer, progress: bool, workers: int, device: str) -> None:
+    from mergesmith.execute.runner import execute
+
     if not progress:
-        execute(the_plan, models, writer, workers=workers)
+        execute(the_plan, models, writer, workers=workers, device=device)
         return
     from tqdm import tqdm
 
     with tqdm(total=len(the_plan.jobs), unit="tensor", desc="merging") as bar:
-        execute(the_plan, models, writer, bar.update, workers=workers)
+        execute(the_plan, models, writer, bar.update, workers=workers, device=device)
 
 
 def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: str, template) -> None:
     config = output_config(the_plan, models)
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_generation_config(models[the_plan.config_donor], staging)
-    copy_tokenizer(models[the_plan.tokenizer_donor], staging)
+    copy_tokenizer(models[the_plan.tokenizer_donor], staging, the_plan.vocab)
     if template:
         write_chat_template(template, staging)
     (staging / "mergesmith_config.yml").write_text(src.text)
-    (staging / "README.md").write_text(model_card(src.recipe, src.text, name))
+    (staging / "README.md").write_text(src.card if src.card is not None else model_card(src.recipe, src.text, name))
+    for file_name, content in src.extra_files:
+        (staging / file_name).write_text(content)

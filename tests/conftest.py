@@ -12,6 +12,7 @@ import pytest
 
 # tests/ is not a package, so pytest (default "prepend" import mode) puts this directory on
 # sys.path: test modules anywhere under tests/ import the helpers as `pico` and `reference`.
+from parity_summary import attribute, missing_coverage, per_method_lines
 from pico import make_family, make_pico
 from reference import require_mergekit
 
@@ -89,7 +90,16 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("=", "parity with mergekit 0.1.5")
     for label, p in _PARITY:
         terminalreporter.write_line(f"{label}: {p.summary()}")
+    terminalreporter.write_sep("-", "per method: whole merges, then function-level (fn) comparisons")
+    for line in per_method_lines(_PARITY):
+        terminalreporter.write_line(line)
+    uncovered = missing_coverage(_PARITY)
+    if uncovered:
+        shown = ", ".join(uncovered[:8]) + (", ..." if len(uncovered) > 8 else "")
+        terminalreporter.write_line(f"{len(uncovered)} method/family pairs without a whole merge in this run: {shown}")
+    functions = sum(1 for label, _ in exactness if attribute(label).function_level)
     terminalreporter.write_line(
-        f"TOTAL over {len(exactness)} merges: {exact} tensors bit-exact, {ulp} within 1 ulp, {differing} differing"
-        f" (plus {len(_PARITY) - len(exactness)} merges under the default tie rule, different only at threshold ties)"
+        f"TOTAL over {len(exactness) - functions} merges and {functions} function-level cases: {exact} tensors "
+        f"bit-exact, {ulp} within 1 ulp, {differing} differing (plus {len(_PARITY) - len(exactness)} merges under "
+        "the default tie rule, different only at threshold ties)"
     )

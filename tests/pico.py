@@ -50,7 +50,13 @@ def gemma3_layer_types(num_layers: int) -> list[str]:
 
 def pico_config(kind: str, num_layers: int | None = None):
     """The transformers config of a pico model of ``kind``."""
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, PhiConfig, Qwen2Config
+    from transformers import (
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        PhiConfig,
+        Qwen2Config,
+    )
 
     layers = DEFAULT_LAYERS if num_layers is None else num_layers
     common = dict(
@@ -87,7 +93,14 @@ def build_model(kind: str, *, seed: int, num_layers: int | None = None):
 
 def build_tokenizer():
     """A byte-level BPE tokenizer of exactly VOCAB_SIZE entries, trained on CORPUS."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK_ID]))

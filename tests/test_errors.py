@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import mergesmith.execute.runner as runner
 from mergesmith.api import merge
 from mergesmith.cli.main import main
 from mergesmith.errors import MergesmithError
+from mergesmith.execute import runner
 
 LINEAR_TWO = """\
 merge_method: linear

@@ -6,9 +6,15 @@ import json
 
 import pytest
 import torch
-
 from pico import FINETUNE_SCALE, KINDS, VOCAB_SIZE, make_pico
-from reference import NAN_DISTANCE, Parity, compare, load_dir, run_mergekit, ulp_distance
+from reference import (
+    NAN_DISTANCE,
+    Parity,
+    compare,
+    load_dir,
+    run_mergekit,
+    ulp_distance,
+)
 
 PROMPT = "The quick brown fox merges the weights."
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 import yaml
+from test_parity import frankenmerge_recipe, models_recipe, slerp_recipe
 
 from mergesmith.api import merge, plan
 from mergesmith.cli.main import main
 from mergesmith.config.load import parse_recipe
 from mergesmith.output.card import recipe_from_card
-from test_parity import frankenmerge_recipe, models_recipe, slerp_recipe
 
 
 def _load(path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from reference import load_dir
+from test_parity import models_recipe
 
 import mergesmith
 from mergesmith.execute import runner
-from reference import load_dir
-from test_parity import models_recipe
 
 
 def test_dare_ties_same_seed_same_output_other_seed_differs(llama_family, tmp_path):
@@ -25,13 +25,16 @@ def test_dare_ties_same_seed_same_output_other_seed_differs(llama_family, tmp_pa
 def test_dare_is_independent_of_job_order(llama_family, tmp_path, monkeypatch):
     recipe = models_recipe("dare_linear", llama_family, "float32")
     mergesmith.merge(recipe, tmp_path / "forward", seed=5)
-    original = runner.execute
+    original, reversed_runs = runner.execute, []
 
-    def backwards(plan, models, writer, progress=None, workers=2):
-        original(dataclasses.replace(plan, jobs=plan.jobs[::-1]), models, writer, progress, workers=1)
+    def backwards(plan, models, writer, progress=None, workers=2, **options):
+        reversed_runs.append(len(plan.jobs))
+        original(dataclasses.replace(plan, jobs=plan.jobs[::-1]), models, writer, progress, workers=1, **options)
 
-    monkeypatch.setattr("mergesmith.api.execute", backwards)
+    # mergesmith.api imports execute when a merge runs (torch stays unimported for `plan`).
+    monkeypatch.setattr(runner, "execute", backwards)
     mergesmith.merge(recipe, tmp_path / "backward", seed=5)
+    assert reversed_runs, "the merge did not run through the patched execute"
     fwd, bwd = load_dir(tmp_path / "forward"), load_dir(tmp_path / "backward")
     assert fwd.keys() == bwd.keys()
     assert all(torch.equal(fwd[k], bwd[k]) for k in fwd)

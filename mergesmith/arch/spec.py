@@ -3,16 +3,17 @@
 One JSON file per family in ``data/``. A weight entry has a ``name`` (``{layer}`` stands for
 the layer index), a ``role`` (embed, attn_q, mlp_down, final_norm, lm_head, ...), and
 optionally ``vocab_axis``, ``optional`` and ``tied_to`` (names to read instead when the
-model ties this tensor to another, e.g. lm_head to the input embeddings).
+model ties this tensor to another, e.g. lm_head to the input embeddings). A model whose class
+no file names gets a definition inferred from its tensor names (``infer.py``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
-from typing import Optional
 
 from mergesmith.errors import ArchitectureError
 
@@ -21,11 +22,11 @@ from mergesmith.errors import ArchitectureError
 class WeightSpec:
     name: str
     role: str
-    vocab_axis: Optional[int] = None
+    vocab_axis: int | None = None
     optional: bool = False
     tied_to: tuple[str, ...] = ()
 
-    def at_layer(self, index: int) -> "WeightSpec":
+    def at_layer(self, index: int) -> WeightSpec:
         return replace(self, name=self.name.replace("{layer}", str(index)))
 
 
@@ -81,14 +82,25 @@ def all_architectures() -> tuple[ArchSpec, ...]:
     return tuple(specs)
 
 
-def arch_for_config(config: dict, source: str) -> ArchSpec:
-    """The definition whose ``architectures`` names the model's class in config.json."""
+def find_arch(config: Mapping) -> ArchSpec | None:
+    """The shipped definition whose ``architectures`` names the model's class, or None."""
     names = config.get("architectures") or []
     for spec in all_architectures():
         if any(name in spec.architectures for name in names):
             return spec
-    known = sorted(a for spec in all_architectures() for a in spec.architectures)
-    raise ArchitectureError(
-        f"{source}: architecture {names or config.get('model_type')!r} has no definition; "
-        f"supported: {', '.join(known)}"
-    )
+    return None
+
+
+def supported_architectures() -> list[str]:
+    return sorted(a for spec in all_architectures() for a in spec.architectures)
+
+
+def arch_for_config(config: Mapping, source: str) -> ArchSpec:
+    """The definition whose ``architectures`` names the model's class in config.json."""
+    spec = find_arch(config)
+    if spec is None:
+        raise ArchitectureError(
+            f"{source}: architecture {config.get('architectures') or config.get('model_type')!r} has no definition; "
+            f"supported: {', '.join(supported_architectures())}"
+        )
+    return spec

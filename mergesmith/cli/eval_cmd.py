@@ -13,6 +13,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ref", help="reference model: the baseline row, and KL / top-1 agreement / Δ perplexity against it")
     p.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files for perplexity")
     p.add_argument("--tasks", nargs="+", metavar="NAME|FILE", help="multiple-choice tasks: bundled names or JSONL files")
+    p.add_argument("--lm-eval", nargs="+", metavar="TASK|YAML|DIR",
+                   help="lm-eval-harness tasks: registry names, task YAML files or directories of them "
+                   "(data_files relative to the YAML); needs pip install 'mergesmith[lmeval]'")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON (input of `mergesmith card --eval`)")
     p.add_argument("--context", type=int, help="tokens per window (default: 1024, or less if a model is shorter)")
     p.add_argument("--stride", type=int, help="tokens between window ends (default: context / 2)")
@@ -33,7 +36,7 @@ def run(args) -> int:
     result = evaluate(
         args.models, ref=args.ref, texts=args.text, tasks=args.tasks, context=args.context, stride=args.stride,
         batch_size=args.batch_size, fewshot=args.fewshot, dtype=args.dtype, device=args.device,
-        limit=args.limit, progress=not args.quiet,
+        limit=args.limit, progress=not args.quiet, lm_eval=args.lm_eval,
     )
     print(render_table(result))
     if args.json:

@@ -10,15 +10,22 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from mergesmith.cli import card_cmd, eval_cmd, merge_cmd, plan_cmd
+from mergesmith.cli import (
+    card_cmd,
+    eval_cmd,
+    export_cmd,
+    merge_cmd,
+    plan_cmd,
+    search_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergesmith", description="Merge LLM checkpoints from mergekit-style YAML recipes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (merge_cmd, plan_cmd, eval_cmd, card_cmd):
+    for module in (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd):
         module.add_parser(sub)
     return parser
 
@@ -27,7 +34,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     from mergesmith.errors import MergesmithError

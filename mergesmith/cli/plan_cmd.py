@@ -5,17 +5,44 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="print what a merge would do, without doing it")
-    p.add_argument("recipe", help="YAML recipe (mergekit format)")
+    p.add_argument("recipe", help="YAML recipe (mergekit format), or a lineage: several, '---'-separated")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--seed", type=int, default=0, help="seed recorded in the plan")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.set_defaults(handler=run)
 
 
+def _run_lineage(args) -> int:
+    """Stage order first, then each stage's plan; inputs that are stages appear by name."""
+    import json
+
+    from mergesmith.lineage import plan_lineage, read_lineage
+    from mergesmith.plan.render import plan_to_dict, render_text
+
+    lineage = read_lineage(args.recipe)
+    plans = plan_lineage(lineage, seed=args.seed, allow_pickle=args.allow_pickle)
+    if args.json:
+        stages = [{"stage": stage.label, "method": stage.recipe.merge_method,
+                   "inputs": list(stage.recipe.referenced_models()), "plan": plan_to_dict(the_plan)}
+                  for stage, the_plan in plans]
+        print(json.dumps({"stages": stages}, indent=1))
+        return 0
+    lines = [f"# {len(plans)} stages of {lineage.source}, in the order they run; the last one is OUT"]
+    lines += [f"# {i}. {stage.label}: {stage.recipe.merge_method} of {', '.join(stage.recipe.referenced_models())}"
+              for i, (stage, _) in enumerate(plans, 1)]
+    for stage, the_plan in plans:
+        lines += ["", f"## stage {stage.label}", render_text(the_plan)]
+    print("\n".join(lines))
+    return 0
+
+
 def run(args) -> int:
     from mergesmith.api import plan
+    from mergesmith.lineage import is_lineage_file
     from mergesmith.plan.render import render_json, render_text
 
+    if is_lineage_file(args.recipe):
+        return _run_lineage(args)
     the_plan = plan(args.recipe, seed=args.seed, allow_pickle=args.allow_pickle)
     print(render_json(the_plan) if args.json else render_text(the_plan))
     return 0

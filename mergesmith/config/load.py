@@ -5,13 +5,18 @@ from __future__ import annotations
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergesmith.config.schema import (
-    Conditional, ModelEntry, OutputSlice, Recipe, SourceSlice, TokenizerSection,
+    Conditional,
+    ModelEntry,
+    OutputSlice,
+    Recipe,
+    SourceSlice,
+    TokenizerSection,
 )
 from mergesmith.errors import ConfigError
 
@@ -79,7 +84,7 @@ def _warn_legacy(recipe: Recipe, source: str) -> None:
 def check_dtype(name: str | None, key: str, source: str) -> None:
     if name is None:
         return
-    bare = name[len("torch."):] if name.startswith("torch.") else name
+    bare = name.removeprefix("torch.")
     if bare not in DTYPES:
         raise ConfigError(f"{source}: {key} '{name}' is not a dtype{_nearest(bare, list(DTYPES))}")
 
@@ -98,7 +103,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
-def load_recipe(path_or_text: Union[str, Path]) -> Recipe:
+def load_recipe(path_or_text: str | Path) -> Recipe:
     """A recipe from a YAML file path, or from YAML text when no such file exists."""
     path = Path(path_or_text) if isinstance(path_or_text, Path) or "\n" not in str(path_or_text) else None
     if path is not None:
@@ -118,4 +123,4 @@ def dtype_name(name: str | None) -> str | None:
     """``torch.bfloat16`` and ``bfloat16`` name the same dtype."""
     if name is None:
         return None
-    return name[len("torch."):] if name.startswith("torch.") else name
+    return name.removeprefix("torch.")

@@ -7,7 +7,8 @@ linear interpolation ``(1 - f) * v[i] + f * v[i+1]`` with ``i = floor(t * n)``,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from mergesmith.config.schema import Conditional, Parameters, Scalar, Setting
 
@@ -30,7 +31,7 @@ def interpolate(anchors: tuple[Scalar, ...], t: float, validate: Callable[[Any],
     return validate((1 - frac) * values[i0] + frac * values[i1])
 
 
-def filter_matches(filter_: Optional[str], tensor_name: str) -> bool:
+def filter_matches(filter_: str | None, tensor_name: str) -> bool:
     """mergekit's rule: no filter or ``*`` matches all; otherwise a substring test."""
     return filter_ is None or filter_ == "*" or (bool(tensor_name) and filter_ in tensor_name)
 
@@ -52,7 +53,7 @@ def evaluate(setting: Setting, tensor_name: str, t: float, validate: Callable[[A
 
 def resolve(
     name: str,
-    scopes: Iterable[Optional[Parameters]],
+    scopes: Iterable[Parameters | None],
     tensor_name: str,
     t: float,
     validate: Callable[[Any], Any],

@@ -6,9 +6,19 @@ A recipe is parsed once into these objects and never edited afterwards. The shor
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
+
+from mergesmith.config.references import canonical_reference
 
 Scalar = Union[bool, int, float, str]
 # A value is a scalar, or a gradient: a list of anchors interpolated across a slice's layers.
@@ -23,53 +33,96 @@ class Conditional(Frozen):
     """``{filter: self_attn, value: [0, 0.5, 1]}``; no filter (or ``*``) matches every tensor."""
 
     value: Value
-    filter: Optional[str] = None
+    filter: str | None = None
 
 
 # A parameter setting as written: a scalar, a gradient, one conditional, or a list of them.
 Setting = Union[Scalar, tuple[Scalar, ...], Conditional, tuple[Conditional, ...]]
 Parameters = dict[str, Setting]
+# A model as mergekit writes it (`path`, `org/name@rev`, `base+adapter`, or the mapping form),
+# stored as its canonical string: see config/references.py.
+ModelRef = Annotated[str, BeforeValidator(canonical_reference)]
 
 
 class SourceSlice(Frozen):
-    model: str
+    model: ModelRef
     layer_range: tuple[int, int]
-    parameters: Optional[Parameters] = None
+    parameters: Parameters | None = None
 
 
 class ModelEntry(Frozen):
-    model: str
-    parameters: Optional[Parameters] = None
+    model: ModelRef
+    parameters: Parameters | None = None
 
 
 class OutputSlice(Frozen):
     sources: tuple[SourceSlice, ...] = Field(min_length=1)
-    base_model: Optional[str] = None
+    base_model: ModelRef | None = None
     # Accepted because published recipes carry it; mergekit ignores it too (see load.py).
-    residual_weight: Optional[float] = None
-    parameters: Optional[Parameters] = None
+    residual_weight: float | None = None
+    parameters: Parameters | None = None
+
+
+class ZeroEmbedding(Frozen):
+    """``{kind: zero}``: the token's row is zeros."""
+
+    kind: Literal["zero"]
+
+
+class ModelTokenEmbedding(Frozen):
+    """``{kind: model_token, model: M, token_id: N}`` (or ``token: text``): that row of model M."""
+
+    kind: Literal["model_token"]
+    model: ModelRef
+    token_id: int | None = Field(None, ge=0)
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ModelTokenEmbedding:
+        if (self.token_id is None) == (self.token is None):
+            raise ValueError("give exactly one of 'token_id' or 'token'")
+        return self
+
+
+def _embedding_kind(value) -> str:
+    # A mapping with 'kind' is an embedding source; anything else is a model reference.
+    return str(value.get("kind")) if isinstance(value, dict) and "kind" in value else "model"
+
+
+EmbeddingSource = Annotated[
+    Annotated[ZeroEmbedding, Tag("zero")] | Annotated[ModelTokenEmbedding, Tag("model_token")] | Annotated[ModelRef, Tag("model")],
+    Discriminator(_embedding_kind),
+]
+
+
+class TokenOverride(Frozen):
+    """One entry of ``tokenizer.tokens``: ``source`` fills the row for inputs that lack the token
+    (no source: the default rule); ``force`` uses it for every input."""
+
+    source: EmbeddingSource | None = None
+    force: bool = False
 
 
 class TokenizerSection(Frozen):
-    source: str = "base"
-    tokens: Optional[dict[str, dict]] = None
-    pad_to_multiple_of: Optional[int] = None
+    source: ModelRef = "union"   # mergekit's default when the section is given
+    tokens: dict[str, TokenOverride] | None = None
+    pad_to_multiple_of: int | None = Field(None, ge=1)
 
 
 class Recipe(Frozen):
     merge_method: str
-    slices: Optional[tuple[OutputSlice, ...]] = None
-    models: Optional[tuple[ModelEntry, ...]] = None
-    base_model: Optional[str] = None
-    parameters: Optional[Parameters] = None
-    dtype: Optional[str] = None
-    out_dtype: Optional[str] = None
-    tokenizer_source: Optional[str] = None
-    tokenizer: Optional[TokenizerSection] = None
-    chat_template: Optional[str] = None
+    slices: tuple[OutputSlice, ...] | None = None
+    models: tuple[ModelEntry, ...] | None = None
+    base_model: ModelRef | None = None
+    parameters: Parameters | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: ModelRef | None = None
+    tokenizer: TokenizerSection | None = None
+    chat_template: str | None = None
 
     @model_validator(mode="after")
-    def _one_input_form(self) -> "Recipe":
+    def _one_input_form(self) -> Recipe:
         if bool(self.slices) == bool(self.models):
             raise ValueError("give exactly one of 'slices' or 'models' (with at least one entry)")
         if self.tokenizer_source is not None and self.tokenizer is not None:
@@ -91,7 +144,7 @@ class Recipe(Frozen):
         return tuple(seen)
 
     @property
-    def tokenizer_choice(self) -> Optional[str]:
+    def tokenizer_choice(self) -> str | None:
         """``base``, ``union`` or a model, from either way of writing it."""
         if self.tokenizer is not None:
             return self.tokenizer.source

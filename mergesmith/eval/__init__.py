@@ -8,7 +8,7 @@ This subpackage imports the core, never the other way round. Names are imported 
 reading results (``mergesmith card``) does not load torch.
 """
 
-__all__ = ["evaluate", "EvalResult", "ModelScore", "TextScore", "TaskScore", "KLScore", "load_results", "save_results"]
+__all__ = ["EvalResult", "KLScore", "ModelScore", "TaskScore", "TextScore", "evaluate", "load_results", "save_results"]
 
 
 def __getattr__(name):

@@ -8,14 +8,20 @@ model so that KL is computed on the very same windows.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Optional, Sequence
 
 from mergesmith.errors import ArchitectureError, ConfigError, InputFormatError
-from mergesmith.eval import choice, data, perplexity
+from mergesmith.eval import choice, data, lmeval, perplexity
 from mergesmith.eval.models import (
-    LoadedModel, check_device, check_model_dir, check_same_tokenizer, load_model, max_positions, torch_dtype,
+    LoadedModel,
+    check_device,
+    check_model_dir,
+    check_same_tokenizer,
+    load_model,
+    max_positions,
+    torch_dtype,
 )
 from mergesmith.eval.results import EvalResult, ModelScore, TaskScore, TextScore
 
@@ -23,17 +29,17 @@ DEFAULT_CONTEXT = 1024
 DEFAULT_BATCH_SIZE = 4
 
 
-def _inputs(texts, tasks) -> tuple[list[data.Text], list[data.Task]]:
-    if texts is None and tasks is None:  # nothing asked for: the bundled held-out texts and tasks
+def _inputs(texts, tasks, lm_eval) -> tuple[list[data.Text], list[data.Task]]:
+    if texts is None and tasks is None and not lm_eval:  # nothing asked for: the bundled held-out texts and tasks
         texts, tasks = data.bundled_texts(), data.bundled_tasks()
         if not texts and not tasks:
             raise InputFormatError(f"no bundled evaluation data in {data.DATA_DIR}; pass text files (--text) or task files (--tasks)")
-    if not texts and not tasks:
+    if not texts and not tasks and not lm_eval:
         raise ConfigError("nothing to evaluate: both texts and tasks are empty; pass text files or tasks")
     return [data.read_text(t) for t in texts or ()], [data.read_task(t) for t in tasks or ()]
 
 
-def _window(context: Optional[int], stride: Optional[int], names: Sequence[str]) -> tuple[int, int]:
+def _window(context: int | None, stride: int | None, names: Sequence[str]) -> tuple[int, int]:
     """Context defaults to min(1024, the smallest max_position_embeddings); stride to context / 2."""
     limits = [(n, p) for n in names if (p := max_positions(n)) is not None]
     if context is None:
@@ -46,7 +52,7 @@ def _window(context: Optional[int], stride: Optional[int], names: Sequence[str])
     return context, stride
 
 
-def _check_counts(batch_size: int, fewshot: int, limit: Optional[int]) -> None:
+def _check_counts(batch_size: int, fewshot: int, limit: int | None) -> None:
     for flag, value, low in (("--batch-size", batch_size, 1), ("--fewshot", fewshot, 0), ("--limit", limit, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value} is out of range; it must be at least {low}")
@@ -58,7 +64,7 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
 
 
-def _text(loaded: LoadedModel, ref: Optional[LoadedModel], text: data.Text, opts: dict, progress: bool) -> TextScore:
+def _text(loaded: LoadedModel, ref: LoadedModel | None, text: data.Text, opts: dict, progress: bool) -> TextScore:
     ids = perplexity.token_ids(loaded, text.text)
     if ref is not None and not perplexity.token_ids(ref, text.text).equal(ids):
         raise ArchitectureError(f"models '{loaded.name}' and '{ref.name}' tokenize {text.path} differently; KL divergence needs identical token ids: drop --ref")
@@ -75,15 +81,16 @@ def _task(loaded: LoadedModel, task: data.Task, opts: dict, fewshot: int, progre
 
 
 def evaluate(
-    models: Sequence, *, ref=None, texts: Optional[Sequence] = None, tasks: Optional[Sequence] = None,
-    context: Optional[int] = None, stride: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE,
-    fewshot: int = 0, dtype: str = "float32", device: str = "cpu", limit: Optional[int] = None,
-    progress: bool = False,
+    models: Sequence, *, ref=None, texts: Sequence | None = None, tasks: Sequence | None = None,
+    context: int | None = None, stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+    fewshot: int = 0, dtype: str = "float32", device: str = "cpu", limit: int | None = None,
+    progress: bool = False, lm_eval: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Score ``models`` (Hugging Face directories); with neither ``texts`` nor ``tasks``, the bundled sets.
+    """Score ``models`` (Hugging Face directories); with no ``texts``, ``tasks`` or ``lm_eval``, the bundled sets.
 
-    ``tasks`` are JSONL files or bundled task names; ``limit`` caps windows per text and items
-    per task (quick checks). The reference, if any, is the first row, marked ``is_ref``.
+    ``tasks`` are JSONL files or bundled task names; ``lm_eval`` are lm-eval-harness task names,
+    task YAMLs or directories of them (needs the ``lmeval`` extra); ``limit`` caps windows per
+    text and items per task (quick checks). The reference, if any, is the first row, marked ``is_ref``.
     """
     ref = None if ref is None else str(ref)
     names = [ref] if ref else []
@@ -97,8 +104,11 @@ def evaluate(
     torch_dtype(dtype)
     check_device(device)
     _check_counts(batch_size, fewshot, limit)
-    text_list, task_list = _inputs(texts, tasks)
+    text_list, task_list = _inputs(texts, tasks, lm_eval)
     context, stride = _window(context, stride, names)
+    if lm_eval:
+        lmeval.check_models(names)
+    lm_tasks = lmeval.load_tasks([str(s) for s in lm_eval], progress) if lm_eval else None  # datasets read here
     text_opts = {"context": context, "stride": stride, "batch_size": batch_size, "limit": limit}
     task_opts = {"context": context, "batch_size": batch_size, "limit": limit}
 
@@ -113,6 +123,7 @@ def evaluate(
             check_same_tokenizer(loaded, kl_ref)
         text_scores = tuple(_text(loaded, kl_ref, t, text_opts, progress) for t in text_list)
         task_scores = tuple(_task(loaded, t, task_opts, fewshot, progress) for t in task_list)
-        scores.append(ModelScore(name, text_scores, task_scores, time.perf_counter() - start, is_ref))
+        lm_scores = () if lm_tasks is None else lmeval.score_model(loaded, lm_tasks, fewshot=fewshot, **task_opts, progress=progress)
+        scores.append(ModelScore(name, text_scores, task_scores, time.perf_counter() - start, is_ref, lm_scores))
         del loaded  # one candidate in memory at a time (beside the reference)
     return EvalResult(tuple(scores), ref, context, stride, dtype, date.today().isoformat(), limit)

@@ -10,8 +10,8 @@ prompt's tokens are the same for all choices), batched right-padded under an att
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -28,7 +28,7 @@ class _Sequence:
     n_choice: int   # the last n_choice ids are the choice
 
 
-def _sequences(loaded: LoadedModel, task: Task, fewshot: int, context: int, limit: Optional[int]) -> list[_Sequence]:
+def _sequences(loaded: LoadedModel, task: Task, fewshot: int, context: int, limit: int | None) -> list[_Sequence]:
     tok = loaded.tokenizer
     out = []
     for i, item in enumerate(task.items[:limit]):
@@ -70,7 +70,7 @@ def _loglikelihoods(loaded: LoadedModel, group: list[_Sequence], pad_id: int) ->
 
 
 def score_task(loaded: LoadedModel, task: Task, *, fewshot: int, context: int, batch_size: int,
-               limit: Optional[int] = None, on_step: Optional[Callable[[int], None]] = None) -> TaskScore:
+               limit: int | None = None, on_step: Callable[[int], None] | None = None) -> TaskScore:
     seqs = _sequences(loaded, task, fewshot, context, limit)
     tok = loaded.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0

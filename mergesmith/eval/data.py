@@ -15,6 +15,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
 from mergesmith.errors import InputFormatError
 
 # The repository's data/ folder: mergesmith/eval/data.py → ../../data

@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from mergesmith.errors import ArchitectureError, ConfigError, InputFormatError, MergesmithError
+from mergesmith.errors import (
+    ArchitectureError,
+    ConfigError,
+    InputFormatError,
+    MergesmithError,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -42,14 +47,20 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def is_gguf(ref: str) -> bool:
+    """A .gguf file is scored through llama.cpp (``gguf_model``), anything else as an HF directory."""
+    return Path(ref).suffix == ".gguf"
+
+
 def check_model_dir(ref: str) -> Path:
-    """The model directory of ``ref`` (a local HF directory), checked before anything is loaded."""
+    """The model directory of ``ref`` (a local HF directory or a .gguf file), checked before anything is loaded."""
     path = Path(ref).expanduser()
-    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf")) and not (path / "config.json").exists()):
-        raise InputFormatError(
-            f"model '{ref}' is GGUF; evaluation reads Hugging Face directories: convert it first with "
-            "`mergesmith merge` and a passthrough recipe (dtype: float32)"
-        )
+    if is_gguf(ref):
+        from mergesmith.eval.gguf_model import check_gguf_file
+
+        return check_gguf_file(ref)
+    if path.is_dir() and any(path.glob("*.gguf")) and not (path / "config.json").exists():
+        raise InputFormatError(f"model '{ref}' is a folder of GGUF files; pass the .gguf file to evaluate")
     if not path.is_dir():
         raise InputFormatError(f"model '{ref}' not found: no such directory; give a local Hugging Face model directory")
     if not (path / "config.json").is_file():
@@ -59,6 +70,10 @@ def check_model_dir(ref: str) -> Path:
 
 def max_positions(ref: str) -> int | None:
     """``max_position_embeddings`` from config.json (None when the config does not say)."""
+    if is_gguf(ref):
+        from mergesmith.eval.gguf_model import context_length
+
+        return context_length(ref)
     config = json.loads((check_model_dir(ref) / "config.json").read_text())
     config = config.get("text_config", config)
     value = config.get("max_position_embeddings")
@@ -79,6 +94,10 @@ def _transformers_progress(enabled: bool):
 
 
 def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: bool = False) -> LoadedModel:
+    if is_gguf(ref):  # llama.cpp on the CPU: the GGUF's own tensor types, whatever dtype / device say
+        from mergesmith.eval.gguf_model import load_gguf
+
+        return load_gguf(ref)
     path = check_model_dir(ref)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -15,8 +15,8 @@ tokens the previous one did not, so every scored token (after the first window) 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -58,7 +58,7 @@ class _Sums:
         self.kl = []
 
 
-def _batch_step(sums: _Sums, model: LoadedModel, ref: Optional[LoadedModel], ids: torch.Tensor, batch: list[Window]) -> None:
+def _batch_step(sums: _Sums, model: LoadedModel, ref: LoadedModel | None, ids: torch.Tensor, batch: list[Window]) -> None:
     keep = max(w.end - w.first for w in batch) + 1
     inputs = torch.stack([ids[w.start : w.end] for w in batch])
     logp = tail_logprobs(model, inputs, keep)[:, :-1]        # predictions for the last keep-1 tokens
@@ -84,8 +84,8 @@ def token_ids(model: LoadedModel, text: str) -> torch.Tensor:
 
 
 def score_ids(model: LoadedModel, ids: torch.Tensor, *, context: int, stride: int, batch_size: int,
-              ref: Optional[LoadedModel] = None, limit: Optional[int] = None,
-              on_window: Optional[Callable[[int], None]] = None) -> _Sums:
+              ref: LoadedModel | None = None, limit: int | None = None,
+              on_window: Callable[[int], None] | None = None) -> _Sums:
     """Totals over the windows of ``ids`` (the first ``limit`` windows when given)."""
     plan = windows(len(ids), context, stride)[:limit]
     sums = _Sums()
@@ -106,7 +106,7 @@ def scored_bytes(model: LoadedModel, ids: torch.Tensor, tokens: int, text: str) 
 
 
 def text_score(name: str, path: str, text: str, ids: torch.Tensor, sums: _Sums, model: LoadedModel,
-               ref_name: Optional[str]) -> TextScore:
+               ref_name: str | None) -> TextScore:
     nll = sums.nll / sums.tokens
     nbytes = scored_bytes(model, ids, sums.tokens, text)
     kl = None

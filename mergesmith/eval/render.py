@@ -14,6 +14,7 @@ def _columns(result: EvalResult) -> list[str]:
             cols += [f"KL {t.text}", f"top1 {t.text}"]
     for t in first.tasks:
         cols += [f"acc {t.task}", f"acc_norm {t.task}"]
+    cols += [s.name for s in first.lm_eval]
     return cols + ["seconds"]
 
 
@@ -25,6 +26,7 @@ def _cells(score: ModelScore, has_ref: bool) -> list[str]:
             cells += ["-", "-"] if t.kl is None else [f"{t.kl.mean:.3g}", f"{t.kl.top1:.4f}"]
     for t in score.tasks:
         cells += [f"{t.acc:.3f}", f"{t.acc_norm:.3f}"]
+    cells += [f"{s.value:.3f}" for s in score.lm_eval]
     return cells + [f"{score.seconds:.1f}"]
 
 

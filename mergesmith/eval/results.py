@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 from mergesmith.errors import InputFormatError
 
@@ -34,7 +33,7 @@ class TextScore:
     nll: float         # mean negative log-likelihood, nats per token
     ppl: float
     bits_per_byte: float
-    kl: Optional[KLScore] = None
+    kl: KLScore | None = None
 
 
 @dataclass(frozen=True)
@@ -50,31 +49,54 @@ class TaskScore:
 
 
 @dataclass(frozen=True)
+class LmEvalScore:
+    """One metric of one lm-eval task or group, as lm-eval reported it (``acc,none`` → metric acc)."""
+    task: str
+    source: str                # the --lm-eval argument it came from: a registry name or a YAML path
+    metric: str                # acc, acc_norm, exact_match, ...
+    filter: str                # lm-eval's filter name; "none" for log-likelihood tasks
+    value: float
+    stderr: float | None    # None where lm-eval gives none ("N/A")
+    items: int | None       # documents scored; None for a group
+    fewshot: int | None     # None for a group
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.filter == "none" else f",{self.filter}"
+        return f"lm-eval:{self.task}/{self.metric}{suffix}"
+
+
+@dataclass(frozen=True)
 class ModelScore:
     model: str
     texts: tuple[TextScore, ...]
     tasks: tuple[TaskScore, ...]
     seconds: float
     is_ref: bool = False
+    lm_eval: tuple[LmEvalScore, ...] = ()
+
+    def accuracies(self) -> list[float]:
+        """Our tasks' acc, then lm-eval's unfiltered acc of each task: what ranking by accuracy averages."""
+        return [t.acc for t in self.tasks] + [s.value for s in self.lm_eval if s.metric == "acc" and s.filter == "none"]
 
     def rank_key(self) -> tuple:
         """Lower is better: mean bits per byte over texts (tokenizer-independent), else -mean accuracy."""
         if self.texts:
             return (sum(t.bits_per_byte for t in self.texts) / len(self.texts),)
-        if self.tasks:
-            return (-sum(t.acc for t in self.tasks) / len(self.tasks),)
+        if accs := self.accuracies():
+            return (-sum(accs) / len(accs),)
         return (0.0,)
 
 
 @dataclass(frozen=True)
 class EvalResult:
     models: tuple[ModelScore, ...]
-    ref: Optional[str]
+    ref: str | None
     context: int
     stride: int
     dtype: str
     date: str          # ISO date of the run
-    limit: Optional[int] = None
+    limit: int | None = None
 
     def ranked(self) -> tuple[ModelScore, ...]:
         return tuple(sorted(self.models, key=ModelScore.rank_key))  # stable: ties keep input order
@@ -89,7 +111,7 @@ class EvalResult:
         return {"format": FORMAT, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EvalResult":
+    def from_dict(cls, data: dict) -> EvalResult:
         fields = dict(data)
         fields.pop("format", None)
         models = tuple(
@@ -97,6 +119,7 @@ class EvalResult:
                 model=m["model"], seconds=m["seconds"], is_ref=m.get("is_ref", False),
                 texts=tuple(TextScore(**{**t, "kl": KLScore(**t["kl"]) if t.get("kl") else None}) for t in m["texts"]),
                 tasks=tuple(TaskScore(**t) for t in m["tasks"]),
+                lm_eval=tuple(LmEvalScore(**s) for s in m.get("lm_eval", ())),  # absent in older files
             )
             for m in fields.pop("models")
         )
@@ -136,10 +159,15 @@ def metric_rows(score: ModelScore) -> list[tuple[str, str]]:
     for t in score.tasks:
         rows.append((f"accuracy ({t.task}, {t.fewshot}-shot)", f"{t.acc:.4f} ± {t.acc_stderr:.4f}"))
         rows.append((f"length-normalized accuracy ({t.task}, {t.fewshot}-shot)", f"{t.acc_norm:.4f}"))
+    for s in score.lm_eval:
+        shots = "" if s.fewshot is None else f" ({s.fewshot}-shot)"
+        rows.append((s.name + shots, f"{s.value:.4f}" + ("" if s.stderr is None else f" ± {s.stderr:.4f}")))
     return rows
 
 
 def datasets_line(score: ModelScore) -> str:
     texts = [f"{t.text} ({t.tokens} tokens)" for t in score.texts]
     tasks = [f"{t.task} ({t.items} items, chance {t.chance:.3f})" for t in score.tasks]
-    return ", ".join(texts + tasks)
+    lm_items = {s.task: s.items for s in score.lm_eval}  # one entry per lm-eval task, not per metric
+    lm_tasks = [f"lm-eval:{task}" + ("" if n is None else f" ({n} items)") for task, n in lm_items.items()]
+    return ", ".join(texts + tasks + lm_tasks)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Mapping, Optional
+from functools import partial
 
 import torch
 
+from mergesmith.errors import ConfigError
+from mergesmith.execute.rows import reindex_inputs
+from mergesmith.execute.stream import CHUNK, ChunkBuffers, numel, stream_job, streams
 from mergesmith.io.resolve import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
 from mergesmith.methods.registry import METHODS
@@ -30,9 +34,32 @@ def generator_for(seed: int, tensor_name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int) -> torch.Tensor:
+def check_device(device: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:1``… as torch names it; a ConfigError if this machine lacks it."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device '{device}' is not a torch device; use cpu or cuda (cuda:N for one GPU)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); use --device cpu")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: mergesmith merges on cpu or cuda")
+    return str(parsed)
+
+
+def read_sources(job: TensorJob, models: Mapping[str, ModelInput]) -> list[torch.Tensor]:
+    """The job's inputs in its compute dtype; vocabulary tensors re-indexed to the output vocabulary."""
     dtype = torch_dtype(job.dtype)
     tensors = [models[s.model].reader.get(s.name).to(dtype) for s in job.sources]
+    if any(s.rows is not None for s in job.sources):
+        tensors = reindex_inputs(job.sources, tensors)
+    return tensors
+
+
+def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int, device: str = "cpu") -> torch.Tensor:
+    tensors = read_sources(job, models)
+    if device != "cpu":
+        tensors = [t.to(device) for t in tensors]
     spec = METHODS[job.method]
     generator = generator_for(seed, job.output) if spec.random else None
     result = spec.fn(tensors, job.base_index, job.params, generator)
@@ -44,39 +71,48 @@ def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int) -> torc
 DEFAULT_BUDGET = 512 * 2**20
 
 
-def job_bytes(job: TensorJob) -> int:
-    """Bytes a job holds at once: its inputs and its output, in the compute dtype."""
-    count = 1
-    for dim in job.shape:
-        count *= dim
+def job_bytes(job: TensorJob, streamed: bool = False) -> int:
+    """Bytes a job holds at once: its inputs and its output (a chunk of each when streamed)."""
+    count = CHUNK if streamed else numel(job.shape)
     return count * torch_dtype(job.dtype).itemsize * (len(job.sources) + 1)
 
 
 def execute(
     plan: Plan, models: Mapping[str, ModelInput], writer: ShardedWriter,
-    progress: Optional[Progress] = None, workers: int = 2, budget: int = DEFAULT_BUDGET,
+    progress: Progress | None = None, workers: int = 2, budget: int = DEFAULT_BUDGET, device: str = "cpu",
 ) -> None:
     """Run every job; up to ``workers`` jobs and ``budget`` bytes are in flight at once.
 
     Each job reads, computes and writes on its own (torch kernels, the C kernels and
-    pread/pwrite release the GIL), so IO of one job overlaps arithmetic of another. Results do
+    page faults / pwrite release the GIL), so IO of one job overlaps arithmetic of another. Results do
     not depend on ``workers``: each job is independent and random methods are seeded per tensor.
+    ``device`` (e.g. ``cuda``) runs the methods there: inputs move to it after reading, results
+    come back before writing, and random draws stay on the CPU generator, so numbers match.
     """
+    # torch keeps its own thread count: results of some torch reductions depend on it, and
+    # mergekit runs with the default, so changing it would cost bit-exact agreement.
+    run = partial(_write_job, models=models, writer=writer, seed=plan.seed, progress=progress,
+                  buffers=ChunkBuffers(), device=device)
     if workers <= 1:
         for job in plan.jobs:
-            _write_job(job, models, writer, plan.seed, progress)
-        return
+            run(job, streamed=streams(job, models))
+    else:
+        _execute_parallel(plan, models, run, workers, budget)
+
+
+def _execute_parallel(plan, models, run, workers: int, budget: int) -> None:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergesmith") as pool:
         in_flight: dict = {}   # future -> bytes
         try:
             for job in plan.jobs:
-                cost = job_bytes(job)
+                streamed = streams(job, models)
+                cost = job_bytes(job, streamed)
                 while in_flight and (len(in_flight) >= workers or sum(in_flight.values()) + cost > budget):
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
                         del in_flight[future]
                         future.result()
-                in_flight[pool.submit(_write_job, job, models, writer, plan.seed, progress)] = cost
+                in_flight[pool.submit(run, job, streamed=streamed)] = cost
             for future in list(in_flight):
                 future.result()
         except BaseException:
@@ -85,7 +121,11 @@ def execute(
             raise
 
 
-def _write_job(job: TensorJob, models, writer: ShardedWriter, seed: int, progress: Optional[Progress]) -> None:
-    writer.write(job.output, run_job(job, models, seed))
+def _write_job(
+    job: TensorJob, *, models, writer: ShardedWriter, seed: int, progress: Progress | None, streamed: bool,
+    buffers: ChunkBuffers, device: str,
+) -> None:
+    if not (streamed and stream_job(job, models, writer, buffers, device)):
+        writer.write(job.output, run_job(job, models, seed, device))
     if progress is not None:
         progress(1)

@@ -57,7 +57,7 @@ class _Entry:
     n_head: int | None  # head count to un-permute rows with, None when not permuted
 
 
-def _open(path: Path) -> "gguf.GGUFReader":
+def _open(path: Path) -> gguf.GGUFReader:
     if not path.is_file():
         raise InputFormatError(f"{path}: no such GGUF file; check the model path in the recipe")
     try:
@@ -66,7 +66,7 @@ def _open(path: Path) -> "gguf.GGUFReader":
         raise InputFormatError(f"{path}: not a readable GGUF file ({exc}); re-download or re-export it") from exc
 
 
-def _field(reader: "gguf.GGUFReader", key: str, path: Path, default: Any = None) -> Any:
+def _field(reader: gguf.GGUFReader, key: str, path: Path, default: Any = None) -> Any:
     field = reader.get_field(key)
     if field is not None:
         return field.contents()
@@ -75,7 +75,7 @@ def _field(reader: "gguf.GGUFReader", key: str, path: Path, default: Any = None)
     raise InputFormatError(f"{path}: GGUF metadata has no {key}; re-export the file with a current llama.cpp")
 
 
-def _positive_int(reader: "gguf.GGUFReader", key: str, path: Path, default: int | None = None) -> int:
+def _positive_int(reader: gguf.GGUFReader, key: str, path: Path, default: int | None = None) -> int:
     value = _field(reader, key, path, default)
     if not isinstance(value, int) or value <= 0:
         # Per-layer values (a list) only occur in architectures we do not read.
@@ -83,7 +83,7 @@ def _positive_int(reader: "gguf.GGUFReader", key: str, path: Path, default: int 
     return value
 
 
-def _architecture(reader: "gguf.GGUFReader", path: Path) -> str:
+def _architecture(reader: gguf.GGUFReader, path: Path) -> str:
     arch = _field(reader, gguf.Keys.General.ARCHITECTURE, path)
     if arch not in _PERMUTES_QK:
         raise ArchitectureError(
@@ -93,7 +93,7 @@ def _architecture(reader: "gguf.GGUFReader", path: Path) -> str:
     return arch
 
 
-def _hf_names(arch: str, n_blocks: int) -> dict[str, tuple[str, "gguf.MODEL_TENSOR"]]:
+def _hf_names(arch: str, n_blocks: int) -> dict[str, tuple[str, gguf.MODEL_TENSOR]]:
     """GGUF base name -> (transformers base name, tensor kind), from gguf-py's own table.
 
     gguf-py lists every source spelling it knows for a GGUF name (meta llama, gpt-neox, ...).
@@ -116,7 +116,7 @@ def _split_suffix(name: str) -> tuple[str, str]:
     return name, ""
 
 
-def _result_dtype(tensor: "gguf.ReaderTensor", path: Path) -> torch.dtype:
+def _result_dtype(tensor: gguf.ReaderTensor, path: Path) -> torch.dtype:
     qtype = tensor.tensor_type
     if qtype in _PLAIN:
         return _PLAIN[qtype]
@@ -137,7 +137,7 @@ class GGUFTensorReader:
         self._reader: gguf.GGUFReader | None = _open(self.path)
         self._entries = self._index(self._reader)
 
-    def _index(self, reader: "gguf.GGUFReader") -> dict[str, _Entry]:
+    def _index(self, reader: gguf.GGUFReader) -> dict[str, _Entry]:
         arch = _architecture(reader, self.path)
         n_blocks = _positive_int(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), self.path)
         n_head = _positive_int(reader, gguf.Keys.Attention.HEAD_COUNT.format(arch=arch), self.path)
@@ -186,7 +186,7 @@ class GGUFTensorReader:
             tensor = _unpermute_rows(tensor, entry.n_head)
         return tensor
 
-    def _load(self, stored: "gguf.ReaderTensor", info: TensorInfo) -> torch.Tensor:
+    def _load(self, stored: gguf.ReaderTensor, info: TensorInfo) -> torch.Tensor:
         qtype = stored.tensor_type
         if qtype == gguf.GGMLQuantizationType.BF16:
             # numpy has no bfloat16: the reader hands out raw bytes, reinterpreted here.

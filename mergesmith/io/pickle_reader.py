@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.errors import InputFormatError, MissingTensorError
 from mergesmith.io.reader import TensorInfo
 
@@ -29,7 +28,7 @@ class PickleReader:
                     self._infos[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
 
     @classmethod
-    def open_dir(cls, path: Path) -> "PickleReader":
+    def open_dir(cls, path: Path) -> PickleReader:
         index = path / BIN_INDEX
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]

@@ -1,19 +1,23 @@
 """Recipe model references → opened inputs: a tensor reader, config.json, where tokenizer files are.
 
 A reference is a local directory (safetensors, single or sharded; pickle ``.bin`` only with
-``allow_pickle``) or a ``.gguf`` file (or a directory holding exactly one).
+``allow_pickle``), a ``.gguf`` file (or a directory holding exactly one), or a Hub id
+``org/name[@revision]`` (io/hub.py); ``base+adapter`` folds a PEFT LoRA adapter into its base
+first (io/lora.py). Relative paths are looked up from the working directory, then the recipe's.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
 
+from mergesmith.config.references import ModelPath, parse_reference
 from mergesmith.errors import InputFormatError
-from mergesmith.io.reader import SafetensorsReader, TensorInfo, TensorReader
+from mergesmith.io.hub import looks_like_hub_id, snapshot_dir
 from mergesmith.io.pickle_reader import PickleReader
+from mergesmith.io.reader import SafetensorsReader, TensorInfo, TensorReader
 
 
 @dataclass(frozen=True)
@@ -25,19 +29,26 @@ class ModelInput:
     config: Mapping
     tensors: Mapping[str, TensorInfo]
     reader: TensorReader
-    gguf_file: Optional[Path] = None
+    gguf_file: Path | None = None
 
 
-def _locate(key: str, base_dir: Optional[Path]) -> Path:
-    candidates = [Path(key).expanduser()]
-    if base_dir is not None and not Path(key).is_absolute():
-        candidates.append(base_dir / key)
+def _locate(key: str, part: ModelPath, base_dir: Path | None, allow_pickle: bool = False) -> Path:
+    """``part`` (one side of ``key``) as a local path, else as a Hub id, else an error."""
+    candidates = [Path(part.path).expanduser()]
+    if base_dir is not None and not candidates[0].is_absolute():
+        candidates.append(base_dir / candidates[0])
     for candidate in candidates:
         if candidate.exists():
+            if part.revision:
+                raise InputFormatError(f"model '{key}': {candidate} is a local path, so '@{part.revision}' (a Hub "
+                                       "revision) does not apply; remove it or check out that revision there")
             return candidate.resolve()
+    if looks_like_hub_id(part.path):
+        return snapshot_dir(key, part.path, part.revision, looked_in=candidates, allow_pickle=allow_pickle)
+    who = f"model '{key}'" if key == str(part) else f"model '{key}': '{part}'"
     raise InputFormatError(
-        f"model '{key}' not found: no such file or directory (looked in {', '.join(str(c) for c in candidates)}); "
-        "give a local model directory or .gguf file (hub downloads are not available offline)"
+        f"{who} not found: no such file or directory (looked in {', '.join(str(c) for c in candidates)}); "
+        "give a local model directory or .gguf file, or a Hugging Face Hub id org/name"
     )
 
 
@@ -75,8 +86,35 @@ def _open_hf_dir(key: str, path: Path, allow_pickle: bool) -> ModelInput:
     return ModelInput(key, path, config, {n: reader.info(n) for n in reader.keys()}, reader)
 
 
-def open_model(key: str, *, base_dir: Optional[Path] = None, allow_pickle: bool = False) -> ModelInput:
-    path = _locate(key, base_dir)
+def open_model(
+    key: str, *, base_dir: Path | None = None, allow_pickle: bool = False, lora_cache: Path | None = None,
+) -> ModelInput:
+    """Open one reference; ``base+adapter`` is merged into ``lora_cache`` (on the fly when None)."""
+    try:
+        ref = parse_reference(key)
+    except ValueError as exc:
+        raise InputFormatError(f"model reference {exc}") from None
+    base = _open_path(key, _locate(key, ref.model, base_dir, allow_pickle), allow_pickle)
+    if ref.lora is None:
+        return base
+    from mergesmith.io.lora import cached_merge, lora_view
+
+    try:
+        adapter_dir = _locate(key, ref.lora, base_dir, allow_pickle)
+        view = lora_view(key, base, adapter_dir)
+    except BaseException:
+        base.reader.close()
+        raise
+    if lora_cache is None:
+        return view
+    try:
+        merged = cached_merge(view, adapter_dir, Path(lora_cache))
+    finally:
+        view.reader.close()
+    return _open_hf_dir(key, merged, allow_pickle=False)
+
+
+def _open_path(key: str, path: Path, allow_pickle: bool) -> ModelInput:
     if path.is_file():
         if path.suffix != ".gguf":
             raise InputFormatError(f"model '{key}': {path} is a file but not .gguf; give the model directory")
@@ -87,11 +125,13 @@ def open_model(key: str, *, base_dir: Optional[Path] = None, allow_pickle: bool 
     return _open_hf_dir(key, path, allow_pickle)
 
 
-def open_models(keys, *, base_dir: Optional[Path] = None, allow_pickle: bool = False) -> dict[str, ModelInput]:
+def open_models(
+    keys, *, base_dir: Path | None = None, allow_pickle: bool = False, lora_cache: Path | None = None,
+) -> dict[str, ModelInput]:
     opened: dict[str, ModelInput] = {}
     try:
         for key in keys:
-            opened[key] = open_model(key, base_dir=base_dir, allow_pickle=allow_pickle)
+            opened[key] = open_model(key, base_dir=base_dir, allow_pickle=allow_pickle, lora_cache=lora_cache)
     except BaseException:
         close_models(opened)
         raise

@@ -7,21 +7,21 @@ is buffered beyond the tensor being written. The index is written last, by ``fin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.errors import ConfigError, MergesmithError
 
+# safetensors dtype codes by torch dtype name (names: importing this module needs no torch).
 ST_CODES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
 }
 INDEX_NAME = "model.safetensors.index.json"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -50,7 +50,7 @@ class TensorSlot:
         count = 1
         for dim in self.shape:
             count *= dim
-        return count * torch.empty((), dtype=self.dtype).element_size()
+        return count * self.dtype.itemsize
 
 
 def _split(slots: Sequence[TensorSlot], shard_size: int) -> list[list[TensorSlot]]:
@@ -69,11 +69,26 @@ def _header(slots: Sequence[TensorSlot]) -> tuple[bytes, dict[str, tuple[int, in
     entries, spans, offset = {"__metadata__": {"format": "pt"}}, {}, 0
     for slot in slots:
         spans[slot.name] = (offset, offset + slot.nbytes)
-        entries[slot.name] = {"dtype": ST_CODES[slot.dtype], "shape": list(slot.shape), "data_offsets": list(spans[slot.name])}
+        entries[slot.name] = {"dtype": ST_CODES[str(slot.dtype).removeprefix("torch.")], "shape": list(slot.shape), "data_offsets": list(spans[slot.name])}
         offset += slot.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)   # data must start 8-byte aligned
     return len(raw).to_bytes(8, "little") + raw, spans
+
+
+def _reserve(fd: int, size: int, path: Path) -> None:
+    """Allocate the shard's blocks up front. Writes into reserved blocks cost far less system
+    time than writes that allocate as they go (ext4 here: 0.15 s vs 1.1-2.2 s per GB), and a
+    full disk is reported now, by name, rather than halfway through the merge."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise MergesmithError(f"{path}: not enough disk space for {size / 1e9:.2f} GB of output; free space or "
+                                  "write elsewhere") from None
+        # EOPNOTSUPP, EINVAL...: a filesystem without preallocation; the writes allocate instead.
 
 
 class ShardedWriter:
@@ -91,21 +106,34 @@ class ShardedWriter:
             fd = os.open(directory / file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             self._fds.append(fd)
             os.pwrite(fd, header, 0)
-            os.ftruncate(fd, len(header) + sum(s.nbytes for s in shard))
+            size = len(header) + sum(s.nbytes for s in shard)
+            os.ftruncate(fd, size)
+            _reserve(fd, size, directory / file)
             for slot in shard:
                 self._where[slot.name] = (shard_index, len(header) + spans[slot.name][0], slot)
         self._pending = set(self._where)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        _, _, slot = self._where[name]
+        if tuple(tensor.shape) != slot.shape:
+            raise MergesmithError(f"internal: {name} computed as {tuple(tensor.shape)}, planned {slot.shape}")
+        self.write_range(name, 0, tensor)
+        self.complete(name)
+
+    def write_range(self, name: str, start: int, tensor: torch.Tensor) -> None:
+        """Put ``tensor``'s elements at flat element ``start`` of ``name`` (streamed jobs)."""
         shard_index, offset, slot = self._where[name]
-        if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
+        if tensor.dtype != slot.dtype or start + tensor.numel() > slot.nbytes // slot.dtype.itemsize:
             raise MergesmithError(
-                f"internal: {name} computed as {tuple(tensor.shape)} {tensor.dtype}, planned {slot.shape} {slot.dtype}"
+                f"internal: {name}[{start}:{start + tensor.numel()}] computed as {tensor.dtype}, planned {slot.shape} {slot.dtype}"
             )
         view = memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
-        fd, written = self._fds[shard_index], 0
+        fd, written, offset = self._fds[shard_index], 0, offset + start * slot.dtype.itemsize
         while written < len(view):
             written += os.pwrite(fd, view[written:], offset + written)
+
+    def complete(self, name: str) -> None:
+        """Every element of ``name`` has been written."""
         self._pending.discard(name)
 
     def finish(self) -> list[str]:

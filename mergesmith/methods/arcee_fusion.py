@@ -13,10 +13,13 @@ The sample is drawn from the job's generator: tensors over 10⁶ entries depend 
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors
+from mergesmith._torch import torch
+from mergesmith.methods.spec import (
+    BasePolicy,
+    MethodParams,
+    MethodSpec,
+    OptionalTensors,
+)
 
 SOFTMAX_EPS = 1e-8
 QUANTILE_SAMPLE = 1_000_000
@@ -24,8 +27,8 @@ QUARTILES = (0.25, 0.5, 0.75)
 
 
 def importance(other: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    p = F.softmax(other, dim=-1) + SOFTMAX_EPS
-    q = F.softmax(base, dim=-1) + SOFTMAX_EPS
+    p = torch.softmax(other, dim=-1) + SOFTMAX_EPS
+    q = torch.softmax(base, dim=-1) + SOFTMAX_EPS
     kl = torch.sum(p * torch.log(p / q), dim=-1, keepdim=True)
     return (other - base).abs() * kl
 
@@ -34,7 +37,8 @@ def quartiles(x: torch.Tensor, generator=None) -> torch.Tensor:
     """Q1, Q2, Q3 as the sorted values at ``⌊q·(n - 1)⌋`` (no interpolation)."""
     flat = x.reshape(-1)
     if flat.numel() > QUANTILE_SAMPLE:
-        flat = flat[torch.randint(flat.numel(), (QUANTILE_SAMPLE,), generator=generator, device=flat.device)]
+        # Drawn on the CPU generator whatever the device, so a GPU merge samples the same entries.
+        flat = flat[torch.randint(flat.numel(), (QUANTILE_SAMPLE,), generator=generator).to(flat.device)]
     ordered = torch.sort(flat).values
     index = (torch.tensor(QUARTILES, device=ordered.device) * (ordered.numel() - 1)).long()
     return ordered[index]

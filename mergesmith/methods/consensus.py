@@ -7,7 +7,7 @@ the entries whose sign agrees with the elected one.
 
 from __future__ import annotations
 
-import torch
+from mergesmith._torch import torch
 
 
 def sign_agreement(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:

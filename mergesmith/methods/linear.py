@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.methods.spec import MethodParams, MethodSpec, Param, Scope
 
 
@@ -25,4 +24,5 @@ SPEC = MethodSpec(
         Param("weight", float, Scope.INPUT, doc="coefficient of each model"),
         Param("normalize", bool, default=True, doc="divide by the sum of weights"),
     ),
+    elementwise=True,
 )

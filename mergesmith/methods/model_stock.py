@@ -11,9 +11,14 @@ Where ``1 + (k - 1)·cos θ ≈ 0`` there is no finite estimate: ``t = 0`` keeps
 
 from __future__ import annotations
 
-import torch
-
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors, Param
+from mergesmith._torch import torch
+from mergesmith.methods.spec import (
+    BasePolicy,
+    MethodParams,
+    MethodSpec,
+    OptionalTensors,
+    Param,
+)
 
 COS_EPS = 1e-6      # floor of the norm product in a cosine
 SINGULAR = 1e-6     # |denominator| below this keeps the base
@@ -34,7 +39,7 @@ def model_stock(tensors, base_index, params: MethodParams, generator=None) -> to
     if params.shared["filter_wise"]:
         view = (lambda x: x.unsqueeze(0)) if base.dim() == 1 else (lambda x: x)
     else:
-        view = lambda x: x.reshape(-1)  # noqa: E731 - one expression, named for symmetry
+        view = lambda x: x.reshape(-1)
     w0 = view(base)
     ws = [view(x) for i, x in enumerate(tensors) if i != base_index]
     cos = mean_pairwise_cosine([w - w0 for w in ws]).unsqueeze(-1)

@@ -9,9 +9,14 @@ whole, farther ones are pulled toward ``b`` by ``t / |a - b|``.
 
 from __future__ import annotations
 
-import torch
-
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors, Param
+from mergesmith._torch import torch
+from mergesmith.methods.spec import (
+    BasePolicy,
+    MethodParams,
+    MethodSpec,
+    OptionalTensors,
+    Param,
+)
 
 DIFF_FLOOR = 1e-6
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.methods.spec import MethodParams, MethodSpec, Param, Scope
 
 
@@ -17,5 +16,5 @@ def passthrough(tensors, base_index, params: MethodParams, generator=None) -> to
 SPEC = MethodSpec(
     name="passthrough", pretty_name="Passthrough", reference="", fn=passthrough,
     params=(Param("scale", Optional[float], Scope.INPUT, default=None, doc="multiply the tensor"),),
-    max_inputs=1,
+    max_inputs=1, elementwise=True,
 )

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Param
 
 

@@ -7,7 +7,16 @@ from types import MappingProxyType
 
 from mergesmith.errors import ConfigError
 from mergesmith.methods import (
-    arcee_fusion, linear, model_stock, nearswap, passthrough, ram, sce, slerp, spherical, task_arithmetic,
+    arcee_fusion,
+    linear,
+    model_stock,
+    nearswap,
+    passthrough,
+    ram,
+    sce,
+    slerp,
+    spherical,
+    task_arithmetic,
 )
 from mergesmith.methods.spec import MethodSpec
 

@@ -11,8 +11,7 @@ With base ``b`` and deltas ``δ_i = x_i - b``:
 
 from __future__ import annotations
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.methods.consensus import sign_agreement
 from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Param
 

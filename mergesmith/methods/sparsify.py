@@ -17,10 +17,9 @@ delta unchanged as the papers do.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.errors import ConfigError
 from mergesmith.methods.topk import top_k_mask, top_k_mask_like_mergekit
 
@@ -50,15 +49,25 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, generator=None
     return rescale_l1(masked, delta) if rescale else masked
 
 
-def random(delta: torch.Tensor, density: float, rescale: Rescale, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random(delta: torch.Tensor, density: float, rescale: Rescale, generator: torch.Generator | None = None) -> torch.Tensor:
     if density >= 1:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
     work = _work_dtype(delta)
-    mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
+    mask = _bernoulli(torch.full(delta.shape, density, dtype=_draw_dtype(delta.dtype)), generator).to(delta.device, work)
     original = delta.to(work)
     return rescale_kept(original * mask, original, rescale, density).to(delta.dtype)
+
+
+def _bernoulli(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draws on the CPU, where the per-tensor generator lives: a merge on a GPU draws the same mask."""
+    return torch.bernoulli(probs, generator=generator)
+
+
+def _draw_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype masks are drawn in on the CPU: what ``_work_dtype`` picks there."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
 def _work_dtype(delta: torch.Tensor) -> torch.dtype:
@@ -103,7 +112,7 @@ def check_magprune(density: float, where: str = "", *, epsilon: float) -> None:
         )
 
 
-def magprune(delta: torch.Tensor, density: float, rescale: Rescale, generator: Optional[torch.Generator] = None,
+def magprune(delta: torch.Tensor, density: float, rescale: Rescale, generator: torch.Generator | None = None,
              *, epsilon: float) -> torch.Tensor:
     if density >= 1:
         return delta
@@ -117,6 +126,6 @@ def magprune(delta: torch.Tensor, density: float, rescale: Rescale, generator: O
     highest = ranks.max(dim=1, keepdim=True).values
     position = ((ranks - lowest) / (highest - lowest)).clamp(0, 1)
     probs = (density - epsilon) + position * 2 * epsilon
-    mask = torch.bernoulli(probs, generator=generator).to(work)
+    mask = _bernoulli(probs.to("cpu", _draw_dtype(probs.dtype)), generator).to(probs.device, work)
     original = rows.to(work)
     return rescale_kept(original * mask, original, rescale, probs).to(delta.dtype).reshape(delta.shape)

@@ -8,13 +8,23 @@ methods and None otherwise. No IO, no device moves, no dtype changes beyond the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence, Union, get_args, get_origin
+from types import MappingProxyType
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    Optional,
+    Union,
+    get_args,
+    get_origin,
+)
 
-import torch
 from pydantic import TypeAdapter, ValidationError
 
+from mergesmith._torch import torch
 from mergesmith.errors import ConfigError
 
 
@@ -41,6 +51,14 @@ class OptionalTensors(str, Enum):
 
 REQUIRED = object()
 
+# The range `mergesmith search` explores for a parameter the space marks `search` without a range
+# of its own. Keyed by name because a name means one thing in every method (STYLE: one word, one
+# meaning); `epsilon` is left out on purpose: DELLA's is a probability spread, RAM's a tolerance.
+SEARCH_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "weight": (0.0, 1.0), "t": (0.0, 1.0), "density": (0.1, 1.0), "lambda": (0.0, 2.0),
+    "gamma": (0.0, 0.1), "select_topk": (0.05, 1.0),
+})
+
 
 @dataclass(frozen=True)
 class Param:
@@ -57,6 +75,11 @@ class Param:
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    @property
+    def search_bounds(self) -> tuple[float, float] | None:
+        """The range a search explores when the space gives none (None: the space must give one)."""
+        return SEARCH_BOUNDS.get(self.name)
 
     def validate(self, value: Any, where: str = "") -> Any:
         try:
@@ -98,7 +121,13 @@ class MethodParams:
         return [self.per_input[i][name] for i in indices]
 
 
-MethodFn = Callable[[Sequence[torch.Tensor], Optional[int], MethodParams, Optional[torch.Generator]], torch.Tensor]
+MethodFn = Callable[[Sequence["torch.Tensor"], int | None, MethodParams, Optional["torch.Generator"]], "torch.Tensor"]
+# A streamed method works over flat element ranges, so its memory is a few chunks, never the
+# tensor: ``stream(read, n, dtype, base_index, params, emit) -> bool``, where ``read(i, start,
+# stop)`` gives input i's elements [start, stop) in the compute dtype ``dtype`` and
+# ``emit(start, chunk)`` takes output elements in order. It returns False, before emitting
+# anything, to decline (the whole-tensor ``fn`` runs instead). Streaming changes no bit of the result.
+StreamFn = Callable[..., bool]
 
 
 @dataclass(frozen=True)
@@ -110,15 +139,32 @@ class MethodSpec:
     params: tuple[Param, ...] = ()
     base: BasePolicy = BasePolicy.IGNORED
     min_inputs: int = 1
-    max_inputs: Optional[int] = None
+    max_inputs: int | None = None
     random: bool = False
     optional_tensors: OptionalTensors = OptionalTensors.ERROR
     # Inputs other than the base (all inputs when there is no base).
     min_non_base: int = 0
-    max_non_base: Optional[int] = None
+    max_non_base: int | None = None
     # Cross-parameter checks for one job, run at plan time: raise ConfigError, warn on
     # suspicious values. ``where`` prefixes messages (recipe and tensor).
-    check: Optional[Callable[[MethodParams, str], None]] = None
+    check: Callable[[MethodParams, str], None] | None = None
+    # ``fn`` applied to matching element ranges of the inputs gives those elements of the result.
+    elementwise: bool = False
+    stream: StreamFn | None = None
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
+
+
+def in_memory(stream_fn: StreamFn, tensors, base_index, params: MethodParams) -> torch.Tensor | None:
+    """Run a streamed method over tensors already in memory (its whole-tensor form); None if it declines."""
+    flats = [t.reshape(-1) for t in tensors]
+    out = torch.empty_like(tensors[0])
+    flat_out = out.reshape(-1)
+
+    def emit(start: int, chunk: torch.Tensor) -> None:
+        flat_out[start : start + chunk.numel()] = chunk
+
+    if not stream_fn(lambda i, start, stop: flats[i][start:stop], flats[0].numel(), tensors[0].dtype, base_index, params, emit):
+        return None
+    return out

@@ -16,12 +16,17 @@ All in the compute dtype, as in mergekit (karcher takes norms in fp32, fp64 for 
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
-import torch
-
+from mergesmith._torch import torch
 from mergesmith.errors import ConfigError
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors, Param, Scope
+from mergesmith.methods.spec import (
+    BasePolicy,
+    MethodParams,
+    MethodSpec,
+    OptionalTensors,
+    Param,
+    Scope,
+)
 
 COLINEAR_EPS = 1e-8   # nuslerp: lerp where 1 - cos²θ ≤ COLINEAR_EPS²
 NORM_FLOOR = 1e-7     # nuslerp: smallest norm a vector is divided by
@@ -80,7 +85,7 @@ def multislerp(tensors, base_index, params: MethodParams, generator=None) -> tor
     return out if base is None else out + base
 
 
-def _tangent_mean(units: torch.Tensor, weights: torch.Tensor, eps: float) -> Optional[torch.Tensor]:
+def _tangent_mean(units: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor | None:
     """The weighted mean of unit rows taken in the tangent space at their normalised Euclidean
     mean, mapped back to the sphere; None where that Euclidean mean is ~0."""
     mean = (units * weights.view(-1, 1)).sum(0)

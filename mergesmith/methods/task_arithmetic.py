@@ -16,17 +16,25 @@ Arithmetic happens in the compute dtype, as in mergekit.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated, Callable, Literal, Optional
+from typing import Annotated, Literal
 
-import torch
 from pydantic import AfterValidator
 
+from mergesmith._torch import torch
 from mergesmith.methods import sparsify
 from mergesmith.methods.consensus import sign_agreement
-from mergesmith.methods.fused import fused_task_arithmetic
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Param, Scope
+from mergesmith.methods.fused import fused_stream
+from mergesmith.methods.spec import (
+    BasePolicy,
+    MethodParams,
+    MethodSpec,
+    Param,
+    Scope,
+    in_memory,
+)
 
 
 @dataclass(frozen=True)
@@ -37,14 +45,14 @@ class Sparsifier:
     extra: tuple[Param, ...] = ()
     random: bool = False
     # ``check(density, where, **extra)`` raises ConfigError for values the step cannot use.
-    check: Optional[Callable[..., None]] = None
+    check: Callable[..., None] | None = None
 
 
 def _extra(sparsifier: Sparsifier, own) -> dict:
     return {p.name: own[p.name] for p in sparsifier.extra}
 
 
-def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Optional[Sparsifier], generator) -> torch.Tensor:
+def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Sparsifier | None, generator) -> torch.Tensor:
     """Stacked (sparsified) deltas of every non-base model against the base."""
     base = tensors[base_index]
     others = [i for i in range(len(tensors)) if i != base_index]
@@ -60,14 +68,15 @@ def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Optional
 
 def generalized_task_arithmetic(
     tensors, base_index, params: MethodParams, generator=None, *,
-    sparsifier: Optional[Sparsifier], consensus: Optional[str],
+    sparsifier: Sparsifier | None, consensus: str | None,
 ) -> torch.Tensor:
     base = tensors[base_index]
     others = [i for i in range(len(tensors)) if i != base_index]
     if not others:
         return base
     if sparsifier is None or sparsifier is MAGNITUDE:
-        fused = fused_task_arithmetic(tensors, base_index, params, magnitude=sparsifier is MAGNITUDE, consensus=consensus)
+        stream = partial(fused_stream, magnitude=sparsifier is MAGNITUDE, consensus=consensus)
+        fused = in_memory(stream, tensors, base_index, params)
         if fused is not None:
             return fused
     deltas = task_vectors(tensors, base_index, params, sparsifier, generator)
@@ -125,7 +134,7 @@ def _outliers(method: str) -> Sparsifier:
     return Sparsifier(sparsify.outliers, extra=(gamma,))
 
 
-def _params(normalize: bool, rescale: bool, sparsifier: Optional[Sparsifier]) -> tuple[Param, ...]:
+def _params(normalize: bool, rescale: bool, sparsifier: Sparsifier | None) -> tuple[Param, ...]:
     random = sparsifier is not None and sparsifier.random
     return (
         Param("int8_mask", bool, default=False, doc="store the sign mask as int8 (no numeric effect)"),
@@ -140,13 +149,15 @@ def _params(normalize: bool, rescale: bool, sparsifier: Optional[Sparsifier]) ->
     )
 
 
-def _spec(name, pretty, url, sparsifier: Optional[Sparsifier], consensus, normalize, rescale) -> MethodSpec:
+def _spec(name, pretty, url, sparsifier: Sparsifier | None, consensus, normalize, rescale) -> MethodSpec:
     return MethodSpec(
         name=name, pretty_name=pretty, reference=url,
         fn=partial(generalized_task_arithmetic, sparsifier=sparsifier, consensus=consensus),
         params=_params(normalize, rescale, sparsifier), base=BasePolicy.REQUIRED,
         random=sparsifier is not None and sparsifier.random,
         check=partial(_check_inputs, sparsifier=sparsifier) if sparsifier is not None and sparsifier.check else None,
+        stream=partial(fused_stream, magnitude=sparsifier is MAGNITUDE, consensus=consensus)
+        if sparsifier is None or sparsifier is MAGNITUDE else None,
     )
 
 

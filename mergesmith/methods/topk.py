@@ -13,9 +13,10 @@ CPU and GPU paths). In bf16 such ties are common (about a tenth of a weight matr
 
 from __future__ import annotations
 
-import torch
+from mergesmith._torch import torch
 
-_KEY_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+# Integer views of the float bits, by dtype name (names: importing needs no torch).
+_KEY_VIEW = {"float16": "int16", "bfloat16": "int16", "float32": "int32", "float64": "int64"}
 DIGIT = 16
 
 
@@ -28,7 +29,8 @@ def _keys(magnitude: torch.Tensor) -> tuple[torch.Tensor, int]:
         if magnitude.dtype == torch.bfloat16:
             return flat.float().view(torch.int32) >> 16, 16
         return flat.float().view(torch.int32), 32
-    return flat.view(_KEY_VIEW[magnitude.dtype]), torch.finfo(magnitude.dtype).bits
+    view = getattr(torch, _KEY_VIEW[str(magnitude.dtype).removeprefix("torch.")])
+    return flat.view(view), torch.finfo(magnitude.dtype).bits
 
 
 def kth_largest_key(keys: torch.Tensor, bits: int, k: int) -> tuple[int, int]:

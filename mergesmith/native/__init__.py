@@ -1,4 +1,4 @@
-"""Fused CPU kernels (C + OpenMP, built at install time when a compiler is there).
+"""Fused CPU kernels (C, built at install time when a compiler is there).
 
 Each function here has a pure-torch twin in mergesmith/methods that defines the numbers; the
 kernels must agree bit for bit (tests/methods/test_native.py). ``available(*tensors)`` says
@@ -7,66 +7,94 @@ whether the kernels can take these tensors: contiguous, on the CPU, float32/bflo
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
-import torch
+from mergesmith._torch import torch
 
 try:
     from mergesmith.native import _kernels
 except ImportError:  # built without the extension: callers use the torch path
     _kernels = None
 
-DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+# Keyed by dtype name, so importing this module does not import torch.
+_CODES = {"float32": 0, "bfloat16": 1, "float16": 2}
 BINS = 1 << 16
-_KEY_BITS = {torch.float32: 32, torch.bfloat16: 16, torch.float16: 16}
+_KEY_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
+
+
+def code(dtype) -> int | None:
+    """The kernels' code for a torch dtype, None if they do not take it."""
+    return _CODES.get(str(dtype).removeprefix("torch."))
 
 
 def available(*tensors: torch.Tensor) -> bool:
     if _kernels is None or not tensors:
         return False
     dtype = tensors[0].dtype
-    return dtype in DTYPE_CODES and all(
+    return code(dtype) is not None and all(
         t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors
     )
 
 
-def _blocks(n: int) -> int:
-    # A few blocks per core: enough to share the work, few enough that the per-block histograms
-    # (512 KiB each) stay cheap to clear and sum.
-    return max(1, min(8, n // 65536))
+# Elements per read while streaming, and histograms kept per group of elements: the tie scan
+# at the threshold then reads one group, and the histograms (512 KiB each) stay few.
+CHUNK = 1 << 20
+GROUP_MIN = 2 * CHUNK
+MAX_GROUPS = 64
 
 
-def _histogram(x, base, shift, prefix_shift, prefix) -> torch.Tensor:
-    n, blocks = x.numel(), _blocks(x.numel())
-    hist = torch.zeros((blocks, BINS), dtype=torch.int64)
-    base_ptr = base.data_ptr() if base is not None else 0
-    _kernels.hist_delta(DTYPE_CODES[x.dtype], base_ptr, x.data_ptr(), n, blocks, shift, prefix_shift, prefix, hist.data_ptr())
-    return hist
+def _ranges(lo: int, hi: int):
+    for start in range(lo, hi, CHUNK):
+        yield start, min(hi, start + CHUNK)
 
 
-def magnitude_threshold(x: torch.Tensor, base: Optional[torch.Tensor], k: int) -> tuple[int, int]:
-    """For ``v = x - base`` (or x): the magnitude key of the k-th largest |v|, and the index of
-    the last entry equal to it that is kept (lowest indices first), so that exactly k survive.
+def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k: int) -> tuple[int, int]:
+    """For ``v = x - base`` (or x when ``read_base`` is None), read range by range: the
+    magnitude key of the k-th largest |v|, and the index of the last entry equal to it that is
+    kept (lowest indices first), so that exactly k survive. Radix selection: one histogram pass
+    per 16-bit digit of the key, then a scan for the tie cutoff inside one group.
     """
-    bits = _KEY_BITS[x.dtype]
+    dt = code(dtype)
+    group = -(-max(GROUP_MIN, -(-n // MAX_GROUPS)) // CHUNK) * CHUNK
+    groups = -(-n // group)
+
+    def pointers(start, stop):
+        x = read_x(start, stop)
+        base = read_base(start, stop) if read_base is not None else None
+        return x, base, (base.data_ptr() if base is not None else 0)
+
     prefix, above, hist = -1, 0, None
-    for shift in range(bits - 16, -1, -16):
-        prefix_shift = shift + 16
-        hist = _histogram(x, base, shift, prefix_shift, prefix if prefix >= 0 else -1)
-        counts = hist.sum(dim=0)
-        at_least = counts.flip(0).cumsum(0).flip(0)
+    for shift in range(_KEY_BITS[str(dtype).removeprefix("torch.")] - 16, -1, -16):
+        hist = torch.zeros((groups, BINS), dtype=torch.int64)
+        for g in range(groups):
+            for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
+                x, base, base_ptr = pointers(start, stop)
+                _kernels.hist_delta(dt, base_ptr, x.data_ptr(), stop - start, 1, shift, shift + 16, prefix, hist[g].data_ptr())
+        at_least = hist.sum(dim=0).flip(0).cumsum(0).flip(0)
         digit = int(torch.nonzero(at_least + above >= k).max())
         above += int(at_least[digit + 1]) if digit + 1 < BINS else 0
         prefix = digit if prefix < 0 else (prefix << 16) | digit
     need = k - above
-    per_block = hist[:, prefix & 0xFFFF]                     # ties at the threshold, per block
-    before = torch.cumsum(per_block, 0) - per_block
-    block = int(torch.nonzero(before < need).max())
-    n, blocks = x.numel(), hist.shape[0]
-    start, end = n * block // blocks, n * (block + 1) // blocks
-    base_ptr = base.data_ptr() if base is not None else 0
-    cutoff = _kernels.nth_equal(DTYPE_CODES[x.dtype], base_ptr, x.data_ptr(), start, end, prefix, need - int(before[block]))
-    return prefix, cutoff
+    per_group = hist[:, prefix & 0xFFFF]                     # ties at the threshold, per group
+    before = torch.cumsum(per_group, 0) - per_group
+    g = int(torch.nonzero(before < need).max())
+    need -= int(before[g])
+    for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
+        x, base, base_ptr = pointers(start, stop)
+        found, seen = _kernels.nth_equal(dt, base_ptr, x.data_ptr(), 0, stop - start, prefix, need)
+        if found >= 0:
+            return prefix, start + found
+        need -= seen
+    raise AssertionError("the histogram counted more ties than the scan found")
+
+
+def magnitude_threshold(x: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[int, int]:
+    """``magnitude_threshold_ranges`` over tensors in memory."""
+    fx = x.reshape(-1)
+    fb = base.reshape(-1) if base is not None else None
+    read_base = (lambda start, stop: fb[start:stop]) if fb is not None else None
+    return magnitude_threshold_ranges(lambda start, stop: fx[start:stop], read_base, fx.numel(), x.dtype, k)
 
 
 def gta(
@@ -80,18 +108,30 @@ def gta(
     cut = torch.tensor([t[1] for t in thresholds], dtype=torch.int64)
     w = weights.to(torch.float32).contiguous()
     _kernels.gta(
-        DTYPE_CODES[base.dtype], base.data_ptr(), ptrs.data_ptr(), len(others), base.numel(),
+        code(base.dtype), base.data_ptr(), ptrs.data_ptr(), len(others), base.numel(),
         thr.data_ptr(), cut.data_ptr(), w.data_ptr(), int(consensus), int(normalize),
         float(lam), int(lam != 1), float(divisor), out.data_ptr(),
     )
     return out
 
 
+def widen(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (float32, same length) = src, exactly."""
+    _kernels.widen(code(src.dtype), src.data_ptr(), src.numel(), out.data_ptr())
+    return out
+
+
+def scaled_product(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (float32) = (a / na) * (b / nb), each operation rounded to float32 as torch does."""
+    _kernels.scaled_product(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), na, nb, out.data_ptr())
+    return out
+
+
 def dot3(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
-    return _kernels.dot3(DTYPE_CODES[a.dtype], a.data_ptr(), b.data_ptr(), a.numel())
+    return _kernels.dot3(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel())
 
 
 def lerp2(a: torch.Tensor, b: torch.Tensor, ca: float, cb: float) -> torch.Tensor:
     out = torch.empty_like(a)
-    _kernels.lerp2(DTYPE_CODES[a.dtype], a.data_ptr(), b.data_ptr(), a.numel(), ca, cb, out.data_ptr())
+    _kernels.lerp2(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), ca, cb, out.data_ptr())
     return out

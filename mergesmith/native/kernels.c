@@ -7,6 +7,11 @@
  * multiply-add would round differently.
  *
  * dtype codes: 0 = float32, 1 = bfloat16, 2 = float16.
+ *
+ * Kernels run on the calling thread: the runner already merges two tensors at once, one per
+ * core, and a second level of threads would only compete with it. Each kernel is compiled twice
+ * on x86-64 (AVX2 and baseline) and the loader picks the one the CPU runs; the dtype switch sits
+ * outside the loops, so every loop is specialised for one dtype and vectorises.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,6 +23,11 @@
 #define MAX_MODELS 64
 #define TILE 512
 #define INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("avx2", "default"))) static void
+#else
+#define KERNEL static void
+#endif
 /* Call fn with the dtype code as a literal: after inlining, every per-element dtype branch
  * folds away and the loops vectorise. */
 #define DISPATCH(fn, dt, ...) switch (dt) { \
@@ -81,7 +91,6 @@ INLINE float delta_at(int dt, const void *base, const void *x, int64_t i) {
  * only keys whose (key >> prefix_shift) == prefix when prefix >= 0. hist: int64[nblocks][BINS]. */
 INLINE void hist_run(const int DT, const void *base, const void *x, int64_t n, int nblocks, int shift,
                      int pshift, int64_t prefix, int64_t *hist) {
-    #pragma omp parallel for schedule(static)
     for (int b = 0; b < nblocks; b++) {
         int64_t lo = n * b / nblocks, hi = n * (b + 1) / nblocks, *h = hist + (int64_t)b * BINS;
         for (int64_t i = lo; i < hi; i++) {
@@ -91,24 +100,42 @@ INLINE void hist_run(const int DT, const void *base, const void *x, int64_t n, i
         }
     }
 }
+KERNEL hist_kernel(int dt, const void *base, const void *x, int64_t n, int nblocks, int shift, int pshift,
+                   int64_t prefix, int64_t *hist) {
+    DISPATCH(hist_run, dt, base, x, n, nblocks, shift, pshift, prefix, hist);
+}
 
 static PyObject *hist_delta(PyObject *self, PyObject *args) {
     int dt, nblocks, shift, pshift; unsigned long long pb, px, ph; long long n, prefix;
     if (!PyArg_ParseTuple(args, "iKKLiiiLK", &dt, &pb, &px, &n, &nblocks, &shift, &pshift, &prefix, &ph)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(hist_run, dt, (const void *)pb, (const void *)px, n, nblocks, shift, pshift, prefix, (int64_t *)ph);
+    hist_kernel(dt, (const void *)pb, (const void *)px, n, nblocks, shift, pshift, prefix, (int64_t *)ph);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
-/* nth_equal(dt, base, x, start, end, key, m): index of the m-th (1-based) entry in
- * [start, end) whose magnitude key equals `key`, or -1. */
-static PyObject *nth_equal(PyObject *self, PyObject *args) {
-    int dt; unsigned long long pb, px; long long start, end, key, m, found = -1;
-    if (!PyArg_ParseTuple(args, "iKKLLLL", &dt, &pb, &px, &start, &end, &key, &m)) return NULL;
+/* nth_equal(dt, base, x, start, end, key, m) -> (index, seen): the index of the m-th (1-based)
+ * entry in [start, end) whose magnitude key equals `key` (-1 if there is none), and how many
+ * such entries the scan saw. */
+INLINE void nth_run(const int DT, const void *base, const void *x, int64_t start, int64_t end, int64_t key,
+                    int64_t m, int64_t *found, int64_t *seen) {
+    *found = -1; *seen = 0;
     for (int64_t i = start; i < end; i++)
-        if (key_of(dt, delta_at(dt, (const void *)pb, (const void *)px, i)) == key && --m == 0) { found = i; break; }
-    return PyLong_FromLongLong(found);
+        if (key_of(DT, delta_at(DT, base, x, i)) == key && ++*seen == m) { *found = i; break; }
+}
+
+KERNEL nth_kernel(int dt, const void *base, const void *x, int64_t start, int64_t end, int64_t key, int64_t m,
+                  int64_t *found, int64_t *seen) {
+    DISPATCH(nth_run, dt, base, x, start, end, key, m, found, seen);
+}
+
+static PyObject *nth_equal(PyObject *self, PyObject *args) {
+    int dt; unsigned long long pb, px; long long start, end, key, m; int64_t found, seen;
+    if (!PyArg_ParseTuple(args, "iKKLLLL", &dt, &pb, &px, &start, &end, &key, &m)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    nth_kernel(dt, (const void *)pb, (const void *)px, start, end, key, m, &found, &seen);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("LL", (long long)found, (long long)seen);
 }
 
 /* One tile [lo, hi) of generalised task arithmetic. Keys are compared as int32 (they fit in
@@ -170,12 +197,14 @@ INLINE void gta_tile(const int DT, const void *base, const void **xs, int k, int
 INLINE void gta_run(const int DT, const void *base, const void **xs, int k, int64_t n, const int64_t *thr,
                     const int64_t *cut, const float *w, int consensus, int normalize, float lam, int use_lam,
                     float divc, void *out) {
-    int64_t tiles = (n + TILE - 1) / TILE;
-    #pragma omp parallel for schedule(static, 256)
-    for (int64_t tile = 0; tile < tiles; tile++) {
-        int64_t lo = tile * TILE, hi = lo + TILE < n ? lo + TILE : n;
+    for (int64_t lo = 0; lo < n; lo += TILE) {
+        int64_t hi = lo + TILE < n ? lo + TILE : n;
         gta_tile(DT, base, xs, k, lo, hi, thr, cut, w, consensus, normalize, lam, use_lam, divc, out);
     }
+}
+KERNEL gta_kernel(int dt, const void *base, const void **xs, int k, int64_t n, const int64_t *thr, const int64_t *cut,
+                  const float *w, int consensus, int normalize, float lam, int use_lam, float divc, void *out) {
+    DISPATCH(gta_run, dt, base, xs, k, n, thr, cut, w, consensus, normalize, lam, use_lam, divc, out);
 }
 
 /* gta(dt, base, xs, k, n, thr, cutoff, weights, consensus, normalize, lam, use_lam, divisor, out)
@@ -190,8 +219,8 @@ static PyObject *gta(PyObject *self, PyObject *args) {
                           &normalize, &lam, &use_lam, &divc, &pout)) return NULL;
     if (k < 1 || k > MAX_MODELS) { PyErr_SetString(PyExc_ValueError, "gta: 1..64 models"); return NULL; }
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(gta_run, dt, (const void *)pb, (const void **)pxs, k, n, (const int64_t *)pthr, (const int64_t *)pcut,
-             (const float *)pw, consensus, normalize, lam, use_lam, divc, (void *)pout);
+    gta_kernel(dt, (const void *)pb, (const void **)pxs, k, n, (const int64_t *)pthr, (const int64_t *)pcut,
+               (const float *)pw, consensus, normalize, lam, use_lam, divc, (void *)pout);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -199,7 +228,6 @@ static PyObject *gta(PyObject *self, PyObject *args) {
 /* dot3(dt, a, b, n) -> (sum a*a, sum b*b, sum a*b) in double. */
 INLINE void dot3_run(const int DT, const void *a, const void *b, int64_t n, double *res) {
     double aa = 0, bb = 0, ab = 0;
-    #pragma omp parallel for schedule(static) reduction(+ : aa, bb, ab)
     for (int64_t i = 0; i < n; i++) {
         double x = load(DT, a, i), y = load(DT, b, i);
         aa += x * x; bb += y * y; ab += x * y;
@@ -207,34 +235,76 @@ INLINE void dot3_run(const int DT, const void *a, const void *b, int64_t n, doub
     res[0] = aa; res[1] = bb; res[2] = ab;
 }
 
+KERNEL dot3_kernel(int dt, const void *a, const void *b, int64_t n, double *res) {
+    DISPATCH(dot3_run, dt, a, b, n, res);
+}
+
 static PyObject *dot3(PyObject *self, PyObject *args) {
     int dt; unsigned long long pa, pb; long long n; double res[3];
     if (!PyArg_ParseTuple(args, "iKKL", &dt, &pa, &pb, &n)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(dot3_run, dt, (const void *)pa, (const void *)pb, n, res);
+    dot3_kernel(dt, (const void *)pa, (const void *)pb, n, res);
     Py_END_ALLOW_THREADS
     return Py_BuildValue("ddd", res[0], res[1], res[2]);
 }
 
 /* lerp2(dt, a, b, n, ca, cb, out): out = ca * a + cb * b, float32 arithmetic, rounded to dt. */
 INLINE void lerp2_run(const int DT, const void *a, const void *b, int64_t n, float ca, float cb, void *out) {
-    #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float x = ca * load(DT, a, i), y = cb * load(DT, b, i);
         store(DT, out, i, x + y);
     }
 }
 
+KERNEL lerp2_kernel(int dt, const void *a, const void *b, int64_t n, float ca, float cb, void *out) {
+    DISPATCH(lerp2_run, dt, a, b, n, ca, cb, out);
+}
+
 static PyObject *lerp2(PyObject *self, PyObject *args) {
     int dt; unsigned long long pa, pb, po; long long n; float ca, cb;
     if (!PyArg_ParseTuple(args, "iKKLffK", &dt, &pa, &pb, &n, &ca, &cb, &po)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    DISPATCH(lerp2_run, dt, (const void *)pa, (const void *)pb, n, ca, cb, (void *)po);
+    lerp2_kernel(dt, (const void *)pa, (const void *)pb, n, ca, cb, (void *)po);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* widen(dt, src, n, dst): dst = float32(src), exactly (every bf16/fp16 value is a float32). */
+INLINE void widen_run(const int DT, const void *src, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = load(DT, src, i);
+}
+KERNEL widen_kernel(int dt, const void *src, int64_t n, float *dst) { DISPATCH(widen_run, dt, src, n, dst); }
+
+static PyObject *widen(PyObject *self, PyObject *args) {
+    int dt; unsigned long long ps, pd; long long n;
+    if (!PyArg_ParseTuple(args, "iKLK", &dt, &ps, &n, &pd)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    widen_kernel(dt, (const void *)ps, n, (float *)pd);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* scaled_product(dt, a, b, n, na, nb, dst): dst = (a / na) * (b / nb) in float32, as torch's
+ * (x / norm_a) * (y / norm_b) on float32 tensors: three correctly rounded operations. */
+INLINE void scaled_product_run(const int DT, const void *a, const void *b, int64_t n, float na, float nb, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = (load(DT, a, i) / na) * (load(DT, b, i) / nb);
+}
+KERNEL scaled_product_kernel(int dt, const void *a, const void *b, int64_t n, float na, float nb, float *dst) {
+    DISPATCH(scaled_product_run, dt, a, b, n, na, nb, dst);
+}
+
+static PyObject *scaled_product(PyObject *self, PyObject *args) {
+    int dt; unsigned long long pa, pb, pd; long long n; float na, nb;
+    if (!PyArg_ParseTuple(args, "iKKLffK", &dt, &pa, &pb, &n, &na, &nb, &pd)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    scaled_product_kernel(dt, (const void *)pa, (const void *)pb, n, na, nb, (float *)pd);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
+    {"widen", widen, METH_VARARGS, "float32 copy"},
+    {"scaled_product", scaled_product, METH_VARARGS, "(a / na) * (b / nb) in float32"},
     {"hist_delta", hist_delta, METH_VARARGS, "per-block digit histograms of |x - base|"},
     {"nth_equal", nth_equal, METH_VARARGS, "index of the m-th entry with a given magnitude key"},
     {"gta", gta, METH_VARARGS, "fused generalised task arithmetic"},

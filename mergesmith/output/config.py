@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 from mergesmith.arch.spec import ArchSpec
 from mergesmith.io.resolve import ModelInput
@@ -34,6 +34,8 @@ def output_config(plan: Plan, models: Mapping[str, ModelInput]) -> dict:
             values = _per_layer(key, plan, models)
             if values is not None:
                 config[key] = values
+    if plan.vocab is not None:
+        config["vocab_size"] = plan.vocab.rows
     if plan.out_dtype:
         config["torch_dtype"] = plan.out_dtype
         if "dtype" in config:

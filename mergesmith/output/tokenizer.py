@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Optional
 
 from mergesmith.errors import ConfigError
 from mergesmith.io.resolve import ModelInput
+from mergesmith.plan.jobs import AddedToken, OutputVocab
 
 TOKENIZER_FILES = (
     "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
@@ -22,7 +23,8 @@ TEMPLATE_NAMES = tuple(sorted(
 ))
 
 
-def copy_tokenizer(donor: ModelInput, dest: Path) -> None:
+def copy_tokenizer(donor: ModelInput, dest: Path, vocab: OutputVocab | None = None) -> None:
+    """The donor's tokenizer files, plus the output vocabulary's new tokens when there are any."""
     if donor.gguf_file is not None:
         from mergesmith.io.gguf import save_gguf_tokenizer
 
@@ -31,6 +33,37 @@ def copy_tokenizer(donor: ModelInput, dest: Path) -> None:
     for name in TOKENIZER_FILES:
         if (donor.path / name).is_file():
             shutil.copyfile(donor.path / name, dest / name)
+    if vocab is not None and vocab.new_tokens:
+        append_tokens(dest, vocab.new_tokens)
+
+
+def _flags(token: AddedToken) -> dict:
+    return {"content": token.content, "single_word": token.single_word, "lstrip": token.lstrip,
+            "rstrip": token.rstrip, "normalized": token.normalized, "special": token.special}
+
+
+def append_tokens(dest: Path, tokens: tuple[AddedToken, ...]) -> None:
+    """Add ``tokens`` (ids following the donor's) wherever the copied files list added tokens.
+
+    tokenizer.json's ``added_tokens`` is what fast tokenizers read; ``added_tokens_decoder`` in
+    tokenizer_config.json and added_tokens.json are kept in step where present (slow tokenizers).
+    """
+    def update(name: str, change) -> None:
+        path = dest / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            change(data)
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    update("tokenizer.json", lambda d: d.setdefault("added_tokens", []).extend({"id": t.id, **_flags(t)} for t in tokens))
+    slow = not (dest / "tokenizer.json").is_file()
+
+    def decoder(config: dict) -> None:
+        if slow or "added_tokens_decoder" in config:
+            config.setdefault("added_tokens_decoder", {}).update({str(t.id): _flags(t) for t in tokens})
+
+    update("tokenizer_config.json", decoder)
+    update("added_tokens.json", lambda d: d.update({t.content: t.id for t in tokens}))
 
 
 def copy_generation_config(donor: ModelInput, dest: Path) -> None:
@@ -44,7 +77,7 @@ def copy_generation_config(donor: ModelInput, dest: Path) -> None:
         shutil.copyfile(donor.path / "generation_config.json", dest / "generation_config.json")
 
 
-def _template_of(model: ModelInput) -> Optional[str]:
+def _template_of(model: ModelInput) -> str | None:
     if model.gguf_file is not None:
         return None
     if (model.path / "chat_template.jinja").is_file():
@@ -56,7 +89,7 @@ def _template_of(model: ModelInput) -> Optional[str]:
     return None
 
 
-def resolve_chat_template(choice: str, models: Mapping[str, ModelInput], source: str) -> Optional[str]:
+def resolve_chat_template(choice: str, models: Mapping[str, ModelInput], source: str) -> str | None:
     """``auto`` (the most common among inputs), a built-in name, or Jinja text."""
     if choice == "auto":
         found = [_template_of(model) for model in models.values()]

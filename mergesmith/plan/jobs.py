@@ -2,30 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 from mergesmith.arch.spec import ArchSpec
 from mergesmith.methods.spec import MethodParams
 
 
 @dataclass(frozen=True)
+class RowFill:
+    """Output rows an input lacks, made from other inputs' rows (see plan/vocab.py for the rules).
+
+    ``donors`` are indices into the job's sources, ``donor_rows[d][i]`` the row of donor ``d``
+    for ``rows[i]``; the fill is their mean (one donor: its row; none: zeros). Rule ``pad`` takes
+    the mean of this input's own first ``RowMap.token_rows`` output rows instead.
+    """
+
+    rule: str                                  # base, mean, zero, override, pad
+    rows: tuple[int, ...]
+    donors: tuple[int, ...] = ()
+    donor_rows: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class RowMap:
+    """A vocabulary tensor re-indexed to the output vocabulary, rows along ``axis``."""
+
+    size: int                                  # output rows
+    axis: int
+    input_rows: int                            # rows of the input tensor
+    token_rows: int                            # rows [0, token_rows) are token ids
+    copied: tuple[tuple[int, int, int], ...]   # runs (output row, input row, count) of own rows
+    fills: tuple[RowFill, ...] = ()            # in order; pad fills come last
+
+
+@dataclass(frozen=True)
 class TensorSource:
     model: str     # recipe key of the input model
     name: str      # tensor name inside that model
+    rows: RowMap | None = None   # set when the vocabulary tensor is re-indexed
 
 
 @dataclass(frozen=True)
 class TensorJob:
     output: str
     sources: tuple[TensorSource, ...]
-    base_index: Optional[int]
+    base_index: int | None
     method: str
     params: MethodParams
     shape: tuple[int, ...]
     dtype: str       # compute dtype: inputs are cast to it before the method runs
     out_dtype: str   # dtype written to the output file
-    layer: Optional[int] = None   # output layer index; None for embeddings, norms, heads
+    layer: int | None = None   # output layer index; None for embeddings, norms, heads
 
 
 @dataclass(frozen=True)
@@ -37,15 +65,40 @@ class LayerOrigin:
 
 
 @dataclass(frozen=True)
+class AddedToken:
+    """A token appended to the donor's tokenizer, with tokenizer.json's added-token flags."""
+
+    id: int
+    content: str
+    special: bool = False
+    normalized: bool = True
+    lstrip: bool = False
+    rstrip: bool = False
+    single_word: bool = False
+
+
+@dataclass(frozen=True)
+class OutputVocab:
+    """The output vocabulary: the donor's tokenizer plus ``new_tokens``, ``rows`` rows in all."""
+
+    source: str                        # base, union, or a model
+    donor: str                         # model whose tokenizer files the output starts from
+    token_rows: int                    # ids 0..token_rows-1 (the last token's id + 1)
+    rows: int                          # config vocab_size: kept donor rows, then padding
+    new_tokens: tuple[AddedToken, ...] = ()
+
+
+@dataclass(frozen=True)
 class Plan:
     jobs: tuple[TensorJob, ...]
     arch: ArchSpec
     config_donor: str              # model whose config.json the output starts from
     tokenizer_donor: str           # model whose tokenizer files the output gets
     layer_origins: tuple[LayerOrigin, ...]
-    out_dtype: Optional[str]       # recipe's out_dtype or dtype, for config.json
+    out_dtype: str | None       # recipe's out_dtype or dtype, for config.json
     seed: int
     warnings: tuple[str, ...] = ()
+    vocab: OutputVocab | None = None   # set when tokenizer_source or a tokenizer section is given
 
     @property
     def num_layers(self) -> int:

@@ -7,21 +7,34 @@ layer ``i`` of an ``n``-layer slice sits at ``t = i / (n - 1)`` (t=1 for one lay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Optional
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
-import torch
-
-from mergesmith.arch.spec import ArchSpec, WeightSpec, arch_for_config
+from mergesmith._torch import torch
+from mergesmith.arch.infer import ArchInput, arch_for_models
+from mergesmith.arch.spec import ArchSpec, WeightSpec
 from mergesmith.config.load import dtype_name
 from mergesmith.config.params import resolve
 from mergesmith.config.schema import OutputSlice, Recipe
-from mergesmith.errors import ArchitectureError, ConfigError, MissingTensorError, ShapeMismatchError
+from mergesmith.errors import (
+    ArchitectureError,
+    ConfigError,
+    MissingTensorError,
+    ShapeMismatchError,
+)
 from mergesmith.io.resolve import ModelInput
 from mergesmith.methods.registry import get_method
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, OptionalTensors, Scope
+from mergesmith.methods.spec import (
+    BasePolicy,
+    MethodParams,
+    MethodSpec,
+    OptionalTensors,
+    Scope,
+)
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
 from mergesmith.plan.slices import canonical_slices, check_slices
+from mergesmith.plan.vocab import VocabPlan, build_vocab, other_dims, reindex
 
 
 @dataclass(frozen=True)
@@ -30,9 +43,11 @@ class _Context:
     method: MethodSpec
     models: Mapping[str, ModelInput]
     source: str
+    vocab: VocabPlan | None = None
+    notes: list = field(default_factory=list)   # warnings, in order, each once
 
 
-def _scopes(ctx: _Context, out_slice: OutputSlice, model: Optional[str]):
+def _scopes(ctx: _Context, out_slice: OutputSlice, model: str | None):
     """Parameter scopes, highest precedence first: the source's own, the slice's, the recipe's."""
     if model is not None:
         for src in out_slice.sources:
@@ -72,14 +87,14 @@ def _one(ctx, param, scopes, tensor_name, t, model):
     return param.default
 
 
-def _lookup(model: ModelInput, weight: WeightSpec, name: str) -> Optional[str]:
+def _lookup(model: ModelInput, weight: WeightSpec, name: str) -> str | None:
     """The tensor to read for ``name`` in this model: itself, else a tied alternative."""
     if name in model.tensors:
         return name
     return next((alt for alt in weight.tied_to if alt in model.tensors), None)
 
 
-def _base_index(ctx: _Context, out_slice: OutputSlice, where: str) -> Optional[int]:
+def _base_index(ctx: _Context, out_slice: OutputSlice, where: str) -> int | None:
     if ctx.method.base == BasePolicy.IGNORED:
         return None
     base = out_slice.base_model or ctx.recipe.base_model
@@ -110,17 +125,30 @@ def _check_contract(ctx: _Context, out_slice: OutputSlice, where: str) -> None:
                           f"the base, got {others}: {keys}")
 
 
+# Float dtypes by width; half and bfloat16 meet in float32, as torch.promote_types says.
+_FLOAT_RANK = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+
+
+def promote(a: str, b: str) -> str:
+    """torch.promote_types on dtype names, without importing torch for the float dtypes."""
+    if a == b:
+        return a
+    if a in _FLOAT_RANK and b in _FLOAT_RANK:
+        wide = max(a, b, key=_FLOAT_RANK.get)
+        return "float32" if _FLOAT_RANK[wide] == 16 else wide
+    return str(torch.promote_types(getattr(torch, a), getattr(torch, b))).removeprefix("torch.")
+
+
 def _dtype(ctx: _Context, infos) -> tuple[str, str]:
     compute = dtype_name(ctx.recipe.dtype)
     if compute is None:
-        promoted = infos[0].dtype
+        compute = infos[0].dtype_name
         for info in infos[1:]:
-            promoted = torch.promote_types(promoted, info.dtype)
-        compute = str(promoted).removeprefix("torch.")
+            compute = promote(compute, info.dtype_name)
     return compute, dtype_name(ctx.recipe.out_dtype) or compute
 
 
-def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> Optional[TensorJob]:
+def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> TensorJob | None:
     models = [ctx.models[s.model] for s in out_slice.sources]
     if weight_out.optional and not any(n in m.tensors for m, n in zip(models, in_names)):
         return None
@@ -133,7 +161,8 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
             if kept == []:
                 return None   # too few inputs for the method (model_stock): omitted, as in mergekit
             if kept is not None:
-                return _passthrough_job(ctx, models[kept[0]], found[kept[0]], weight_out, layer)
+                job = _passthrough_job(ctx, models[kept[0]], found[kept[0]], weight_out, layer)
+                return _reindexed(ctx, out_slice, weight_out, job)
         missing = models[found.index(None)]
         label = f"'{missing.key}'" if str(missing.path) == missing.key else f"'{missing.key}' ({missing.path})"
         raise MissingTensorError(
@@ -141,7 +170,8 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
             f"is it a complete {missing.config.get('model_type')} checkpoint? re-download or re-save it"
         )
     infos = [m.tensors[f] for m, f in zip(models, found)]
-    if len({i.shape for i in infos}) > 1:
+    axis = weight_out.vocab_axis if ctx.vocab is not None else None
+    if len({other_dims(i.shape, axis) for i in infos}) > 1:
         raise _shape_error(ctx, models, infos, weight_out, where)
     base_index = _base_index(ctx, out_slice, where)
     params = _resolve_params(ctx, out_slice, base_index, weight_out.name, in_names, t)
@@ -149,7 +179,21 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
         ctx.method.check(params, f"{ctx.source}: {where}: ")
     compute, out = _dtype(ctx, infos)
     sources = tuple(TensorSource(m.key, f) for m, f in zip(models, found))
-    return TensorJob(weight_out.name, sources, base_index, ctx.method.name, params, infos[0].shape, compute, out, layer)
+    job = TensorJob(weight_out.name, sources, base_index, ctx.method.name, params, infos[0].shape, compute, out, layer)
+    return _reindexed(ctx, out_slice, weight_out, job)
+
+
+def _reindexed(ctx: _Context, out_slice: OutputSlice, weight_out: WeightSpec, job: TensorJob) -> TensorJob:
+    """The job with its vocabulary axis mapped to the output vocabulary (see plan/vocab.py)."""
+    axis = weight_out.vocab_axis
+    if ctx.vocab is None or axis is None:
+        return job
+    in_rows = [ctx.models[s.model].tensors[s.name].shape[axis] for s in job.sources]
+    base = out_slice.base_model or ctx.recipe.base_model
+    sources, notes = reindex(ctx.vocab, job.sources, in_rows, axis, base, f"{ctx.source}: output tensor {job.output}")
+    ctx.notes.extend(n for n in notes if n not in ctx.notes)
+    shape = job.shape[:axis] + (ctx.vocab.output.rows,) + job.shape[axis + 1:]
+    return replace(job, sources=sources, shape=shape)
 
 
 SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
@@ -191,7 +235,11 @@ def _passthrough_job(ctx, model: ModelInput, name: str, weight_out: WeightSpec, 
 
 
 def _check_arch(models: Mapping[str, ModelInput]) -> ArchSpec:
-    specs = {key: arch_for_config(dict(m.config), f"model '{key}' ({m.path})") for key, m in models.items()}
+    # No data file for the model's class: a definition inferred from its tensor names, with a warning.
+    specs = arch_for_models({
+        key: ArchInput(dict(m.config), {n: i.shape for n, i in m.tensors.items()}, f"model '{key}' ({m.path})")
+        for key, m in models.items()
+    })
     families = {s.family for s in specs.values()}
     if len(families) > 1:
         listing = ", ".join(f"'{k}': {s.family}" for k, s in specs.items())
@@ -219,10 +267,8 @@ def _plan_layers(ctx, arch, slices, jobs: list) -> list[LayerOrigin]:
 def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
     config_donor = recipe.base_model or recipe.referenced_models()[0]
     choice = recipe.tokenizer_choice
-    if choice is None:
+    if choice in (None, "union"):   # a union starts from the base's tokenizer files
         return config_donor, config_donor
-    if choice == "union":
-        raise ConfigError(f"{source}: tokenizer_source 'union' is not supported yet; use 'base' or a model")
     if choice == "base":
         if recipe.base_model is None:
             raise ConfigError(f"{source}: tokenizer_source 'base' needs a base_model; set base_model or name a model")
@@ -233,6 +279,8 @@ def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
 def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str = "<recipe>", seed: int = 0) -> Plan:
     ctx = _Context(recipe, get_method(recipe.merge_method, f"{source}: merge_method"), models, source)
     arch = _check_arch(models)
+    ctx = replace(ctx, vocab=build_vocab(recipe, models, arch, source))
+    ctx.notes.extend(ctx.vocab.warnings if ctx.vocab is not None else ())
     slices = canonical_slices(recipe, arch, models)
     check_slices(slices, arch, models, source)
     for i, out_slice in enumerate(slices):
@@ -248,4 +296,8 @@ def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str 
         jobs += [j for j in [_plan_tensor(ctx, slices[-1], weight, names, 0, None)] if j]
     config_donor, tokenizer_donor = _donors(recipe, source)
     out_dtype = dtype_name(recipe.out_dtype or recipe.dtype)
-    return Plan(tuple(jobs), arch, config_donor, tokenizer_donor, tuple(origins), out_dtype, seed)
+    for note in ctx.notes:
+        warnings.warn(f"{source}: {note}", stacklevel=2)
+    vocab = ctx.vocab.output if ctx.vocab is not None else None
+    return Plan(tuple(jobs), arch, config_donor, tokenizer_donor, tuple(origins), out_dtype, seed,
+                tuple(ctx.notes), vocab)

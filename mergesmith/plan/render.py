@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mergesmith.plan.jobs import Plan, TensorJob
+from mergesmith.plan.jobs import Plan, RowMap, TensorJob
 
 
 def _fmt(value: Any) -> str:
@@ -23,12 +23,35 @@ def _params_text(job: TensorJob) -> str:
     return " ".join(parts)
 
 
+def row_counts(rows: RowMap) -> dict[str, int]:
+    """How many output rows of a re-indexed input come from where: own rows, then each fill rule."""
+    counts = {"own": sum(count for _, _, count in rows.copied)}
+    for fill in rows.fills:
+        counts[fill.rule] = counts.get(fill.rule, 0) + len(fill.rows)
+    return counts
+
+
 def _inputs_text(job: TensorJob) -> str:
     items = []
     for i, s in enumerate(job.sources):
         mark = "*" if i == job.base_index else ""
-        items.append(f"{mark}{s.model}:{s.name}")
+        rows = ""
+        if s.rows is not None:
+            size = f"{s.rows.input_rows}->{s.rows.size}" if s.rows.input_rows != s.rows.size else str(s.rows.size)
+            rows = "{" + f"{size} rows: " + ", ".join(f"{n} {k}" for k, n in row_counts(s.rows).items()) + "}"
+        items.append(f"{mark}{s.model}:{s.name}{rows}")
     return " ".join(items)
+
+
+def _vocab_text(plan: Plan) -> list[str]:
+    lines = [f"# warning: {w}" for w in plan.warnings]
+    v = plan.vocab
+    if v is not None:
+        new = ", ".join(repr(t.content) for t in v.new_tokens[:5]) + (", ..." if len(v.new_tokens) > 5 else "")
+        lines.insert(0, f"# vocabulary: {v.source}, {v.token_rows} token ids, {v.rows} rows (vocab_size)"
+                        + (f"; {len(v.new_tokens)} tokens added to {v.donor}'s tokenizer: {new}" if v.new_tokens else "")
+                        + "; {rows: ...} marks re-indexed inputs")
+    return lines
 
 
 def render_text(plan: Plan) -> str:
@@ -36,7 +59,7 @@ def render_text(plan: Plan) -> str:
         f"# {len(plan.jobs)} tensors, {plan.num_layers} layers, architecture {plan.arch.family}, "
         f"config from {plan.config_donor}, tokenizer from {plan.tokenizer_donor}; * marks the base"
     )
-    rows = [head, "output\tmethod\tdtype\tparameters\tinputs"]
+    rows = [head, *_vocab_text(plan), "output\tmethod\tdtype\tparameters\tinputs"]
     for job in plan.jobs:
         dtype = job.dtype if job.dtype == job.out_dtype else f"{job.dtype}->{job.out_dtype}"
         rows.append(f"{job.output}\t{job.method}\t{dtype}\t{_params_text(job)}\t{_inputs_text(job)}")
@@ -49,12 +72,20 @@ def plan_to_dict(plan: Plan) -> dict:
         "num_layers": plan.num_layers,
         "config_from": plan.config_donor,
         "tokenizer_from": plan.tokenizer_donor,
+        "vocabulary": None if plan.vocab is None else {
+            "source": plan.vocab.source, "token_ids": plan.vocab.token_rows, "rows": plan.vocab.rows,
+            "new_tokens": [{"id": t.id, "content": t.content, "special": t.special} for t in plan.vocab.new_tokens],
+        },
+        "warnings": list(plan.warnings),
         "tensors": [
             {
                 "output": job.output, "method": job.method, "shape": list(job.shape),
                 "dtype": job.dtype, "out_dtype": job.out_dtype, "layer": job.layer,
                 "base_index": job.base_index,
-                "inputs": [{"model": s.model, "tensor": s.name, **job.params.per_input[i]} for i, s in enumerate(job.sources)],
+                "inputs": [{"model": s.model, "tensor": s.name, **job.params.per_input[i],
+                            **({"rows": {"input": s.rows.input_rows, "size": s.rows.size, **row_counts(s.rows)}}
+                               if s.rows else {})}
+                           for i, s in enumerate(job.sources)],
                 "parameters": dict(job.params.shared),
             }
             for job in plan.jobs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from mergesmith.arch.spec import ArchSpec
 from mergesmith.config.schema import OutputSlice, Recipe, SourceSlice

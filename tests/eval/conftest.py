@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from pico import CORPUS, build_model, perturb_, save_model
 
 NOISE_SCALES = (1e-4, 1e-3, 1e-2, 3e-2)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_parity import models_recipe
 
 from mergesmith.api import merge
 from mergesmith.cli.main import main
 from mergesmith.eval.results import EvalResult, load_results, metric_rows
 from mergesmith.output.card import eval_rows_from_card, recipe_from_card
-from test_parity import models_recipe
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

@@ -7,7 +7,13 @@ import hashlib
 import pytest
 
 from mergesmith.errors import InputFormatError
-from mergesmith.eval.data import DATA_DIR, bundled_tasks, bundled_texts, read_task, read_text
+from mergesmith.eval.data import (
+    DATA_DIR,
+    bundled_tasks,
+    bundled_texts,
+    read_task,
+    read_text,
+)
 
 SPLITS = ("heldout", "fitness", "train")
 

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from pico import VOCAB_SIZE, build_model, build_tokenizer, save_model
 
 from mergesmith.eval import evaluate
 from mergesmith.eval.choice import _loglikelihoods, _sequences
 from mergesmith.eval.data import Item, Task, fewshot_prefix, prompt, read_task
 from mergesmith.eval.models import load_model
-from pico import VOCAB_SIZE, build_model, build_tokenizer, save_model
 
 
 def write_task(path, items) -> str:

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 import torch
+from pico import BOS_ID
 
 from mergesmith.errors import ArchitectureError, ConfigError
 from mergesmith.eval import evaluate
 from mergesmith.eval.models import load_model
 from mergesmith.eval.perplexity import Window, score_ids, token_ids, windows
-from pico import BOS_ID
 
 NOISE_SCALES = (1e-4, 1e-3, 1e-2, 3e-2)  # the scales of the noisy_llamas fixture
 

@@ -18,8 +18,8 @@ import torch
 gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
 
-from mergesmith.errors import ArchitectureError, MissingTensorError  # noqa: E402
-from mergesmith.io.gguf import (  # noqa: E402
+from mergesmith.errors import ArchitectureError, MissingTensorError
+from mergesmith.io.gguf import (
     GGUFTensorReader,
     gguf_generation_config,
     gguf_hf_config,

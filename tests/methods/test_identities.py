@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergesmith.errors import ConfigError
 from mergesmith.execute.runner import generator_for
 from mergesmith.methods.registry import METHODS, get_method
-from mergesmith.methods.spec import MethodParams
 from mergesmith.methods.sparsify import magnitude, random
-from mergesmith.errors import ConfigError
+from mergesmith.methods.spec import MethodParams
 
 
 def _rand(*shape, seed=0, dtype=torch.float32):

@@ -10,7 +10,6 @@ from mergesmith.api import plan as plan_recipe
 from mergesmith.errors import ConfigError
 
 
-
 def _recipe(base, others, method: str, params: str, extra: str = "") -> str:
     """``others`` each with ``params``; ``base`` (None: no base) first and as base_model."""
     lines = ["models:"] + ([f"  - model: {base}"] if base else [])

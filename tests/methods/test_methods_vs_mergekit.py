@@ -2,8 +2,9 @@
 merge methods (its in-process ``merge_tensors``) on pico tensors, in fp32, bf16 and fp16.
 
 Cheaper than whole merges (no mergekit start-up), so every parameter variant and input form
-(with and without base) is covered here; test_parity_more.py covers the same methods through
-recipes. Random methods draw from a generator seeded like mergekit's global one, so even their
+(with and without base) is covered here, on four llama tensors and two of the tied qwen2 family
+(a q_proj bias, the embedding that is also the head); test_parity_more.py covers the same
+methods through recipes. Random methods draw from a generator seeded like mergekit's global one, so even their
 masks must agree bit for bit.
 """
 
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import compare, load_dir, ulp_distance
 
 from mergesmith.methods import sparsify
 from mergesmith.methods.registry import METHODS
 from mergesmith.methods.spec import MethodParams, Scope
-from reference import compare, load_dir, ulp_distance
 
 pytestmark = pytest.mark.mergekit
 
@@ -28,11 +29,23 @@ NAMES = (
 SEED = 1234
 
 
+# qwen2 (tied embeddings): a q_proj bias, which llama lacks, and the embedding that is also its head.
+QWEN2_NAMES = ("model.layers.1.self_attn.q_proj.bias", "model.embed_tokens.weight")
+
+
 @pytest.fixture(scope="module")
 def pico(llama_family) -> dict[str, list[torch.Tensor]]:
     """name -> [base, ft1, ft2] tensors of the llama family."""
     models = [load_dir(path) for path in llama_family]
     return {name: [m[name] for m in models] for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def both_families(pico, qwen2_family) -> dict[str, list[torch.Tensor]]:
+    """"family:name" -> [base, ft1, ft2] tensors: the llama ones and QWEN2_NAMES of the qwen2 family."""
+    models = [load_dir(path) for path in qwen2_family]
+    return {**{f"llama:{name}": family for name, family in pico.items()},
+            **{f"qwen2:{name}": [m[name] for m in models] for name in QWEN2_NAMES}}
 
 
 def our_params(method: str, n: int, base_index, shared: dict, per: dict) -> MethodParams:
@@ -102,18 +115,18 @@ def _ids(case) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
-def test_method_matches_mergekit(case, pico, parity_log):
+def test_method_matches_mergekit(case, both_families, parity_log):
     method, inputs, base_index, shared, per = case
     got, want = {}, {}
     for dtype in DTYPES:
-        for name, family in pico.items():
+        for name, family in both_families.items():
             tensors = [family[i].to(dtype) for i in inputs]
             key = f"{name}:{dtype}"
             got[key] = ours(method, tensors, base_index, shared, per)
             torch.manual_seed(SEED)   # mergekit's random methods draw from the global generator
             want[key] = theirs(method, tensors, base_index, shared, per).to(got[key].dtype)
     parity = compare(got, want)
-    parity_log.append((f"fn {_ids(case)} x 3 dtypes x 4 tensors", parity))
+    parity_log.append((f"fn llama+qwen2 {_ids(case)} x 3 dtypes x {len(both_families)} tensors", parity))
     assert parity.matches, parity.summary()
 
 

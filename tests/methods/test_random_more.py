@@ -7,13 +7,13 @@ tolerances are still 5+ standard deviations of the quantity tested.
 from __future__ import annotations
 
 import torch
+from reference import load_dir
 
 import mergesmith
 from mergesmith.execute.runner import generator_for
 from mergesmith.methods import sparsify
 from mergesmith.methods.registry import METHODS
 from mergesmith.methods.spec import MethodParams
-from reference import load_dir
 
 
 def _rand(*shape, seed=0):
@@ -105,7 +105,7 @@ def test_density_one_della_is_ties_and_della_linear_is_task_arithmetic():
         spec = METHODS[method]
         values = {p.name: p.default for p in spec.params if p.scope.value == "shared"}
         values.update(shared)
-        own = lambda w: {"weight": w, "density": 1.0, "epsilon": 0.15}   # noqa: E731
+        own = lambda w: {"weight": w, "density": 1.0, "epsilon": 0.15}
         return MethodParams(values, ({}, own(0.7), own(0.4)))
 
     della = METHODS["della"].fn([base, a, b], 0, params("della"), _gen(0))

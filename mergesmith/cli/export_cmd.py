@@ -1,0 +1,128 @@
+"""``mergesmith export-gguf MODEL OUTDIR --quant f16,q8_0,q4_k_m [--eval]`` (also run by ``merge --gguf``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_QUANTS = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q3_k_m"
+# --eval scores this many windows per text by default: every file runs once more for the
+# reference's logits, so the full held-out texts would take an hour for a 135M model on 2 cores.
+DEFAULT_EVAL_LIMIT = 8
+
+
+def add_eval_options(p) -> None:
+    p.add_argument("--eval-ref", choices=("f16", "hf"), default="f16",
+                   help="measure KL against the F16 GGUF (default; added to the files) or the HF model")
+    p.add_argument("--text", dest="eval_text", nargs="+", metavar="FILE",
+                   help="UTF-8 texts to measure on (default: the bundled held-out texts)")
+    p.add_argument("--context", dest="eval_context", type=int, metavar="N", help="tokens per window (default: 1024 or the model's limit)")
+    p.add_argument("--limit", dest="eval_limit", type=int, default=DEFAULT_EVAL_LIMIT, metavar="N",
+                   help=f"windows per text (default {DEFAULT_EVAL_LIMIT}); each adds half a window of scored tokens")
+
+
+def add_parser(sub) -> None:
+    from mergesmith.gguf.quants import BY_NAME
+
+    p = sub.add_parser(
+        "export-gguf", help="write GGUF files (F16, K-quants, ...) with llama.cpp and measure what each costs",
+        description="Convert a Hugging Face model directory to GGUF with llama.cpp's converter and quantize it "
+        "with llama.cpp's quantizer. Files are OUTDIR/<model>-<TYPE>.gguf. With --eval, every file is scored "
+        "against the F16 GGUF (perplexity, Δ perplexity, mean KL, top-1 agreement) and the table goes into "
+        "the model card's 'GGUF' section. Needs llama-cpp-python: pip install 'mergesmith[llama]'.",
+    )
+    p.add_argument("model", metavar="MODEL", help="Hugging Face model directory (e.g. a merge output)")
+    p.add_argument("out_dir", metavar="OUTDIR", help="folder for the .gguf files (created if missing)")
+    p.add_argument("--quant", default=DEFAULT_QUANTS,
+                   help=f"comma-separated types (default {DEFAULT_QUANTS}); one of: {', '.join(BY_NAME)}")
+    p.add_argument("--eval", action="store_true", help="measure size, bpw, perplexity, Δppl, mean KL and top-1 per file")
+    add_eval_options(p)
+    p.add_argument("--no-card", dest="card", action="store_false",
+                   help="leave MODEL/README.md and OUTDIR/README.md alone (default: write their 'GGUF' section)")
+    p.add_argument("--force", action="store_true", help="replace .gguf files that exist")
+    p.add_argument("--threads", type=int, help="quantizer threads (default: all cores)")
+    p.add_argument("--converter", type=Path, help="folder of llama.cpp's convert_hf_to_gguf.py (default: fetched into the venv)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def export_and_report(model, out_dir, quants: str, *, evaluate: bool, eval_ref: str = "f16", eval_text=None,
+                      eval_context=None, eval_limit=DEFAULT_EVAL_LIMIT, card: bool = True, force: bool = False,
+                      threads=None, converter=None, progress: bool = True) -> str:
+    """Export, measure if asked, write the card sections; returns the table to print."""
+    from mergesmith.gguf.export import export_gguf
+    from mergesmith.gguf.quants import BY_NAME, parse_quants
+    from mergesmith.gguf.report import (
+        card_section,
+        evaluate_export,
+        plain_report,
+        render_text,
+        write_card_section,
+    )
+
+    wanted = parse_quants(quants)
+    if evaluate:  # an unreadable text or a bad reference choice must not wait for the export
+        from mergesmith.eval.data import read_text
+
+        for text in eval_text or ():
+            read_text(text)
+        if eval_ref not in ("f16", "hf"):
+            from mergesmith.errors import ConfigError
+
+            raise ConfigError(f"--eval-ref {eval_ref!r}: choose f16 (the F16 GGUF) or hf (the Hugging Face model)")
+    if evaluate and eval_ref == "f16" and BY_NAME["f16"] not in wanted:
+        wanted = (BY_NAME["f16"],) + wanted    # the reference is one of the files
+    result = export_gguf(model, out_dir, wanted, force=force, converter=converter, threads=threads, progress=progress)
+    report = (evaluate_export(result, ref=eval_ref, texts=eval_text, context=eval_context, limit=eval_limit, progress=progress)
+              if evaluate else plain_report(result))
+    if card:
+        section = card_section(report)
+        write_card_section(Path(model) / "README.md", section, Path(model).resolve().name)
+        write_card_section(Path(out_dir) / "README.md", section, f"{Path(model).resolve().name} GGUF")
+    return render_text(report)
+
+
+def run(args) -> int:
+    table = export_and_report(
+        args.model, args.out_dir, args.quant, evaluate=args.eval, eval_ref=args.eval_ref, eval_text=args.eval_text,
+        eval_context=args.eval_context, eval_limit=args.eval_limit, card=args.card, force=args.force,
+        threads=args.threads, converter=args.converter, progress=not args.quiet,
+    )
+    print(table)
+    return 0
+
+
+# --- merge --gguf TYPES [--gguf-eval] ------------------------------------------------------------
+
+
+def add_merge_options(p) -> None:
+    p.add_argument("--gguf", metavar="TYPES", help="after the merge, write GGUF files of these types (e.g. q8_0,q4_k_m) "
+                   "into OUT-GGUF beside OUT, as `mergesmith export-gguf OUT OUT-GGUF` does")
+    p.add_argument("--gguf-eval", action="store_true", help="with --gguf: measure every file against the F16 GGUF "
+                   "and add the table to the card (as export-gguf --eval)")
+
+
+def check_merge_options(args) -> None:
+    """Before the merge starts: the types parse, llama-cpp-python and the converter are there."""
+    if not args.gguf:
+        if args.gguf_eval:
+            from mergesmith.errors import ConfigError
+
+            raise ConfigError("--gguf-eval measures the files of --gguf; add --gguf TYPES (e.g. --gguf q8_0,q4_k_m)")
+        return
+    from mergesmith.gguf.converter import check_converter
+    from mergesmith.gguf.llama import import_llama_cpp
+    from mergesmith.gguf.quants import parse_quants
+
+    parse_quants(args.gguf)
+    import_llama_cpp()
+    check_converter()
+
+
+def export_after_merge(args) -> int:
+    """``merge --gguf``: export OUT (complete by now) into OUT-GGUF."""
+    if not args.gguf:
+        return 0
+    out = Path(args.out)
+    print(export_and_report(out, out.with_name(f"{out.name}-GGUF"), args.gguf, evaluate=args.gguf_eval,
+                            force=args.force, progress=not args.quiet))
+    return 0

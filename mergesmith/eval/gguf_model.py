@@ -1,0 +1,142 @@
+"""A GGUF file as a model to score: llama.cpp (through llama-cpp-python) behind the interface of
+``LoadedModel``, so perplexity, KL and multiple choice run on it unchanged.
+
+The metrics call ``model(input_ids=[B, T], attention_mask=, logits_to_keep=k).logits`` and a
+tokenizer (``__call__``, BOS / EOS / PAD ids, ``decode``, ``get_vocab``). Here each row is run
+by llama.cpp alone, from an empty KV cache, with logits kept for every position; right padding
+(the only kind the metrics use) is left out of the run and gets zero logits, which no metric
+reads. Token ids come from the GGUF's own vocabulary, so every GGUF of one export (F16 and its
+quantizations) tokenizes a text identically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from mergesmith.errors import InputFormatError, MergesmithError
+from mergesmith.eval.models import LoadedModel
+
+INSTALL = "pip install 'mergesmith[llama]'"
+_MIN_CONTEXT = 512   # first llama.cpp context; grown (re-created) when a longer row arrives
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as exc:
+        raise MergesmithError(f"evaluating GGUF files needs the gguf package ({exc}); install it: {INSTALL}") from exc
+    return gguf
+
+
+def check_gguf_file(ref: str) -> Path:
+    """``ref`` as a readable GGUF file, checked before anything is loaded."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise InputFormatError(f"model '{ref}' not found: no such GGUF file; give a .gguf file or a Hugging Face model directory")
+    try:
+        _gguf().GGUFReader(str(path))
+    except (OSError, ValueError, IndexError) as exc:
+        raise InputFormatError(
+            f"model '{ref}' is not a readable GGUF file ({exc}); export it again with `mergesmith export-gguf`, or "
+            "evaluate the Hugging Face directory it came from (`mergesmith merge` with a passthrough recipe makes one)"
+        ) from exc
+    return path
+
+
+def context_length(ref: str) -> int | None:
+    """``<arch>.context_length`` from the GGUF metadata (None when absent)."""
+    gguf = _gguf()
+    reader = gguf.GGUFReader(str(check_gguf_file(ref)))
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    field = None if arch is None else reader.get_field(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch.contents()))
+    value = None if field is None else field.contents()
+    return int(value) if isinstance(value, int) else None
+
+
+class _Runtime:
+    """One llama.cpp model + context with all-position logits; the context grows on demand."""
+
+    def __init__(self, path: Path, threads: int):
+        from mergesmith.gguf.llama import import_llama_cpp
+
+        self.llama_cpp = import_llama_cpp()
+        self.path, self.threads = path, threads
+        self.llm: Any = None
+        self.llm = self.sized(_MIN_CONTEXT)
+
+    def sized(self, n_tokens: int):
+        if self.llm is None or self.llm.n_ctx() < n_tokens:
+            n_ctx = max(_MIN_CONTEXT, -(-n_tokens // 256) * 256)
+            self.llm = None  # free the old context first
+            try:
+                self.llm = self.llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                    n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
+                )
+            except ValueError as exc:
+                raise InputFormatError(f"llama.cpp cannot load {self.path} ({exc}); export it again with `mergesmith export-gguf`") from exc
+        return self.llm
+
+    def logits(self, ids: list) -> torch.Tensor:
+        llm = self.sized(len(ids))
+        llm.reset()
+        llm.eval(ids)
+        return torch.from_numpy(llm.scores[: len(ids)].copy())
+
+
+class GGUFCausalLM:
+    """The forward call of the metrics: ``[B, T]`` ids in, ``.logits`` ``[B, T or keep, V]`` out."""
+
+    def __init__(self, runtime: _Runtime):
+        self.runtime = runtime
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 use_cache: bool = False, logits_to_keep: int = 0) -> SimpleNamespace:
+        rows = []
+        width = input_ids.shape[1]
+        for r in range(input_ids.shape[0]):
+            n = width if attention_mask is None else int(attention_mask[r].sum())
+            logits = self.runtime.logits(input_ids[r, :n].tolist())
+            full = torch.zeros((width, logits.shape[1]), dtype=logits.dtype)
+            full[:n] = logits
+            rows.append(full[-logits_to_keep:] if logits_to_keep else full)
+        return SimpleNamespace(logits=torch.stack(rows))
+
+
+class GGUFTokenizer:
+    """The GGUF's vocabulary, tokenized and detokenized by llama.cpp."""
+
+    def __init__(self, runtime: _Runtime):
+        self.runtime = runtime
+        llm = runtime.llm
+        self.bos_token_id = self._id(llm.token_bos())
+        self.eos_token_id = self._id(llm.token_eos())
+        self.pad_token_id = None
+
+    @staticmethod
+    def _id(token: int) -> int | None:
+        return None if token is None or token < 0 else int(token)
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        ids = self.runtime.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=False)
+        return {"input_ids": list(ids)}
+
+    def decode(self, ids) -> str:
+        return self.runtime.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def get_vocab(self) -> dict:
+        model = self.runtime.llm._model   # llama-cpp-python's model wrapper: token texts by id
+        return {model.token_get_text(i): i for i in range(self.runtime.llm.n_vocab())}
+
+
+def load_gguf(ref: str, threads: int | None = None) -> LoadedModel:
+    """``ref`` (a .gguf file) loaded by llama.cpp on the CPU; ``threads`` defaults to the usable cores."""
+    path = check_gguf_file(ref)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    runtime = _Runtime(path, threads or usable)
+    return LoadedModel(ref, GGUFCausalLM(runtime), GGUFTokenizer(runtime), torch.device("cpu"), keeps_logits=True)

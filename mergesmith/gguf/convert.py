@@ -1,0 +1,140 @@
+"""Hugging Face directory → float GGUF (F32 / F16 / BF16) through llama.cpp's own converter.
+
+The converter runs as a child of this Python (``_run_converter.py`` says why). Its log names
+each tensor as it is written (``blk.0.attn_q.weight, torch.float32 --> F16, shape = ...``),
+which drives the progress callback; a failure surfaces as one error with the converter's own
+last words. When the converter does not recognise the BPE pre-tokenizer, the name derived from
+tokenizer.json (``pretok.py``) is used and a warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from mergesmith.errors import ArchitectureError, InputFormatError
+from mergesmith.gguf.converter import check_converter
+from mergesmith.gguf.pretok import pre_tokenizer_for_dir
+
+RUNNER = Path(__file__).with_name("_run_converter.py")
+MARKER = "mergesmith-pre-tokenizer:"   # the runner's announcement (kept in step with _run_converter.MARKER)
+
+# config.json "architectures" → the family name users know. Each one is converted by llama.cpp
+# and tested end to end here (tests/gguf); others may convert but are refused rather than untested.
+SUPPORTED = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+    "PhiForCausalLM": "phi-2", "Gemma3ForCausalLM": "gemma3",
+}
+_TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:(\S+?),?\s+torch\.\w+ --> \w+, shape")
+_ERROR_LINE = re.compile(r"^(\w+(Error|Exception)|ERROR:)")
+
+
+def model_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not Path(model_dir).is_dir():
+        raise InputFormatError(f"model directory {model_dir} not found; give a Hugging Face model directory (a merge output)")
+    if not path.is_file():
+        raise InputFormatError(f"{path} is missing; GGUF export reads Hugging Face model directories with a config.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputFormatError(f"{path} is not valid JSON ({exc}); rewrite it or re-run the merge") from exc
+
+
+def _check_phi2(config: dict, path: Path) -> None:
+    """llama.cpp's phi-2 graph has no grouped-query attention and an FFN of 4 × hidden (as every released phi-2)."""
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    kv_heads, ffn = config.get("num_key_value_heads") or heads, config.get("intermediate_size")
+    if kv_heads != heads or ffn != 4 * hidden:
+        raise ArchitectureError(
+            f"{path}: llama.cpp runs phi-2 only with num_key_value_heads == num_attention_heads and intermediate_size "
+            f"== 4 * hidden_size; this config has {kv_heads} key/value heads for {heads} heads and intermediate_size {ffn} "
+            f"for hidden_size {hidden}, so its GGUF would not load"
+        )
+
+
+def _check_gemma3(config: dict, path: Path) -> None:
+    """llama.cpp lays out Gemma 3's attention as five sliding-window layers, then one global, repeated
+    (the converter writes no per-layer list); any other ``layer_types`` would run wrong, silently."""
+    types = config.get("layer_types")
+    if types is None:
+        return
+    expected = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(len(types))]
+    if list(types) != expected:
+        raise ArchitectureError(
+            f"{path}: layer_types {types} differ from Gemma 3's five sliding-window layers per global one, the only "
+            "layout llama.cpp's gemma3 runs; export a model with the standard layout"
+        )
+
+
+_CHECKS = {"phi-2": _check_phi2, "gemma3": _check_gemma3}
+
+
+def check_architecture(model_dir: Path) -> str:
+    """The family of ``model_dir`` if GGUF export supports it, else an ArchitectureError naming those it does."""
+    config = model_config(model_dir)
+    archs = config.get("architectures") or []
+    for arch in archs:
+        if arch in SUPPORTED:
+            family = SUPPORTED[arch]
+            if family in _CHECKS:
+                _CHECKS[family](config, Path(model_dir) / "config.json")
+            return family
+    names = ", ".join(f"{family} ({arch})" for arch, family in SUPPORTED.items())
+    found = ", ".join(map(str, archs)) or "no 'architectures' entry"
+    raise ArchitectureError(f"{Path(model_dir) / 'config.json'}: {found} cannot be exported to GGUF; supported architectures: {names}")
+
+
+def count_tensors(model_dir: Path) -> int | None:
+    """Tensors in the safetensors checkpoint (the progress total), or None if there is none to read."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            total += len(list(f.keys()))
+    return total
+
+
+def _failure(model_dir: Path, outtype: str, lines) -> InputFormatError:
+    lines = [line for line in lines if line.strip()]
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
+    last = (errors or lines or ["no output"])[-1].strip()
+    return InputFormatError(f"llama.cpp's converter could not write {outtype} GGUF from {model_dir}: {last}")
+
+
+def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter: Path | None = None,
+                    on_tensor: Callable[[str], None] | None = None) -> None:
+    """Write ``out_path`` as ``outtype`` (f32, f16 or bf16) GGUF of the HF model in ``model_dir``."""
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    converter = check_converter(converter)
+    check_architecture(model_dir)
+    pre = pre_tokenizer_for_dir(model_dir) or "-"
+    cmd = [sys.executable, str(RUNNER), str(converter), pre, str(model_dir),
+           "--outtype", outtype, "--outfile", str(out_path)]
+    tail: deque = deque(maxlen=60)
+    fallback = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if line.startswith(MARKER):
+                fallback = line[len(MARKER):].strip()
+            elif on_tensor and (m := _TENSOR_LINE.match(line)):
+                on_tensor(m.group(1))
+    if proc.returncode != 0 or not out_path.is_file():
+        out_path.unlink(missing_ok=True)
+        raise _failure(model_dir, outtype, tail)
+    if fallback:
+        warnings.warn(
+            f"{model_dir / 'tokenizer.json'}: llama.cpp's converter does not know this tokenizer's pre-tokenizer hash; "
+            f"its pre_tokenizer splits text as llama.cpp's '{fallback}' does, so the GGUF names that one"
+        )

@@ -1,0 +1,107 @@
+"""What a search shows: the leaderboard (terminal and model card), the fitness plot, the card section.
+
+Pure formatting over the stored records; the plot needs matplotlib (the ``search`` extra).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from mergesmith.errors import MergesmithError
+from mergesmith.search.store import Record, ReportRow
+
+SEARCH_HEADING = "## Search"
+CARD_ROWS = 10
+
+
+def ranked(records: Sequence[Record]) -> list[Record]:
+    """Best first (lowest fitness); ties keep evaluation order; failed candidates last."""
+    return sorted(records, key=lambda r: (r.fitness, r.index))
+
+
+def params_text(params: dict) -> str:
+    values = [f"{k}={_value(v)}" for k, v in params.items() if k != "branch"]
+    return f"{params.get('branch', '')}: " + (", ".join(values) if values else "as written")
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else "failed" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _rows(records: Sequence[Record], report: Sequence[ReportRow], top: int) -> list[list[str]]:
+    heldout = {r.name: r.heldout for r in report if r.kind == "candidate"}
+    rows = []
+    for rank, r in enumerate(ranked(records)[:top], 1):
+        rows.append([str(rank), f"#{r.index}", _num(r.fitness), _num(heldout.get(f"#{r.index}")),
+                     f"{r.seconds:.1f}", r.worker, params_text(r.params) if r.error is None else f"{params_text(r.params)} ({r.error})"])
+    for b in (r for r in report if r.kind == "baseline"):
+        rows.append(["base", b.name, _num(b.fitness), _num(b.heldout), "", "", "hand-written recipe"])
+    return rows
+
+
+HEADER = ["rank", "candidate", "fitness", "held-out NLL", "seconds", "worker", "recipe"]
+
+
+def leaderboard_table(records: Sequence[Record], report: Sequence[ReportRow] = (), top: int = 10) -> str:
+    """A plain-text table for the terminal: the best ``top`` candidates, then the baselines."""
+    rows = [HEADER] + _rows(records, report, top)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def card_section(records: Sequence[Record], report: Sequence[ReportRow], settings: dict) -> str:
+    """The model card's search section: settings, winner vs baselines on both splits, leaderboard."""
+    best = ranked(records)[0]
+    rows = _rows(records, report, CARD_ROWS)
+    table = "\n".join("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)
+    space = "\n".join(f"- {line}" for line in settings["space"])
+    return (
+        f"{SEARCH_HEADING}\n\n"
+        f"This recipe is candidate #{best.index}, the best of {len(records)} scored by `mergesmith search` "
+        f"(optimizer {settings['optimizer']}, seed {settings['seed']}, budget {settings['budget']}, "
+        f"{settings['backend']}).\n\n"
+        f"- Fitness (lower is better): {settings['fitness']}\n"
+        f"- Held-out (the report split, never scored during the search): {settings['heldout']}\n"
+        f"- Merge seed of random methods: {settings['seed']}; model paths are relative to {settings['base_dir']}\n\n"
+        f"Search space:\n\n{space}\n\n"
+        f"| {' | '.join(HEADER)} |\n|{'---|' * len(HEADER)}\n{table}\n"
+    )
+
+
+def plot(records: Sequence[Record], report: Sequence[ReportRow], path: Path, title: str) -> None:
+    """Fitness of each candidate in evaluation order, the best so far, and the baselines."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MergesmithError(f"the fitness plot needs matplotlib ({exc}); pip install 'mergesmith[search]'") from None
+    scored = sorted((r for r in records if math.isfinite(r.fitness)), key=lambda r: r.index)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.scatter([r.index for r in scored], [r.fitness for r in scored], s=14, color="tab:blue", label="candidate")
+    best, steps = math.inf, []
+    for r in scored:
+        best = min(best, r.fitness)
+        steps.append(best)
+    ax.step([r.index for r in scored], steps, where="post", color="tab:orange", label="best so far")
+    for b, color in zip((r for r in report if r.kind == "baseline"), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")):
+        if math.isfinite(b.fitness):
+            ax.axhline(b.fitness, linestyle="--", linewidth=1, color=color, label=f"{b.name} (hand-written)")
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("fitness (lower is better)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,114 @@
+"""Every data file against the tensor names transformers writes, and inference against every data file.
+
+Each architecture is built tiny (2 layers) with transformers' own config class, saved with
+``save_pretrained`` and its safetensors header read back: the file's non-optional names must
+all be there, and an optional one exactly when the config says so (a separate head when the
+embeddings are not tied, StableLM's q/k/v biases with ``use_qkv_bias``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from arch_pico import NEW_KINDS, build_arch_model
+from pico import KINDS, build_model
+from safetensors import safe_open
+
+from mergesmith.arch.infer import infer_arch
+from mergesmith.arch.spec import ArchSpec, all_architectures, find_arch
+
+LAYERS = 2
+# (kind, variant): every family as configured by default, the other tie setting where the data
+# file makes the head optional, and StableLM with q/k/v biases.
+CASES = [(k, "") for k in KINDS + NEW_KINDS] + [
+    (k, "other_tie") for k in KINDS + NEW_KINDS if k != "phi2"  # phi-2 has no tied form
+] + [("stablelm", "bias")]
+
+
+def _build(kind: str, variant: str):
+    if kind in NEW_KINDS:
+        return build_arch_model(kind, seed=0, num_layers=LAYERS, variant=variant)
+    model = build_model(kind, seed=0, num_layers=LAYERS)
+    if variant == "other_tie":
+        from transformers import AutoModelForCausalLM
+
+        config = model.config
+        config.tie_word_embeddings = not config.tie_word_embeddings
+        model = AutoModelForCausalLM.from_config(config)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[tuple[str, str], tuple[dict, dict]]:
+    """(kind, variant) -> (config.json, {tensor name: shape}) as save_pretrained wrote them."""
+    root = tmp_path_factory.mktemp("arch-data")
+    out = {}
+    for kind, variant in CASES:
+        path = root / f"{kind}-{variant or 'default'}"
+        _build(kind, variant).save_pretrained(path)
+        with safe_open(path / "model.safetensors", "pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+        out[kind, variant] = (json.loads((path / "config.json").read_text()), shapes)
+    return out
+
+
+def _names(spec: ArchSpec, n: int, *, optional: bool) -> set[str]:
+    weights = [w for w in spec.pre + spec.post if w.optional == optional]
+    return {w.name for w in weights} | {w.at_layer(i).name for i in range(n) for w in spec.layer if w.optional == optional}
+
+
+def test_every_data_file_parses_consistently():
+    specs = all_architectures()
+    assert {s.family for s in specs} >= {"qwen3", "phi3", "gemma", "gemma2", "gpt2", "gpt_neox", "stablelm", "starcoder2"}
+    classes = [a for s in specs for a in s.architectures]
+    assert len(classes) == len(set(classes)), "an architecture class is claimed by two files"
+    for spec in specs:
+        pre_names = {w.name for w in spec.pre}
+        assert all("{layer}" in w.name for w in spec.layer), spec.family
+        assert not any("{layer}" in w.name for w in spec.pre + spec.post), spec.family
+        assert len({w.name for w in spec.pre + spec.layer + spec.post}) == len(spec.pre + spec.layer + spec.post)
+        assert [w.role for w in spec.pre if w.vocab_axis is not None][:1] == ["embed"], spec.family
+        for w in spec.post:
+            assert set(w.tied_to) <= pre_names, f"{spec.family}: {w.name} tied to a tensor the file does not list"
+
+
+@pytest.mark.parametrize("kind,variant", CASES)
+def test_data_file_matches_transformers_names(kind, variant, saved):
+    config, shapes = saved[kind, variant]
+    spec = find_arch(config)
+    assert spec is not None, f"no data file claims {config['architectures']}"
+    assert spec.num_layers(config, kind) == LAYERS
+    expected = _names(spec, LAYERS, optional=False)
+    if not config.get("tie_word_embeddings", True):
+        expected |= {w.name for w in spec.post if w.role == "lm_head" and w.optional}
+    if config.get("use_qkv_bias"):
+        expected |= {w.at_layer(i).name for i in range(LAYERS) for w in spec.layer if w.role.endswith("_bias") and w.optional}
+    assert set(shapes) == expected
+    for w in spec.pre + spec.post:
+        if w.vocab_axis is not None and w.name in shapes:
+            assert shapes[w.name][w.vocab_axis] == config["vocab_size"], w.name
+
+
+def test_every_optional_tensor_occurs_in_some_model(saved):
+    for spec in all_architectures():
+        seen = set().union(*(shapes for config, shapes in saved.values() if find_arch(config) is spec))
+        assert _names(spec, LAYERS, optional=True) <= seen, spec.family
+
+
+@pytest.mark.parametrize("kind,variant", CASES)
+def test_inference_reproduces_the_data_file(kind, variant, saved):
+    """The definition inferred from names alone agrees with the shipped one on this model."""
+    config, shapes = saved[kind, variant]
+    spec, inferred = find_arch(config), infer_arch(config, shapes, kind)
+    def present(weights):
+        return {w.name: w.vocab_axis for w in weights if w.name.format(layer=0) in shapes}
+
+    assert present(inferred.pre) == present(spec.pre)
+    assert present(inferred.post) == present(spec.post)
+    assert set(present(inferred.layer)) == set(present(spec.layer))
+    # Inference ties every head of the embeddings' shape (phi-2's file does not: it never ties).
+    tied = {w.name: w.tied_to for w in inferred.post}
+    assert all(tied[w.name] == w.tied_to for w in spec.post if w.tied_to and w.name in shapes)
+    assert inferred.num_layers_key == spec.num_layers_key
+    assert set(inferred.per_layer_keys) <= set(spec.per_layer_keys)
