@@ -327,11 +327,11 @@ def fail_on_call(monkeypatch, n: int, error: BaseException) -> list[int]:
     real = runner.run_job
     calls: list[int] = []
 
-    def flaky(job, models, seed):
+    def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == n:
             raise error
-        return real(job, models, seed)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run_job", flaky)
     return calls

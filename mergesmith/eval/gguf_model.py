@@ -12,6 +12,7 @@ quantizations) tokenizes a text identically.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,25 +34,36 @@ def _gguf():
     return gguf
 
 
+def _unreadable(ref: str, why) -> InputFormatError:
+    return InputFormatError(
+        f"model '{ref}' is not a readable GGUF file ({why}); export it again with `mergesmith export-gguf`, or "
+        "evaluate the Hugging Face directory it came from (`mergesmith merge` with a passthrough recipe makes one)"
+    )
+
+
 def check_gguf_file(ref: str) -> Path:
-    """``ref`` as a readable GGUF file, checked before anything is loaded."""
+    """``ref`` as a GGUF file (exists, GGUF magic), checked before anything is loaded.
+
+    Only the header is read: parsing the whole metadata (a vocabulary of 50k strings) takes
+    seconds, and llama.cpp checks every byte when it loads the file.
+    """
     path = Path(ref).expanduser()
     if not path.is_file():
         raise InputFormatError(f"model '{ref}' not found: no such GGUF file; give a .gguf file or a Hugging Face model directory")
-    try:
-        _gguf().GGUFReader(str(path))
-    except (OSError, ValueError, IndexError) as exc:
-        raise InputFormatError(
-            f"model '{ref}' is not a readable GGUF file ({exc}); export it again with `mergesmith export-gguf`, or "
-            "evaluate the Hugging Face directory it came from (`mergesmith merge` with a passthrough recipe makes one)"
-        ) from exc
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise _unreadable(ref, f"it starts with {magic!r}, not b'GGUF'")
     return path
 
 
 def context_length(ref: str) -> int | None:
     """``<arch>.context_length`` from the GGUF metadata (None when absent)."""
     gguf = _gguf()
-    reader = gguf.GGUFReader(str(check_gguf_file(ref)))
+    try:
+        reader = gguf.GGUFReader(str(check_gguf_file(ref)))
+    except (OSError, ValueError, IndexError) as exc:
+        raise _unreadable(ref, exc) from exc
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     field = None if arch is None else reader.get_field(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch.contents()))
     value = None if field is None else field.contents()
@@ -90,21 +102,45 @@ class _Runtime:
 
 
 class GGUFCausalLM:
-    """The forward call of the metrics: ``[B, T]`` ids in, ``.logits`` ``[B, T or keep, V]`` out."""
+    """The forward call of the metrics: ``[B, T]`` ids in, ``.logits`` ``[B, T or keep, V]`` out.
+
+    Results are memoised per row (up to ``CACHE_BYTES``): ``evaluate`` keeps the reference
+    loaded and runs it again on the same windows beside every model, and llama.cpp returns the
+    same logits for the same tokens, so the reference costs one pass instead of one per model.
+    """
+
+    CACHE_BYTES = 1 << 30
 
     def __init__(self, runtime: _Runtime):
         self.runtime = runtime
+        self._cache: OrderedDict = OrderedDict()
+        self._cached_bytes = 0
+
+    def _row(self, ids: list, width: int, keep: int) -> torch.Tensor:
+        key = (tuple(ids), width, keep)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        logits = self.runtime.logits(ids)
+        if len(ids) < width:   # right padding: zero logits that no metric reads
+            logits = torch.cat([logits, logits.new_zeros((width - len(ids), logits.shape[1]))])
+        tail = logits[-keep:].clone()   # a copy, so that the full [T, V] buffer is freed
+        size = tail.numel() * tail.element_size()
+        while self._cache and self._cached_bytes + size > self.CACHE_BYTES:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].numel() * 4
+        if size <= self.CACHE_BYTES:
+            self._cache[key] = tail
+            self._cached_bytes += size
+        return tail
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  use_cache: bool = False, logits_to_keep: int = 0) -> SimpleNamespace:
-        rows = []
         width = input_ids.shape[1]
+        keep = logits_to_keep or width
+        rows = []
         for r in range(input_ids.shape[0]):
             n = width if attention_mask is None else int(attention_mask[r].sum())
-            logits = self.runtime.logits(input_ids[r, :n].tolist())
-            full = torch.zeros((width, logits.shape[1]), dtype=logits.dtype)
-            full[:n] = logits
-            rows.append(full[-logits_to_keep:] if logits_to_keep else full)
+            rows.append(self._row(input_ids[r, :n].tolist(), width, keep))
         return SimpleNamespace(logits=torch.stack(rows))
 
 

@@ -20,7 +20,6 @@ import yaml
 
 from mergesmith.api import DEFAULT_SHARD_SIZE, RecipeSource, merge, model_keys
 from mergesmith.errors import OutputExistsError
-from mergesmith.execute.runner import torch_dtype
 from mergesmith.io.reader import TensorInfo
 from mergesmith.io.resolve import ModelInput, close_models, open_models
 from mergesmith.lineage.parse import (
@@ -109,7 +108,7 @@ class _PlannedReader:
 
 
 def _planned_input(name: str, plan: Plan, models: Mapping[str, ModelInput]) -> ModelInput:
-    infos = {job.output: TensorInfo(job.output, job.shape, torch_dtype(job.out_dtype)) for job in plan.jobs}
+    infos = {job.output: TensorInfo(job.output, job.shape, job.out_dtype) for job in plan.jobs}
     return ModelInput(name, Path(name), output_config(plan, models), infos, _PlannedReader(Path(name), infos))
 
 

@@ -34,6 +34,11 @@ def output_config(plan: Plan, models: Mapping[str, ModelInput]) -> dict:
             values = _per_layer(key, plan, models)
             if values is not None:
                 config[key] = values
+    heads = {w.name for w in arch.post if w.tied_to}
+    if heads and "tie_word_embeddings" not in config:
+        # The planner decided from the family's default (plan/coverage.py); say it outright, so
+        # a transformers version with another default loads the output the same way.
+        config["tie_word_embeddings"] = not any(job.output in heads for job in plan.jobs)
     if plan.vocab is not None:
         config["vocab_size"] = plan.vocab.rows
     if plan.out_dtype:

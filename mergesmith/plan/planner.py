@@ -32,6 +32,7 @@ from mergesmith.methods.spec import (
     OptionalTensors,
     Scope,
 )
+from mergesmith.plan.coverage import check_coverage, post_weights
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
 from mergesmith.plan.slices import canonical_slices, check_slices
 from mergesmith.plan.vocab import VocabPlan, build_vocab, other_dims, reindex
@@ -279,6 +280,7 @@ def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
 def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str = "<recipe>", seed: int = 0) -> Plan:
     ctx = _Context(recipe, get_method(recipe.merge_method, f"{source}: merge_method"), models, source)
     arch = _check_arch(models)
+    check_coverage(arch, models, source)
     ctx = replace(ctx, vocab=build_vocab(recipe, models, arch, source))
     ctx.notes.extend(ctx.vocab.warnings if ctx.vocab is not None else ())
     slices = canonical_slices(recipe, arch, models)
@@ -291,10 +293,12 @@ def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str 
         names = [weight.name] * len(slices[0].sources)
         jobs += [j for j in [_plan_tensor(ctx, slices[0], weight, names, 0, None)] if j]
     origins = _plan_layers(ctx, arch, slices, jobs)
-    for weight in arch.post:
+    config_donor, tokenizer_donor = _donors(recipe, source)
+    post, notes = post_weights(arch, [models[s.model] for s in slices[-1].sources], models[config_donor])
+    ctx.notes.extend(notes)
+    for weight in post:
         names = [weight.name] * len(slices[-1].sources)
         jobs += [j for j in [_plan_tensor(ctx, slices[-1], weight, names, 0, None)] if j]
-    config_donor, tokenizer_donor = _donors(recipe, source)
     out_dtype = dtype_name(recipe.out_dtype or recipe.dtype)
     for note in ctx.notes:
         warnings.warn(f"{source}: {note}", stacklevel=2)

@@ -100,7 +100,7 @@ def _describe(obj: Objective) -> str:
                               + ", ".join(x.name for x in t.texts))
         for t in obj.terms
     )
-    limit = "all windows" if obj.limit is None else f"first {obj.limit} windows per text / items per task"
+    limit = "all windows" if obj.limit is None else f"first {_count(obj.limit, 'window')} per text / items per task"
     return f"{terms} (context {obj.context}, stride {obj.stride}, {limit})"
 
 

@@ -75,5 +75,6 @@ def finish(prepared, store: Store, records: list[Record], settings: dict, out: P
     text = yaml.safe_dump(best.recipe, sort_keys=False)
     card = model_card(recipe, text, out.name).rstrip("\n") + "\n\n" + card_section(records, rows, settings)
     source = RecipeSource(recipe, text, f"{prepared.source} (candidate #{best.index})", prepared.base_dir, card=card)
-    merge(source, out / WINNER_DIR, force=True, seed=seed, workers=1)
+    # lora_cache=None: base+adapter inputs are folded on the fly, nothing is written outside OUT
+    merge(source, out / WINNER_DIR, force=True, seed=seed, workers=1, lora_cache=None)
     return rows

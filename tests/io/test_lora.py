@@ -158,7 +158,7 @@ dtype: float32
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], **TOLERANCE, msg=name)
     assert len(list(cache.iterdir())) == 2   # one cache entry per base+adapter pair
-    assert f"{base}+{rslora}" in (tmp_path / "out" / "README.md").read_text()
+    assert f"{base} with the LoRA adapter {rslora} merged in" in (tmp_path / "out" / "README.md").read_text()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
