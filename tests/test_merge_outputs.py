@@ -86,7 +86,8 @@ def test_card_yaml_parses_back_to_the_same_recipe(phi2_family, tmp_path):
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "transformers"
     assert front["tags"] == ["merge", "mergesmith"]
-    assert str(phi2_family[0]) in front["base_model"]
+    assert front["base_model"] == []   # local paths are not hub ids; the recipe below names them
+    assert str(phi2_family[0]) in card
     for heading in ("## Merge Details", "### Merge Method", "### Models Merged", "### Configuration"):
         assert heading in card
     assert card.index("### Merge Method") < card.index("### Models Merged") < card.index("### Configuration")

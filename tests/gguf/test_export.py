@@ -81,10 +81,13 @@ def test_llama_cpp_runs_each_architecture_like_transformers(kind, k_models, conv
 
 
 def test_existing_files_need_force(k_models, converter_dir, tmp_path):
-    export_gguf(k_models["qwen2"], tmp_path, "f16", converter=converter_dir)
+    target = tmp_path / "qwen2-F16.gguf"
+    target.write_bytes(b"not yet a GGUF")
     with pytest.raises(OutputExistsError, match="--force"):
         export_gguf(k_models["qwen2"], tmp_path, "f16", converter=converter_dir)
+    assert target.read_bytes() == b"not yet a GGUF"
     export_gguf(k_models["qwen2"], tmp_path, "f16", converter=converter_dir, force=True)
+    assert "token_embd.weight" in _tensors(target)
 
 
 def _with_config(source, dest, **changes):

