@@ -8,7 +8,6 @@ whether the kernels can take these tensors: contiguous, on the CPU, float32/bflo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 from mergesmith._torch import torch
 
@@ -49,6 +48,10 @@ def _ranges(lo: int, hi: int):
         yield start, min(hi, start + CHUNK)
 
 
+def _ptr(t: torch.Tensor | None) -> int:
+    return t.data_ptr() if t is not None else 0
+
+
 def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k: int) -> tuple[int, int]:
     """For ``v = x - base`` (or x when ``read_base`` is None), read range by range: the
     magnitude key of the k-th largest |v|, and the index of the last entry equal to it that is
@@ -60,17 +63,17 @@ def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k:
     groups = -(-n // group)
 
     def pointers(start, stop):
-        x = read_x(start, stop)
-        base = read_base(start, stop) if read_base is not None else None
-        return x, base, (base.data_ptr() if base is not None else 0)
+        """The range of x and of base (None without one); the caller keeps both alive while
+        the kernels read their memory."""
+        return read_x(start, stop), (read_base(start, stop) if read_base is not None else None)
 
     prefix, above, hist = -1, 0, None
     for shift in range(_KEY_BITS[str(dtype).removeprefix("torch.")] - 16, -1, -16):
         hist = torch.zeros((groups, BINS), dtype=torch.int64)
         for g in range(groups):
             for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
-                x, base, base_ptr = pointers(start, stop)
-                _kernels.hist_delta(dt, base_ptr, x.data_ptr(), stop - start, 1, shift, shift + 16, prefix, hist[g].data_ptr())
+                x, base = pointers(start, stop)
+                _kernels.hist_delta(dt, _ptr(base), x.data_ptr(), stop - start, 1, shift, shift + 16, prefix, hist[g].data_ptr())
         at_least = hist.sum(dim=0).flip(0).cumsum(0).flip(0)
         digit = int(torch.nonzero(at_least + above >= k).max())
         above += int(at_least[digit + 1]) if digit + 1 < BINS else 0
@@ -81,8 +84,8 @@ def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k:
     g = int(torch.nonzero(before < need).max())
     need -= int(before[g])
     for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
-        x, base, base_ptr = pointers(start, stop)
-        found, seen = _kernels.nth_equal(dt, base_ptr, x.data_ptr(), 0, stop - start, prefix, need)
+        x, base = pointers(start, stop)
+        found, seen = _kernels.nth_equal(dt, _ptr(base), x.data_ptr(), 0, stop - start, prefix, need)
         if found >= 0:
             return prefix, start + found
         need -= seen
