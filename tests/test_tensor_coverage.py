@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from mergesmith.api import merge, plan
 from mergesmith.arch.spec import all_architectures
 from mergesmith.cli.main import main
+from mergesmith.errors import MissingTensorError
 
 LAYERS = 2
 BIAS_FLAGS = ("attention_bias", "mlp_bias")
@@ -227,3 +228,23 @@ slices:
     assert the_plan.config_donor == str(models["untied"])
     head = the_plan.by_output()["lm_head.weight"]
     assert [(s.model, s.name) for s in head.sources] == [(str(models["tied"]), "model.embed_tokens.weight")]
+
+
+def test_biases_follow_the_output_configs_flags(models):
+    """A config donor without the flags drops the biases (transformers would ignore them); a donor
+    with them cannot be merged with a model lacking them."""
+    slerp = f"""\
+merge_method: slerp
+base_model: {models['llama']}
+models: [{{model: {models['llama']}}}, {{model: {models['bias_a']}}}]
+parameters: {{t: 0.5}}
+"""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        the_plan = plan(slerp)
+    notes = [str(w.message) for w in caught if "leaves" in str(w.message)]
+    assert [flag for flag in BIAS_FLAGS if any(f"leaves {flag} off" in n for n in notes)] == list(BIAS_FLAGS), notes
+    assert all(f"'{models['bias_a']}'" in n for n in notes) and len(notes) == 2
+    assert not any(job.output.endswith(".bias") for job in the_plan.jobs)
+    with pytest.raises(MissingTensorError, match=r"q_proj\.bias; its config.json leaves attention_bias off"):
+        plan(LINEAR.format(base="", a=models["bias_a"], b=models["llama"], wa=0.5, wb=0.5))

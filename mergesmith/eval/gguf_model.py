@@ -11,7 +11,7 @@ quantizations) tokenizes a text identically.
 
 from __future__ import annotations
 
-import os
+import ctypes
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,19 +19,10 @@ from typing import Any
 
 import torch
 
-from mergesmith.errors import InputFormatError, MergesmithError
+from mergesmith.errors import InputFormatError
 from mergesmith.eval.models import LoadedModel
 
-INSTALL = "pip install 'mergesmith[llama]'"
 _MIN_CONTEXT = 512   # first llama.cpp context; grown (re-created) when a longer row arrives
-
-
-def _gguf():
-    try:
-        import gguf
-    except ImportError as exc:
-        raise MergesmithError(f"evaluating GGUF files needs the gguf package ({exc}); install it: {INSTALL}") from exc
-    return gguf
 
 
 def _unreadable(ref: str, why) -> InputFormatError:
@@ -58,16 +49,34 @@ def check_gguf_file(ref: str) -> Path:
 
 
 def context_length(ref: str) -> int | None:
-    """``<arch>.context_length`` from the GGUF metadata (None when absent)."""
-    gguf = _gguf()
+    """``<arch>.context_length`` from the GGUF metadata (None when absent), read by llama.cpp.
+
+    The vocabulary-only load takes a tenth of a second where gguf-py's reader, which parses
+    every metadata array, takes seconds for a 50k vocabulary.
+    """
+    from mergesmith.gguf.llama import captured_log, import_llama_cpp
+
+    path = check_gguf_file(ref)
+    llama_cpp = import_llama_cpp()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    log: list[str] = []
+    with captured_log(llama_cpp, log.append):
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        errors = [line for line in log if "error" in line or "failed" in line]
+        raise _unreadable(ref, (errors or log or ["llama.cpp could not load it"])[0].strip())
     try:
-        reader = gguf.GGUFReader(str(check_gguf_file(ref)))
-    except (OSError, ValueError, IndexError) as exc:
-        raise _unreadable(ref, exc) from exc
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    field = None if arch is None else reader.get_field(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch.contents()))
-    value = None if field is None else field.contents()
-    return int(value) if isinstance(value, int) else None
+        value = ctypes.create_string_buffer(64)
+        arch = ctypes.create_string_buffer(64)
+        if llama_cpp.llama_model_meta_val_str(model, b"general.architecture", arch, len(arch)) < 0:
+            return None
+        key = f"{arch.value.decode()}.context_length".encode()
+        if llama_cpp.llama_model_meta_val_str(model, key, value, len(value)) < 0:
+            return None
+        return int(value.value)
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 class _Runtime:
@@ -171,9 +180,15 @@ class GGUFTokenizer:
         return {model.token_get_text(i): i for i in range(self.runtime.llm.n_vocab())}
 
 
-def load_gguf(ref: str, threads: int | None = None) -> LoadedModel:
-    """``ref`` (a .gguf file) loaded by llama.cpp on the CPU; ``threads`` defaults to the usable cores."""
+# One llama.cpp thread by default. Its CPU backend runs under OpenMP, whose idle workers spin
+# between the hundreds of barriers of a forward pass, and torch (imported first) has already
+# started the OpenMP runtime with spinning on. Wherever the cores are shared (CI runners, a
+# busy machine), 2 threads ran SmolLM2-135M at 20-40 tokens/s where 1 thread ran 115-120.
+DEFAULT_THREADS = 1
+
+
+def load_gguf(ref: str, threads: int = DEFAULT_THREADS) -> LoadedModel:
+    """``ref`` (a .gguf file) loaded by llama.cpp on the CPU, with ``threads`` threads."""
     path = check_gguf_file(ref)
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    runtime = _Runtime(path, threads or usable)
+    runtime = _Runtime(path, threads)
     return LoadedModel(ref, GGUFCausalLM(runtime), GGUFTokenizer(runtime), torch.device("cpu"), keeps_logits=True)

@@ -52,7 +52,7 @@ def check_converter(path: Path | None = None) -> Path:
 def _download(version: str, into: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
            f"llama-cpp-python=={version}", "-d", str(into)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     found = sorted(into.glob("llama_cpp_python-*.tar.gz"))
     if done.returncode != 0 or not found:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-2:])

@@ -11,37 +11,13 @@ from __future__ import annotations
 import ctypes
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from mergesmith.errors import ConfigError, InputFormatError
-from mergesmith.gguf.llama import import_llama_cpp
+from mergesmith.gguf.llama import captured_log, import_llama_cpp
 from mergesmith.gguf.quants import QuantType
 
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
-
-
-@contextmanager
-def _captured_log(llama_cpp, on_line: Callable[[str], None]):
-    """Route llama.cpp's log to ``on_line`` while quantizing; llama-cpp-python's own sink after."""
-    pending = []
-
-    def sink(level, text, user_data):
-        # llama.cpp logs a tensor line in pieces; join them up to the newline.
-        pending.append(text.decode("utf-8", errors="replace"))
-        if pending[-1].endswith("\n"):
-            for line in "".join(pending).splitlines():
-                on_line(line)
-            pending.clear()
-
-    callback = llama_cpp.llama_log_callback(sink)   # kept referenced until restored
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield
-    finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def quantize_gguf(source: Path, out_path: Path, quant: QuantType, *, threads: int | None = None,
@@ -67,7 +43,7 @@ def quantize_gguf(source: Path, out_path: Path, quant: QuantType, *, threads: in
         if on_tensor and (m := _TENSOR_LINE.match(line)):
             on_tensor(m.group(3), int(m.group(2)))
 
-    with _captured_log(llama_cpp, on_line):
+    with captured_log(llama_cpp, on_line):
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(out_path).encode(), ctypes.byref(params))
     if status != 0 or not Path(out_path).is_file():
         Path(out_path).unlink(missing_ok=True)

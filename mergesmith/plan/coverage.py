@@ -2,10 +2,11 @@
 
 Two ways a merge used to lose or invent tensors without a word (mergekit 0.1.5 does both):
 a tensor the architecture definition does not list (llama's ``attention_bias`` biases) was
-dropped, and transformers then re-initialised it at random when loading the output; and a
-head tied to the embeddings was written whenever some input had its own, although the
-output's config ties it and transformers ignores the tensor (mergekit #390/#632: Gemma2
-9.2B grew to 10.2B).
+dropped, and transformers then re-initialised it when loading the output (biases as zeros);
+and a head tied to the embeddings was written whenever some input had its own, although the
+output's config ties it and transformers ignores the tensor (a Gemma2 merge grew from 9.2B
+to 10.2B parameters on disk). The rule for both: the output holds a tensor exactly when its
+config.json (the config donor's) makes transformers create it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def check_coverage(arch: ArchSpec, models: Mapping[str, ModelInput], source: str
             fix = ("the definition was inferred from another input's tensor names; merge checkpoints with the same "
                    "tensors, or add a definition (README: Architectures)")
         raise ArchitectureError(
-            f"{source}: model {_label(model)} has {len(extra)} tensors the {arch.family} definition does not list "
-            f"({shown}); the merge would drop them and transformers would re-initialise them at random; {fix}"
+            f"{source}: model {_label(model)} has {len(extra)} tensor{'s' * (len(extra) > 1)} the {arch.family} "
+            "definition does not list "
+            f"({shown}); the merge would drop them and transformers would re-initialise them on loading; {fix}"
         )
 
 
@@ -58,7 +60,8 @@ def output_ties(arch: ArchSpec, donor: ModelInput) -> tuple[bool, str]:
     return not own_head, f"{where} omits tie_word_embeddings and its checkpoint has no separate head"
 
 
-def post_weights(arch: ArchSpec, sources: Sequence[ModelInput], donor: ModelInput) -> tuple[list[WeightSpec], list[str]]:
+def post_weights(arch: ArchSpec, sources: Sequence[ModelInput],
+                 donor: ModelInput) -> tuple[list[WeightSpec], list[str]]:
     """``arch.post`` as the output has it, with notes, for the last slice's ``sources``.
 
     A head tied to the embeddings (one with ``tied_to``) is written exactly when the output
@@ -79,6 +82,27 @@ def post_weights(arch: ArchSpec, sources: Sequence[ModelInput], donor: ModelInpu
                              f"it is merged from their {weight.tied_to[0]}")
         elif own:
             notes.append(f"the output ties {weight.name} to {weight.tied_to[0]} ({why}), so the separate "
-                         f"{weight.name} of {', '.join(repr(k) for k in own)} is not merged and the output has none "
-                         f"(transformers would ignore it); set tie_word_embeddings: false in that config.json to keep it")
+                         f"{weight.name} of {', '.join(repr(k) for k in own)} is not merged and the output has "
+                         "none (transformers would ignore it); set tie_word_embeddings: false in that config.json "
+                         "to keep it")
     return weights, notes
+
+
+def layer_weights(arch: ArchSpec, models: Mapping[str, ModelInput],
+                  donor: ModelInput) -> tuple[tuple[WeightSpec, ...], list[str]]:
+    """``arch.layer`` as the output has it, with notes: a tensor whose ``config_flag`` the output
+    config (the donor's) leaves off is not written, as transformers would ignore it."""
+    kept, off = [], {}
+    for weight in arch.layer:
+        if weight.config_flag is None or donor.config.get(weight.config_flag):
+            kept.append(weight)
+        else:
+            off.setdefault(weight.config_flag, []).append(weight)
+    notes = []
+    for flag, weights in off.items():
+        own = [m.key for m in models.values() if any(w.at_layer(0).name in m.tensors for w in weights)]
+        if own:
+            notes.append(f"config.json of '{donor.key}' leaves {flag} off, so the {flag} tensors of "
+                         f"{', '.join(repr(k) for k in own)} are not merged (transformers would ignore them); "
+                         "make a model that has them the config donor (base_model, else the first model) to keep them")
+    return tuple(kept), notes

@@ -32,7 +32,7 @@ from mergesmith.methods.spec import (
     OptionalTensors,
     Scope,
 )
-from mergesmith.plan.coverage import check_coverage, post_weights
+from mergesmith.plan.coverage import check_coverage, layer_weights, post_weights
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
 from mergesmith.plan.slices import canonical_slices, check_slices
 from mergesmith.plan.vocab import VocabPlan, build_vocab, other_dims, reindex
@@ -166,10 +166,11 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
                 return _reindexed(ctx, out_slice, weight_out, job)
         missing = models[found.index(None)]
         label = f"'{missing.key}'" if str(missing.path) == missing.key else f"'{missing.key}' ({missing.path})"
-        raise MissingTensorError(
-            f"{ctx.source}: model {label} has no tensor {in_names[found.index(None)]}; "
-            f"is it a complete {missing.config.get('model_type')} checkpoint? re-download or re-save it"
-        )
+        flag = weight_out.config_flag
+        hint = (f"its config.json leaves {flag} off, unlike the output's; make it the config donor (base_model, else "
+                f"the first model) to merge without these tensors" if flag and not missing.config.get(flag) else
+                f"is it a complete {missing.config.get('model_type')} checkpoint? re-download or re-save it")
+        raise MissingTensorError(f"{ctx.source}: model {label} has no tensor {in_names[found.index(None)]}; {hint}")
     infos = [m.tensors[f] for m, f in zip(models, found)]
     axis = weight_out.vocab_axis if ctx.vocab is not None else None
     if len({other_dims(i.shape, axis) for i in infos}) > 1:
@@ -288,12 +289,14 @@ def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str 
     for i, out_slice in enumerate(slices):
         _check_contract(ctx, out_slice, f"slices[{i}]")
         _base_index(ctx, out_slice, f"slices[{i}]")
+    config_donor, tokenizer_donor = _donors(recipe, source)
     jobs: list[TensorJob] = []
     for weight in arch.pre:
         names = [weight.name] * len(slices[0].sources)
         jobs += [j for j in [_plan_tensor(ctx, slices[0], weight, names, 0, None)] if j]
-    origins = _plan_layers(ctx, arch, slices, jobs)
-    config_donor, tokenizer_donor = _donors(recipe, source)
+    layer, notes = layer_weights(arch, models, models[config_donor])
+    ctx.notes.extend(notes)
+    origins = _plan_layers(ctx, replace(arch, layer=layer), slices, jobs)
     post, notes = post_weights(arch, [models[s.model] for s in slices[-1].sources], models[config_donor])
     ctx.notes.extend(notes)
     for weight in post:

@@ -23,20 +23,25 @@ LAYERS = 2
 # file makes the head optional, and StableLM with q/k/v biases.
 CASES = [(k, "") for k in KINDS + NEW_KINDS] + [
     (k, "other_tie") for k in KINDS + NEW_KINDS if k != "phi2"  # phi-2 has no tied form
-] + [("stablelm", "bias")]
+] + [(k, "bias") for k in ("llama", "qwen3", "gemma", "gemma2", "gemma3", "stablelm")]
+# Config flags that make transformers add the optional biases a data file marks with config_flag.
+BIAS_FLAGS = ("attention_bias", "mlp_bias", "use_qkv_bias")
 
 
 def _build(kind: str, variant: str):
-    if kind in NEW_KINDS:
-        return build_arch_model(kind, seed=0, num_layers=LAYERS, variant=variant)
-    model = build_model(kind, seed=0, num_layers=LAYERS)
-    if variant == "other_tie":
-        from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-        config = model.config
+    if kind in NEW_KINDS:
+        model = build_arch_model(kind, seed=0, num_layers=LAYERS, variant=variant)
+    else:
+        model = build_model(kind, seed=0, num_layers=LAYERS)
+    config = model.config
+    if variant == "other_tie" and kind not in NEW_KINDS:
         config.tie_word_embeddings = not config.tie_word_embeddings
-        model = AutoModelForCausalLM.from_config(config)
-    return model
+    for flag in BIAS_FLAGS if variant == "bias" else ():
+        if hasattr(config, flag):
+            setattr(config, flag, True)
+    return AutoModelForCausalLM.from_config(config) if variant else model
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +87,7 @@ def test_data_file_matches_transformers_names(kind, variant, saved):
     expected = _names(spec, LAYERS, optional=False)
     if not config.get("tie_word_embeddings", True):
         expected |= {w.name for w in spec.post if w.role == "lm_head" and w.optional}
-    if config.get("use_qkv_bias"):
-        expected |= {w.at_layer(i).name for i in range(LAYERS) for w in spec.layer if w.role.endswith("_bias") and w.optional}
+    expected |= {w.at_layer(i).name for i in range(LAYERS) for w in spec.layer if w.config_flag and config.get(w.config_flag)}
     assert set(shapes) == expected
     for w in spec.pre + spec.post:
         if w.vocab_axis is not None and w.name in shapes:

@@ -9,7 +9,7 @@ def greedy_llama_cpp(path, ids: list, n: int) -> list:
     """Greedy continuation by llama.cpp: argmax of the last logits, appended, n times."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, n_threads=1, verbose=False)
     llm.eval(ids)
     out = []
     for _ in range(n):

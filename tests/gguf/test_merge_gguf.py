@@ -68,5 +68,5 @@ def test_eval_cli_scores_gguf_files(merged_with_gguf, capsys):
     assert code == 0
     rows = [line.split() for line in out.splitlines()[1:3]]
     assert {r[1] for r in rows} == {str(gguf_dir / "merged-Q4_K_M.gguf"), str(gguf_dir / "merged-F16.gguf")}
-    kl = [float(r[4]) for r in rows if r[1].endswith("Q4_K_M.gguf")][0]
+    kl = next(float(r[4]) for r in rows if r[1].endswith("Q4_K_M.gguf"))
     assert kl > 0
