@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
         description="Score Hugging Face model directories and print them ranked, best first. Without "
         "--text and --tasks, the bundled held-out texts and tasks in data/ are used.",
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help="model directories")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="Hugging Face model directories or .gguf files")
     p.add_argument("--ref", help="reference model: the baseline row, and KL / top-1 agreement / Δ perplexity against it")
     p.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files for perplexity")
     p.add_argument("--tasks", nargs="+", metavar="NAME|FILE", help="multiple-choice tasks: bundled names or JSONL files")

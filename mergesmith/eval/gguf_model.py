@@ -21,6 +21,7 @@ import torch
 
 from mergesmith.errors import InputFormatError
 from mergesmith.eval.models import LoadedModel
+from mergesmith.gguf.llama import captured_log, import_llama_cpp
 
 _MIN_CONTEXT = 512   # first llama.cpp context; grown (re-created) when a longer row arrives
 
@@ -54,8 +55,6 @@ def context_length(ref: str) -> int | None:
     The vocabulary-only load takes a tenth of a second where gguf-py's reader, which parses
     every metadata array, takes seconds for a 50k vocabulary.
     """
-    from mergesmith.gguf.llama import captured_log, import_llama_cpp
-
     path = check_gguf_file(ref)
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_default_params()
@@ -83,8 +82,6 @@ class _Runtime:
     """One llama.cpp model + context with all-position logits; the context grows on demand."""
 
     def __init__(self, path: Path, threads: int):
-        from mergesmith.gguf.llama import import_llama_cpp
-
         self.llama_cpp = import_llama_cpp()
         self.path, self.threads = path, threads
         self.llm: Any = None
@@ -94,13 +91,16 @@ class _Runtime:
         if self.llm is None or self.llm.n_ctx() < n_tokens:
             n_ctx = max(_MIN_CONTEXT, -(-n_tokens // 256) * 256)
             self.llm = None  # free the old context first
+            log: list[str] = []   # llama.cpp's load log: kept for the error, not printed
             try:
-                self.llm = self.llama_cpp.Llama(
-                    model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                    n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
-                )
+                with captured_log(self.llama_cpp, log.append):
+                    self.llm = self.llama_cpp.Llama(
+                        model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                        n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
+                    )
             except ValueError as exc:
-                raise InputFormatError(f"llama.cpp cannot load {self.path} ({exc}); export it again with `mergesmith export-gguf`") from exc
+                why = next((line.strip() for line in log if "error" in line), str(exc))
+                raise InputFormatError(f"llama.cpp cannot load {self.path} ({why}); export it again with `mergesmith export-gguf`") from exc
         return self.llm
 
     def logits(self, ids: list) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Hugging Face directory → float GGUF (F32 / F16 / BF16) through llama.cpp's own converter.
 
 The converter runs as a child of this Python (``_run_converter.py`` says why). Its log names
-each tensor as it is written (``blk.0.attn_q.weight, torch.float32 --> F16, shape = ...``),
+each tensor as it prepares it (``blk.0.attn_q.weight, torch.float32 --> F16, shape = ...``),
 which drives the progress callback; a failure surfaces as one error with the converter's own
 last words. When the converter does not recognise the BPE pre-tokenizer, the name derived from
 tokenizer.json (``pretok.py``) is used and a warning says so.
@@ -92,17 +92,20 @@ def check_architecture(model_dir: Path) -> str:
 
 
 def count_tensors(model_dir: Path) -> int | None:
-    """Tensors in the safetensors checkpoint (the progress total), or None if there is none to read."""
-    from safetensors import safe_open
+    """Tensors in the safetensors checkpoint (the progress total), or None if there are none to read.
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        return None
+    An unreadable file only costs the bar its total: the converter reads it next and says what is wrong.
+    """
+    from safetensors import SafetensorError, safe_open
+
     total = 0
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            total += len(list(f.keys()))
-    return total
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                total += len(list(f.keys()))
+        except (OSError, SafetensorError):
+            return None
+    return total or None
 
 
 def _failure(model_dir: Path, outtype: str, lines) -> InputFormatError:

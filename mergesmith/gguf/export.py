@@ -88,7 +88,8 @@ def _write(model_dir: Path, path: Path, quant: QuantType, source: Path | None, o
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
-    return GGUFFile(quant.name, path, path.stat().st_size, bits_per_weight(path), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return GGUFFile(quant.name, path, path.stat().st_size, bits_per_weight(path), seconds)
 
 
 def _check_outputs(paths: Sequence[Path], force: bool) -> None:

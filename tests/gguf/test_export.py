@@ -11,7 +11,12 @@ import gguf
 import pytest
 import torch
 
-from mergesmith.errors import ArchitectureError, MergesmithError, OutputExistsError
+from mergesmith.errors import (
+    ArchitectureError,
+    InputFormatError,
+    MergesmithError,
+    OutputExistsError,
+)
 from mergesmith.eval.gguf_model import load_gguf
 from mergesmith.gguf.export import export_gguf
 from mergesmith.gguf.quants import BY_NAME
@@ -114,6 +119,14 @@ def test_layouts_llama_cpp_would_run_wrong_are_refused(kind, change, words, k_mo
     model = _with_config(k_models[kind], tmp_path / kind, **change)
     with pytest.raises(ArchitectureError, match=words):
         export_gguf(model, tmp_path / "out", "f16")
+
+
+def test_a_converter_failure_is_one_error_and_leaves_no_file(k_models, converter_dir, tmp_path):
+    model = shutil.copytree(k_models["llama"], tmp_path / "broken")
+    (model / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(InputFormatError, match=r"llama.cpp's converter could not write f16 GGUF from .*broken: \S"):
+        export_gguf(model, tmp_path / "out", "f16,q8_0", converter=converter_dir)
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_missing_llama_cpp_python_says_which_extra(k_models, converter_dir, tmp_path, monkeypatch, capsys):

@@ -43,17 +43,35 @@ def test_merge_gguf_writes_the_files_and_the_card_table(merged_with_gguf):
     assert "## Merge Details" in (merged_with_gguf / "README.md").read_text()   # the merge card is kept
 
 
-def test_llama_cpp_generates_what_transformers_generates(merged_k_llama, converter_dir, tmp_path):
-    from transformers import AutoTokenizer
-
+@pytest.fixture(scope="module")
+def merged_export(merged_k_llama, converter_dir, tmp_path_factory):
     from mergesmith.gguf.export import export_gguf
 
-    path = export_gguf(merged_k_llama, tmp_path, "f16", converter=converter_dir).files[0].path
+    return export_gguf(merged_k_llama, tmp_path_factory.mktemp("merged-export"), "f16,q4_k_m", converter=converter_dir)
+
+
+def test_llama_cpp_generates_what_transformers_generates(merged_export, merged_k_llama):
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(merged_k_llama)
     ids = tok("The quick brown fox", add_special_tokens=True)["input_ids"]
     want = greedy_transformers(merged_k_llama, ids, N_NEW)
-    assert greedy_llama_cpp(path, ids, N_NEW) == want
+    assert greedy_llama_cpp(merged_export.file("f16").path, ids, N_NEW) == want
     assert len(set(want)) > 1
+
+
+def test_kl_can_be_measured_against_the_hf_model(merged_export, tmp_path):
+    from pico import CORPUS
+
+    from mergesmith.gguf.report import evaluate_export
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(CORPUS * 4))
+    report = evaluate_export(merged_export, ref="hf", texts=[text], context=64, limit=3)
+    quality = {r.quant: r.quality for r in report.rows}
+    assert 0 < quality["f16"].kl_mean < quality["q4_k_m"].kl_mean    # F16 rounding costs less than 4 bits
+    assert quality["f16"].top1 > quality["q4_k_m"].top1
+    assert report.ref.endswith("(Hugging Face, float32)") and "text (" in report.data
 
 
 def test_eval_cli_scores_gguf_files(merged_with_gguf, capsys):
@@ -70,3 +88,16 @@ def test_eval_cli_scores_gguf_files(merged_with_gguf, capsys):
     assert {r[1] for r in rows} == {str(gguf_dir / "merged-Q4_K_M.gguf"), str(gguf_dir / "merged-F16.gguf")}
     kl = next(float(r[4]) for r in rows if r[1].endswith("Q4_K_M.gguf"))
     assert kl > 0
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--gguf-eval"], "--gguf TYPES"),
+    (["--gguf", "q9_9"], "unknown quant type 'q9_9'"),
+])
+def test_bad_gguf_options_fail_before_the_merge(flags, words, k_llama_pair, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(f"models:\n  - model: {k_llama_pair[0]}\nmerge_method: passthrough\ndtype: float32\n")
+    assert main(["merge", str(recipe), str(tmp_path / "out"), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+    assert not (tmp_path / "out").exists()
