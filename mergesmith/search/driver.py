@@ -169,9 +169,8 @@ def search(
     ``threads`` is torch's thread count in each worker (default: this machine's cores / workers);
     it is fixed explicitly because a different count may change matmul rounding, so two runs
     give the same leaderboard when seed, budget and threads agree, whatever the backend. The
-    final report runs alone, on all cores unless ``threads`` is given.
+    final report uses as many threads: on a busy machine more threads were slower, not faster.
     """
-    report_threads = _threads(1) if threads is None else threads
     threads = _threads(workers) if threads is None else threads
     for name, value, low in (("--budget", budget, 1), ("--seed", seed, 0), ("--workers", workers, 1), ("--threads", threads, 1)):
         if value < low:
@@ -194,7 +193,7 @@ def search(
         records = _loop(prepared.space, optimizer, store, budget, lambda: make_backend(setup, workers, ray_address, use_ray), on_result)
         if not any(r.error is None for r in records):
             raise MergesmithError(f"every candidate failed to merge; the first: {records[0].error}")
-        rows = finish(prepared, store, records, settings, out, seed, report_threads) if write_winner else []
+        rows = finish(prepared, store, records, settings, out, seed, threads) if write_winner else []
     finally:
         store.close()
     return SearchResult(out, tuple(records), settings, tuple(rows))
