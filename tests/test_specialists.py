@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "examples" / "specialists" / "run.py"
 BEST = "linear"          # the README table's best recipe on the mean over domains
 DOMAINS = ("kjv", "austen")
-# 6 windows of 256 tokens per text: 896 scored tokens each, about a minute on 2 cores.
-EVAL = ["--context", "256", "--limit", "6"]
+# The first 4 windows of 256 tokens per text (640 scored tokens each): on 6 windows the merge's
+# mean was 7% below the better specialist's, so a few windows separate them clearly.
+EVAL = ["--context", "256", "--limit", "4"]
 
 
 @pytest.fixture(scope="module")
