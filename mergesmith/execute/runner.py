@@ -11,7 +11,7 @@ import torch
 
 from mergesmith.errors import ConfigError
 from mergesmith.execute.rows import reindex_inputs
-from mergesmith.execute.stream import CHUNK, ChunkBuffers, numel, stream_job, streams
+from mergesmith.execute.stream import CHUNK, ChunkBuffers, numel, stream_job, streamable, streams
 from mergesmith.io.resolve import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
 from mergesmith.methods.registry import METHODS
@@ -125,7 +125,13 @@ def _write_job(
     job: TensorJob, *, models, writer: ShardedWriter, seed: int, progress: Progress | None, streamed: bool,
     buffers: ChunkBuffers, device: str,
 ) -> None:
-    if not (streamed and stream_job(job, models, writer, buffers, device)):
+    if streamed:
+        done = stream_job(job, models, writer, buffers, device)
+    elif streamable(job):
+        done = stream_job(job, models, writer, buffers, device, whole=read_sources(job, models))
+    else:
+        done = False
+    if not done:
         writer.write(job.output, run_job(job, models, seed, device))
     if progress is not None:
         progress(1)

@@ -2,8 +2,10 @@
 into its place in the output file, so memory is a few chunks however large the tensor is.
 
 A job streams when its method can (``MethodSpec.stream`` or ``elementwise``), it is not random
-(a generator's draws depend on the shape drawn), every input reader reads element ranges, and no
-input is re-indexed to another vocabulary. Results are bit-identical to the whole-tensor path.
+(a generator's draws depend on the shape drawn), and no input is re-indexed to another
+vocabulary. Large tensors are read range by range from files whose readers can; smaller ones are
+mapped whole, and their output still goes range by range into the file. Results are
+bit-identical to the whole-tensor path.
 """
 
 from __future__ import annotations
@@ -46,26 +48,42 @@ class ChunkBuffers:
         return buffers[slot]
 
 
-def streams(job: TensorJob, models: Mapping[str, ModelInput]) -> bool:
+def streamable(job: TensorJob) -> bool:
+    """The method merges range by range (``stream`` or ``elementwise``), draws nothing at random
+    (a generator's draws depend on the shape drawn) and no input is re-indexed to another vocabulary."""
     spec = METHODS[job.method]
+    return not spec.random and (spec.stream is not None or spec.elementwise) and all(s.rows is None for s in job.sources)
+
+
+def streams(job: TensorJob, models: Mapping[str, ModelInput]) -> bool:
+    """Read range by range from the files: large tensors whose inputs' readers can."""
     return (
-        numel(job.shape) >= STREAM_MIN and not spec.random and (spec.stream is not None or spec.elementwise)
-        and all(s.rows is None and hasattr(models[s.model].reader, "read_range") for s in job.sources)
+        numel(job.shape) >= STREAM_MIN and streamable(job)
+        and all(hasattr(models[s.model].reader, "read_range") for s in job.sources)
         and all(numel(models[s.model].tensors[s.name].shape) == numel(job.shape) for s in job.sources)
     )
 
 
 def stream_job(
     job: TensorJob, models: Mapping[str, ModelInput], writer: ShardedWriter, buffers: ChunkBuffers, device: str = "cpu",
+    whole: list[torch.Tensor] | None = None,
 ) -> bool:
-    """Merge ``job`` range by range into ``writer``; False (nothing written) if the method declines."""
+    """Merge ``job`` range by range into ``writer``; False (nothing written) if the method declines.
+
+    ``whole``: the inputs already in memory (smaller tensors, mapped), in the compute dtype;
+    without it each range is read from the files into ``buffers``. Either way the output goes
+    straight to its place in the file, never into a whole-tensor buffer.
+    """
     spec = METHODS[job.method]
     dtype, out_dtype = getattr(torch, job.dtype), getattr(torch, job.out_dtype)
     readers = [(models[s.model].reader, s.name) for s in job.sources]
     n = numel(job.shape)
+    flats = None if whole is None else [t.reshape(-1).to(device) for t in whole]
 
     def read(i: int, start: int, stop: int) -> torch.Tensor:
         """Input i's elements [start, stop); valid until the next read of input i."""
+        if flats is not None:
+            return flats[i][start:stop]
         reader, name = readers[i]
         itemsize = models[job.sources[i].model].tensors[name].itemsize
         chunk = reader.read_range(name, start, stop, buffers.get(i, (stop - start) * itemsize))

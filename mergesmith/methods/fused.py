@@ -58,11 +58,12 @@ def fused_stream(
         thresholds.append(found)
     weights = torch.tensor(params.each("weight", others), dtype=dtype)
     total = float(weights.sum())
+    out = torch.empty(min(n, native.CHUNK), dtype=dtype)   # reused: emit copies each chunk
     for start in range(0, n, native.CHUNK):
         stop = min(n, start + native.CHUNK)
         emit(start, native.gta(
             read(base_index, start, stop), [read(i, start, stop) for i in others],
             [_shifted(t, start) for t in thresholds], weights, consensus == "sum", params.shared["normalize"],
-            params.shared["lambda"], 1.0 if abs(total) < 1e-8 else total,
+            params.shared["lambda"], 1.0 if abs(total) < 1e-8 else total, out,
         ))
     return True

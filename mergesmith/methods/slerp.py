@@ -80,11 +80,12 @@ def slerp_stream(read, n: int, dtype: torch.dtype, base_index, params: MethodPar
     sin_theta = torch.sin(theta)
     coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
     coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
+    out = torch.empty(min(n, CHUNK), dtype=dtype)     # reused: emit copies each chunk
     for start, stop in _ranges(n):
         a, b = read_a(start, stop), read_b(start, stop)
-        if native.available(a, b):
+        if native.available(a, b, out):
             # One fused pass, same float32 arithmetic and rounding as the torch line below.
-            emit(start, native.lerp2(a, b, float(coef_a), float(coef_b)))
+            emit(start, native.lerp2(a, b, float(coef_a), float(coef_b), out))
         else:
             emit(start, (coef_a * a.to(acc) + coef_b * b.to(acc)).to(dtype))
     return True

@@ -125,7 +125,8 @@ MethodFn = Callable[[Sequence["torch.Tensor"], int | None, MethodParams, Optiona
 # A streamed method works over flat element ranges, so its memory is a few chunks, never the
 # tensor: ``stream(read, n, dtype, base_index, params, emit) -> bool``, where ``read(i, start,
 # stop)`` gives input i's elements [start, stop) in the compute dtype ``dtype`` and
-# ``emit(start, chunk)`` takes output elements in order. It returns False, before emitting
+# ``emit(start, chunk)`` takes output elements in order and copies them before it returns
+# (a stream may reuse the chunk's memory). It returns False, before emitting
 # anything, to decline (the whole-tensor ``fn`` runs instead). Streaming changes no bit of the result.
 StreamFn = Callable[..., bool]
 

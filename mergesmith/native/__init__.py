@@ -103,9 +103,11 @@ def magnitude_threshold(x: torch.Tensor, base: torch.Tensor | None, k: int) -> t
 def gta(
     base: torch.Tensor, others: Sequence[torch.Tensor], thresholds: Sequence[tuple[int, int]],
     weights: torch.Tensor, consensus: bool, normalize: bool, lam: float, divisor: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fused task arithmetic; thresholds[i] = (key, cutoff) or (-1, -1) for no mask."""
-    out = torch.empty_like(base)
+    """Fused task arithmetic; thresholds[i] = (key, cutoff) or (-1, -1) for no mask. ``out``: a
+    buffer of at least ``base.numel()`` elements to reuse (a view of it is returned)."""
+    out = torch.empty_like(base) if out is None else out[: base.numel()]
     ptrs = torch.tensor([t.data_ptr() for t in others], dtype=torch.int64)
     thr = torch.tensor([t[0] for t in thresholds], dtype=torch.int64)
     cut = torch.tensor([t[1] for t in thresholds], dtype=torch.int64)
@@ -134,7 +136,8 @@ def dot3(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     return _kernels.dot3(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel())
 
 
-def lerp2(a: torch.Tensor, b: torch.Tensor, ca: float, cb: float) -> torch.Tensor:
-    out = torch.empty_like(a)
+def lerp2(a: torch.Tensor, b: torch.Tensor, ca: float, cb: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``ca * a + cb * b`` in float32, rounded to a's dtype; ``out`` as for ``gta``."""
+    out = torch.empty_like(a) if out is None else out[: a.numel()]
     _kernels.lerp2(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), ca, cb, out.data_ptr())
     return out

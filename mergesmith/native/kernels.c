@@ -89,14 +89,27 @@ INLINE float delta_at(int dt, const void *base, const void *x, int64_t i) {
 /* hist_delta(dt, base, x, n, nblocks, shift, prefix_shift, prefix, hist):
  * per-block histograms of the 16-bit digit (key >> shift) & 0xFFFF of |x - base|, counting
  * only keys whose (key >> prefix_shift) == prefix when prefix >= 0. hist: int64[nblocks][BINS]. */
+/* keys[j] = magnitude key of element lo + j (int32: keys fit in 31 bits); one straight loop, so
+ * it vectorises, apart from the scalar histogram and scan loops that use it. */
+INLINE void keys_tile(const int DT, const void *base, const void *x, int64_t lo, int len, int32_t *keys) {
+    if (base) for (int j = 0; j < len; j++) keys[j] = (int32_t)key_of(DT, delta_at(DT, base, x, lo + j));
+    else for (int j = 0; j < len; j++) keys[j] = (int32_t)key_of(DT, delta_at(DT, NULL, x, lo + j));
+}
+
 INLINE void hist_run(const int DT, const void *base, const void *x, int64_t n, int nblocks, int shift,
                      int pshift, int64_t prefix, int64_t *hist) {
+    int32_t keys[TILE];
     for (int b = 0; b < nblocks; b++) {
         int64_t lo = n * b / nblocks, hi = n * (b + 1) / nblocks, *h = hist + (int64_t)b * BINS;
-        for (int64_t i = lo; i < hi; i++) {
-            int64_t key = key_of(DT, delta_at(DT, base, x, i));
-            if (prefix >= 0 && (key >> pshift) != prefix) continue;
-            h[(key >> shift) & 0xFFFF]++;
+        for (int64_t t = lo; t < hi; t += TILE) {
+            int len = (int)(hi - t < TILE ? hi - t : TILE);
+            keys_tile(DT, base, x, t, len, keys);
+            if (prefix < 0) {
+                for (int j = 0; j < len; j++) h[(keys[j] >> shift) & 0xFFFF]++;
+            } else {
+                for (int j = 0; j < len; j++)
+                    if ((keys[j] >> pshift) == prefix) h[(keys[j] >> shift) & 0xFFFF]++;
+            }
         }
     }
 }
@@ -119,9 +132,17 @@ static PyObject *hist_delta(PyObject *self, PyObject *args) {
  * such entries the scan saw. */
 INLINE void nth_run(const int DT, const void *base, const void *x, int64_t start, int64_t end, int64_t key,
                     int64_t m, int64_t *found, int64_t *seen) {
+    int32_t keys[TILE];
     *found = -1; *seen = 0;
-    for (int64_t i = start; i < end; i++)
-        if (key_of(DT, delta_at(DT, base, x, i)) == key && ++*seen == m) { *found = i; break; }
+    for (int64_t t = start; t < end; t += TILE) {
+        int len = (int)(end - t < TILE ? end - t : TILE);
+        keys_tile(DT, base, x, t, len, keys);
+        int32_t count = 0;
+        for (int j = 0; j < len; j++) count += keys[j] == key;   /* vectorises; the scan below rarely runs */
+        if (*seen + count < m) { *seen += count; continue; }
+        for (int j = 0; j < len; j++)
+            if (keys[j] == key && ++*seen == m) { *found = t + j; return; }
+    }
 }
 
 KERNEL nth_kernel(int dt, const void *base, const void *x, int64_t start, int64_t end, int64_t key, int64_t m,
@@ -171,12 +192,15 @@ INLINE void gta_tile(const int DT, const void *base, const void **xs, int k, int
         }
     }
     if (consensus) {
+        /* elected sign first, then one select-only loop per model: no branches, so both vectorise */
+        float elected[TILE];
+        for (int j = 0; j < len; j++) elected[j] = rnd(DT, votes[j]) >= 0.0f ? 1.0f : -1.0f;
         for (int m = 0; m < k; m++) {
             float wm = w[m];
             for (int j = 0; j < len; j++) {
-                float elected = (float)(2 * (rnd(DT, votes[j]) >= 0.0f) - 1);
                 float v = t[m][j];
-                float agree = (float)(((v > 0.0f) - (v < 0.0f)) == (int)elected);
+                float sign = v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f);
+                float agree = sign == elected[j] ? 1.0f : 0.0f;
                 mixed[j] += v * agree;          /* (deltas * mask).sum(0) */
                 sdiv[j] += wm * agree;          /* (weights * mask).sum(0) */
             }
@@ -185,13 +209,21 @@ INLINE void gta_tile(const int DT, const void *base, const void **xs, int k, int
         for (int m = 0; m < k; m++)
             for (int j = 0; j < len; j++) mixed[j] += t[m][j];
     }
-    for (int j = 0; j < len; j++) {
-        float mx = rnd(DT, mixed[j]), div = divc;
-        if (consensus) { div = rnd(DT, sdiv[j]); div = div == 0.0f ? 1.0f : div; }
-        if (normalize) mx = rnd(DT, mx / div);
-        if (use_lam) mx = rnd(DT, mx * lam);
-        store(DT, out, lo + j, fb[j] + mx);
+    /* the tail in separate straight loops (a branch per element kept the fused loop scalar) */
+    for (int j = 0; j < len; j++) mixed[j] = rnd(DT, mixed[j]);
+    if (normalize) {
+        if (consensus) {
+            for (int j = 0; j < len; j++) {
+                float div = rnd(DT, sdiv[j]);
+                mixed[j] = rnd(DT, mixed[j] / (div == 0.0f ? 1.0f : div));
+            }
+        } else {
+            for (int j = 0; j < len; j++) mixed[j] = rnd(DT, mixed[j] / divc);
+        }
     }
+    if (use_lam)
+        for (int j = 0; j < len; j++) mixed[j] = rnd(DT, mixed[j] * lam);
+    for (int j = 0; j < len; j++) store(DT, out, lo + j, fb[j] + mixed[j]);
 }
 
 INLINE void gta_run(const int DT, const void *base, const void **xs, int k, int64_t n, const int64_t *thr,

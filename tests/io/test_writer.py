@@ -21,16 +21,17 @@ def _tensors():
     }
 
 
-def _write(directory, tensors, shard_size):
+def _write(directory, tensors, shard_size, direct=True):
     slots = [TensorSlot(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
-    writer = ShardedWriter(directory, slots, shard_size)
+    writer = ShardedWriter(directory, slots, shard_size, direct=direct)
     for name in reversed(list(tensors)):  # any order: each tensor has its own place
         writer.write(name, tensors[name])
     return writer.finish()
 
 
-def test_single_file_golden_bytes(tmp_path):
-    files = _write(tmp_path, _tensors(), 10**9)
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_single_file_golden_bytes(tmp_path, direct):
+    files = _write(tmp_path, _tensors(), 10**9, direct)
     assert files == ["model.safetensors"]
     data = (tmp_path / "model.safetensors").read_bytes()
     header_len = int.from_bytes(data[:8], "little")
