@@ -54,10 +54,15 @@ def _run_lineage(args) -> int:
 
 
 def run(args) -> int:
+    import gc
+
     from mergesmith.api import merge
     from mergesmith.execute.memory import release_freed_tensors
 
     release_freed_tensors()   # process-wide, so it belongs to the program, not the library
+    # Also process-wide: what is alive now (torch and the other modules) lives to the end;
+    # frozen, the cycle collector stops walking it on each pass while jobs allocate.
+    gc.freeze()
     export_cmd.check_merge_options(args)   # a bad --gguf fails now, not after the merge
 
     from mergesmith.lineage import is_lineage_file

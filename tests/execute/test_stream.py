@@ -74,21 +74,28 @@ def _recipe(method: str, a, b) -> dict:
     return recipe
 
 
+@pytest.mark.parametrize("mode", ["ranges", "mapped"])
 @pytest.mark.parametrize("method", sorted(RECIPES))
-def test_streamed_equals_whole(method, pair, tmp_path, monkeypatch):
+def test_streamed_equals_whole(method, mode, pair, tmp_path, monkeypatch):
+    """ranges: every tensor read range by range from the files; mapped: tensors mapped whole,
+    output still written range by range. Both against the whole-tensor path (method fn, one write)."""
+    from mergesmith.execute import runner
+
     a, b = pair
     monkeypatch.setattr(stream, "STREAM_MIN", 1 << 62)
+    monkeypatch.setattr(runner, "streamable", lambda job: False)
     mergesmith.merge(_recipe(method, a, b), tmp_path / "whole")
-    monkeypatch.setattr(stream, "STREAM_MIN", 1)
+    monkeypatch.undo()
+    monkeypatch.setattr(stream, "STREAM_MIN", 1 if mode == "ranges" else 1 << 62)
     monkeypatch.setattr(native, "CHUNK", 100_003)
     monkeypatch.setattr(native, "GROUP_MIN", 300_009)
     calls = []
     real = stream.stream_job
-    monkeypatch.setattr(stream, "stream_job", lambda *args: calls.append(args[0].output) or real(*args))
-    from mergesmith.execute import runner
-    monkeypatch.setattr(runner, "stream_job", stream.stream_job)
+    monkeypatch.setattr(runner, "stream_job", lambda *args, **kw: calls.append((args[0].output, "whole" in kw)) or real(*args, **kw))
     mergesmith.merge(_recipe(method, a, b), tmp_path / "streamed")
-    assert "model.embed_tokens.weight" in calls and "lm_head.weight" in calls
+    mapped = mode == "mapped"
+    assert ("model.embed_tokens.weight", mapped) in calls and ("lm_head.weight", mapped) in calls
+    assert ("model.layers.0.mlp.up_proj.weight", mapped) in calls
     whole, streamed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "streamed" / "model.safetensors")
     assert whole.keys() == streamed.keys()
     for name in whole:
