@@ -3,6 +3,7 @@
     python bench/bench_merge.py                          # 1b shape, 3 repeats, with mergekit
     python bench/bench_merge.py --shape both --json bench/out/result.json --markdown bench/out/result.md
     python bench/bench_merge.py --shape pico --repeat 1  # seconds: a smoke test of the bench
+    python bench/bench_merge.py --shape both --mergekit-shapes 1b   # mergekit only where its targets are
 
 What it does:
 1. Generates (once, cached under bench/models/<shape>/) a seeded synthetic llama pair straight to
@@ -173,6 +174,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="model shape to merge; both = 1b and 3b (default 1b)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per job; median and range reported")
     parser.add_argument("--skip-mergekit", action="store_true", help="do not run mergekit")
+    parser.add_argument("--mergekit-shapes", nargs="+", choices=("1b", "3b"),
+                        help="shapes mergekit runs on (default: every shape benchmarked; its targets are on 1b)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write a Markdown table here (for the README)")
     args = parser.parse_args(argv)
@@ -189,7 +192,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"mergekit-yaml not found next to {sys.executable}: mergekit jobs skipped")
     how = measure.probe()
     try:
-        stats, checks = run_shapes(shapes, args.repeat, how, mergekit)
+        mergekit_shapes = set(args.mergekit_shapes or shapes) if mergekit else set()
+        stats, checks = run_shapes(shapes, args.repeat, how, mergekit_shapes)
     except measure.JobFailed as failure:
         log(f"job failed: {failure}")
         return 1
@@ -201,7 +205,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if all(c.passed for c in checks) else 1
 
 
-def run_shapes(shapes: list[str], repeat: int, how: str, mergekit: bool) -> tuple[dict, list]:
+def run_shapes(shapes: list[str], repeat: int, how: str, mergekit_shapes: set[str]) -> tuple[dict, list]:
     stats: dict[report.Key, report.Stats] = {}
     checks: list[outputs.Check] = []
     recipes = {}
@@ -210,7 +214,7 @@ def run_shapes(shapes: list[str], repeat: int, how: str, mergekit: bool) -> tupl
         recipes[shape] = write_recipes(shape, pair)
         if shape not in shapes:
             continue
-        jobs = merge_jobs(shape, pair, recipes[shape], mergekit)
+        jobs = merge_jobs(shape, pair, recipes[shape], shape in mergekit_shapes)
         samples, snapshots = run_all(jobs, repeat, how, {shape: synthetic.SHAPES[shape].layers})
         stats.update({key: report.Stats.of(s) for key, s in samples.items()})
         checks += checks_for(shape, pair, snapshots)

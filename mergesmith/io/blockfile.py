@@ -18,6 +18,7 @@ page cache instead, with the same bytes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 
@@ -107,7 +108,15 @@ class BlockFile:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise MergesmithError(f"{self.path}: the disk is full; free space or write elsewhere") from None
-            raise
+            if exc.errno != errno.EINVAL or not self.direct:
+                raise
+            # The filesystem opened the file for O_DIRECT but refuses these writes (a stricter
+            # alignment, say): the page cache takes this write and the rest.
+            with self._lock:
+                if self.direct:
+                    fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                    self.direct = False
+            _pwrite_all(self._fd, data, offset)
 
     def _gather(self, offset: int, data: torch.Tensor) -> None:
         """Bytes that share their blocks with other writes: kept until each block is whole."""

@@ -63,3 +63,30 @@ def test_write_outside_the_file_is_refused(tmp_path):
     with pytest.raises(Exception, match="outside 10 bytes"):
         out.write(8, torch.zeros(4, dtype=torch.uint8))
     out.close()
+
+
+def test_page_cache_fallback_when_direct_writes_are_refused(tmp_path, monkeypatch):
+    """O_DIRECT opens but its writes fail with EINVAL: the file continues through the page cache."""
+    import fcntl
+
+    real_pwrite, refused = os.pwrite, []
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0):
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    probe = BlockFile(tmp_path / "probe", 1)
+    probe.close()
+    if not probe.direct:
+        pytest.skip(f"{tmp_path}: this filesystem refuses O_DIRECT at open")
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    size = 6 * BLOCK + 99
+    expected = torch.randint(0, 256, (size,), dtype=torch.uint8)
+    out = BlockFile(tmp_path / "f.bin", size)
+    for start, stop in sorted(_pieces(size, 7)):
+        out.write(start, expected[start:stop])
+    out.close()
+    assert refused and not out.direct
+    assert (tmp_path / "f.bin").read_bytes() == expected.numpy().tobytes()
