@@ -11,7 +11,14 @@ import torch
 
 from mergesmith.errors import ConfigError
 from mergesmith.execute.rows import reindex_inputs
-from mergesmith.execute.stream import CHUNK, ChunkBuffers, numel, stream_job, streamable, streams
+from mergesmith.execute.stream import (
+    CHUNK,
+    ChunkBuffers,
+    numel,
+    stream_job,
+    streamable,
+    streams,
+)
 from mergesmith.io.resolve import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
 from mergesmith.methods.registry import METHODS

@@ -4,6 +4,7 @@ order or thread, with O_DIRECT and through the page cache alike."""
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ def _pieces(size: int, seed: int) -> list[tuple[int, int]]:
     cuts |= {rng.randrange(size) for _ in range(40)}
     cuts |= {rng.randrange(max(1, size // BLOCK)) * BLOCK for _ in range(5)}
     edges = sorted(c for c in cuts if c <= size)
-    pieces = list(zip(edges, edges[1:]))
+    pieces = list(itertools.pairwise(edges))
     rng.shuffle(pieces)
     return pieces
 
