@@ -323,8 +323,9 @@ def test_pickle_checkpoint_with_allow_pickle_merges_like_safetensors(capsys, tmp
 
 
 def fail_on_call(monkeypatch, n: int, error: BaseException) -> list[int]:
-    """Make runner.run_job raise ``error`` on its ``n``-th call; returns the call counter."""
-    real = runner.run_job
+    """Make the runner's n-th job raise ``error`` (every job, streamed or whole, goes through
+    ``runner._write_job``); returns the call counter."""
+    real = runner._write_job
     calls: list[int] = []
 
     def flaky(*args, **kwargs):
@@ -333,7 +334,7 @@ def fail_on_call(monkeypatch, n: int, error: BaseException) -> list[int]:
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_job", flaky)
+    monkeypatch.setattr(runner, "_write_job", flaky)
     return calls
 
 

@@ -92,6 +92,20 @@ class ResidentSink:
         target.copy_(tensor)
         self.written.add(name)
 
+    def write_range(self, name: str, start: int, tensor: torch.Tensor) -> None:
+        """Elements [start, start + n) of ``name``, flat (the runner's streamed jobs)."""
+        target = self._targets.get(name)
+        if target is None or start + tensor.numel() > target.numel():
+            raise ArchitectureError(
+                f"candidate tensor {name} has no place in the resident model; a search needs candidates of one "
+                "shape (no layer slicing that changes the layer count between candidates)"
+            )
+        target.view(-1)[start: start + tensor.numel()].copy_(tensor.reshape(-1))
+
+    def complete(self, name: str) -> None:
+        """Every element of ``name`` has been written (after ``write_range``)."""
+        self.written.add(name)
+
     def check_complete(self) -> None:
         """Every tensor of the model was written, a tied alias counting as its twin."""
         storage = {}
