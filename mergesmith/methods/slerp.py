@@ -35,6 +35,10 @@ def _norm(read, n: int, buf: torch.Tensor) -> torch.Tensor:
     parts = []
     for start, stop in _ranges(n):
         chunk, src = buf[: stop - start], read(start, stop)
+        exact = native.norm2(src) if buf.dtype == torch.float32 else None
+        if exact is not None:    # torch's bits straight from bf16/fp16, without the float32 copy
+            parts.append(torch.tensor([exact], dtype=buf.dtype))
+            continue
         if native.available(src) and buf.dtype == torch.float32:
             native.widen(src, chunk)   # no torch op (and no thread team) for a plain widening
         else:

@@ -7,6 +7,7 @@ whether the kernels can take these tensors: contiguous, on the CPU, float32/bflo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from mergesmith._torch import torch
@@ -124,6 +125,32 @@ def widen(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` (float32, same length) = src, exactly."""
     _kernels.widen(code(src.dtype), src.data_ptr(), src.numel(), out.data_ptr())
     return out
+
+
+@functools.cache
+def norm_lanes() -> int | None:
+    """torch's float32 vector width in its contiguous norm on this CPU (8 or 16): the one whose
+    summation order gives torch's bits on two probes; None if neither does (torch computes then).
+    Cached: a property of this process's torch and CPU, found once (~10 ms)."""
+    if _kernels is None:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    probes = [(torch.randn(CHUNK + 13, generator=gen) * scale).to(dtype)
+              for dtype, scale in ((torch.bfloat16, 3.0), (torch.float16, 0.25))]
+    expected = [torch.linalg.vector_norm(p.float()).item() for p in probes]
+    for lanes in (8, 16):
+        if all(_kernels.norm2(code(p.dtype), p.data_ptr(), p.numel(), lanes) == e for p, e in zip(probes, expected)):
+            return lanes
+    return None
+
+
+def norm2(src: torch.Tensor) -> float | None:
+    """``torch.linalg.vector_norm(src.float()).item()`` for a bf16/fp16 ``src``, bit for bit, without
+    the float32 copy; None where the kernel cannot take ``src`` or reproduce torch on this CPU."""
+    if not available(src) or src.dtype == torch.float32:
+        return None
+    lanes = norm_lanes()
+    return None if lanes is None else _kernels.norm2(code(src.dtype), src.data_ptr(), src.numel(), lanes)
 
 
 def scaled_product(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, out: torch.Tensor) -> torch.Tensor:

@@ -316,6 +316,39 @@ static PyObject *widen(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* norm2(dt, src, n, lanes): |src| in float32, summed in the order of torch's vectorised float32
+ * norm over one contiguous row (its reduce-last-dim path): `lanes` running sums, element i into
+ * sum i % lanes, over the whole vectors; then the sums added in order; then the tail one by one;
+ * then sqrt. The square of a bf16 or fp16 value is exact in float32, so that order alone decides
+ * the bits (float32 inputs are not taken: there a fused multiply-add would matter). `lanes` is
+ * torch's float vector width on this CPU (8 or 16), found by mergesmith.native against torch
+ * itself. Saves slerp widening each chunk into a float32 buffer and reading it back. */
+INLINE float norm2_lanes(const int DT, const void *src, int64_t n, const int L) {
+    float acc[16] = {0};
+    int64_t i = 0, body = n - n % L;
+    for (; i < body; i += L)
+        for (int j = 0; j < L; j++) { float v = load(DT, src, i + j); acc[j] = acc[j] + v * v; }
+    float s = acc[0];
+    for (int j = 1; j < L; j++) s = s + acc[j];
+    for (; i < n; i++) { float v = load(DT, src, i); s = s + v * v; }
+    return sqrtf(s);
+}
+INLINE void norm2_run(const int DT, const void *src, int64_t n, int lanes, float *res) {
+    *res = lanes == 16 ? norm2_lanes(DT, src, n, 16) : norm2_lanes(DT, src, n, 8);
+}
+KERNEL norm2_kernel(int dt, const void *src, int64_t n, int lanes, float *res) {
+    DISPATCH(norm2_run, dt, src, n, lanes, res);
+}
+
+static PyObject *norm2(PyObject *self, PyObject *args) {
+    int dt, lanes; unsigned long long ps; long long n; float res;
+    if (!PyArg_ParseTuple(args, "iKLi", &dt, &ps, &n, &lanes)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    norm2_kernel(dt, (const void *)ps, n, lanes, &res);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble((double)res);
+}
+
 /* scaled_product(dt, a, b, n, na, nb, dst): dst = (a / na) * (b / nb) in float32, as torch's
  * (x / norm_a) * (y / norm_b) on float32 tensors: three correctly rounded operations. */
 INLINE void scaled_product_run(const int DT, const void *a, const void *b, int64_t n, float na, float nb, float *dst) {
@@ -336,6 +369,7 @@ static PyObject *scaled_product(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"widen", widen, METH_VARARGS, "float32 copy"},
+    {"norm2", norm2, METH_VARARGS, "float32 norm of bf16/fp16 in torch's summation order"},
     {"scaled_product", scaled_product, METH_VARARGS, "(a / na) * (b / nb) in float32"},
     {"hist_delta", hist_delta, METH_VARARGS, "per-block digit histograms of |x - base|"},
     {"nth_equal", nth_equal, METH_VARARGS, "index of the m-th entry with a given magnitude key"},

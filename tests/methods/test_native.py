@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import platform
 import shutil
 import sys
 
@@ -11,6 +12,8 @@ import torch
 
 from mergesmith import native
 from mergesmith.methods.consensus import sign_agreement
+from mergesmith.methods.slerp import slerp
+from mergesmith.methods.spec import MethodParams
 from mergesmith.methods.topk import top_k_mask
 
 needs_kernels = pytest.mark.skipif(not native.available(torch.zeros(1)), reason="C kernels not built")
@@ -113,3 +116,36 @@ def test_half_conversions_cover_specials():
         assert torch.equal(_bits(out), _bits((1.0 * a.float() + 0.0 * zeros.float()).to(dtype)))
         scaled = native.lerp2(a, a, 0.5, 0.25)   # 0.75 * a, rounded
         assert torch.equal(_bits(scaled), _bits((0.5 * a.float() + 0.25 * a.float()).to(dtype)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_norm2_gives_torchs_float32_norm_bits(dtype):
+    """slerp's chunk norms: the kernel's summation order reproduces torch's, tails and all sizes."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        # torch's float vector is 8 or 16 floats wide on x86-64: one of them must match here.
+        assert native.norm_lanes() in (8, 16), "norm2 reproduces neither summation order: slerp pays a float32 copy"
+    if native.norm_lanes() is None:
+        pytest.skip(f"torch's norm order on {platform.machine()} is not one the kernel reproduces")
+    gen = torch.Generator().manual_seed(3)
+    for n in (1, 7, 8, 9, 15, 16, 17, 31, 1000, 70_001, 1 << 20):
+        for scale in (1e-3, 1.0, 40.0):
+            x = (torch.randn(n, generator=gen) * scale).to(dtype)
+            assert native.norm2(x) == torch.linalg.vector_norm(x.float()).item(), (n, scale)
+
+
+@needs_kernels
+def test_norm2_declines_what_it_cannot_reproduce():
+    assert native.norm2(torch.ones(10)) is None                             # float32: FMA would matter
+    assert native.norm2(torch.ones(10, 2, dtype=torch.bfloat16)[:, 0]) is None  # not contiguous
+
+
+def test_slerp_without_the_norm_kernel_gives_the_same_bits(monkeypatch):
+    """The torch path (no kernel, or a CPU whose order it cannot reproduce) writes the same tensor."""
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(3 << 20, generator=gen).to(torch.bfloat16)   # several 2^20-element chunks
+    b = (a.float() + 0.3 * torch.randn(a.shape, generator=gen)).to(torch.bfloat16)
+    params = MethodParams(shared={"t": 0.3}, per_input=({}, {}))
+    fast = slerp([a, b], 0, params)
+    monkeypatch.setattr(native, "norm2", lambda src: None)
+    assert torch.equal(_bits(slerp([a, b], 0, params)), _bits(fast))
