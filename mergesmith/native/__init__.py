@@ -159,6 +159,49 @@ def scaled_product(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, out: 
     return out
 
 
+@functools.cache
+def dot_lanes() -> int | None:
+    """torch's float32 vector width in a full contiguous sum on this CPU (8 or 16), as for
+    ``norm_lanes``: the one whose cascade order gives torch's bits for slerp's cosine on probes of
+    one and of several thread parts; None if neither does (torch sums a float32 buffer then)."""
+    if _kernels is None:
+        return None
+    gen = torch.Generator().manual_seed(1)
+    probes = []
+    for n, dtype in ((CHUNK, torch.bfloat16), (CHUNK - 77, torch.float16), (40_000 + 3, torch.bfloat16), (999, torch.float32)):
+        # Magnitudes spread over decades, so that different summation orders round differently.
+        a = (torch.randn(n, generator=gen) * torch.rand(n, generator=gen) * 30).to(dtype)
+        b = (a.float() + torch.randn(n, generator=gen)).to(dtype)
+        probes.append((a, b, 3.5, 0.75))
+    for lanes in (8, 16):
+        if all(_dot(a, b, na, nb, lanes) == _torch_dot(a, b, na, nb) for a, b, na, nb in probes):
+            return lanes
+    return None
+
+
+def _torch_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float:
+    """What slerp computes without the kernel (its float32 buffers, then torch's sum)."""
+    x, y = a.to(torch.float32), b.to(torch.float32)
+    return ((x / na) * (y / nb)).sum().item()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, lanes: int) -> float:
+    return _kernels.scaled_dot(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), na, nb, lanes, torch.get_num_threads())
+
+
+def scaled_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float | None:
+    """``((a / na) * (b / nb)).sum()`` in float32 (``a``, ``b`` widened), torch's bits for this
+    process's thread count, without the float32 product buffer; None where the kernel cannot
+    take the tensors (too short, not contiguous) or reproduce torch's order here (more than
+    four threads, another summation order)."""
+    lanes = dot_lanes()
+    if lanes is None or not available(a, b) or a.numel() != b.numel() or a.numel() < 4 * lanes:
+        return None
+    if a.numel() >= 32768 and torch.get_num_threads() > 4:
+        return None
+    return _dot(a, b, na, nb, lanes)
+
+
 def dot3(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     return _kernels.dot3(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel())
 

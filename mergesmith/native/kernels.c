@@ -367,6 +367,93 @@ static PyObject *scaled_product(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* scaled_dot(dt, a, b, n, na, nb, lanes, threads): sum((a / na) * (b / nb)) in float32, each
+ * product rounded as scaled_product makes it and summed in exactly torch's order for a full sum
+ * of one contiguous float32 row, so slerp's cosine needs no float32 product buffer and no second
+ * read of it. torch's order (ATen's cascade sum): with T threads and n >= 32768, the row is cut
+ * into min(T, ceil(n / 32768)) parts of ceil(n / parts) elements, each part summed into its own
+ * zero and the parts added in order. Within a part: `lanes`-wide vectors, four at a time (a row of
+ * 4 * lanes floats), rows accumulated into four levels of partial sums, a level carried up every
+ * 2^p rows (p = max(4, ceil(log2(rows)) / 4)); then the levels added, leftover vectors into the
+ * first, the four vectors into the first, and finally a scalar sum of the leftover elements plus
+ * the lanes in order. `lanes` and the thread rule are checked against torch itself at first use
+ * (mergesmith.native.dot_lanes). n must be at least 4 * lanes. */
+#define GRAIN 32768
+INLINE float prod(const int DT, const void *a, const void *b, int64_t i, float na, float nb) {
+    return (load(DT, a, i) / na) * (load(DT, b, i) / nb);
+}
+INLINE int64_t ceil_log2(int64_t x) {
+    if (x <= 2) return 1;
+    int64_t bits = 0;
+    for (uint64_t v = (uint64_t)(x - 1); v; v >>= 1) bits++;
+    return bits;
+}
+INLINE float cascade_part(const int DT, const void *a, const void *b, int64_t n, float na, float nb, const int L) {
+    enum { LEVELS = 4, ILP = 4 };
+    float acc[LEVELS][ILP * 16];
+    const int W = ILP * L;
+    memset(acc, 0, sizeof acc);
+    const int64_t nvec = n / L, rows = nvec / ILP;
+    int64_t power = ceil_log2(rows) / LEVELS;
+    if (power < 4) power = 4;
+    const int64_t step = (int64_t)1 << power, mask = step - 1;
+    int64_t i = 0;
+    while (i + step <= rows) {
+        for (int64_t j = 0; j < step; j++, i++)
+            for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + prod(DT, a, b, i * W + k, na, nb);
+        for (int level = 1; level < LEVELS; level++) {
+            for (int k = 0; k < W; k++) { acc[level][k] = acc[level][k] + acc[level - 1][k]; acc[level - 1][k] = 0.0f; }
+            if ((i & (mask << (level * power))) != 0) break;
+        }
+    }
+    for (; i < rows; i++)
+        for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + prod(DT, a, b, i * W + k, na, nb);
+    for (int level = 1; level < LEVELS; level++)
+        for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + acc[level][k];
+    for (int64_t v = rows * ILP; v < nvec; v++)
+        for (int l = 0; l < L; l++) acc[0][l] = acc[0][l] + prod(DT, a, b, v * L + l, na, nb);
+    for (int r = 1; r < ILP; r++)
+        for (int l = 0; l < L; l++) acc[0][l] = acc[0][l] + acc[0][r * L + l];
+    float s = 0.0f;
+    for (int64_t k = nvec * L; k < n; k++) s = s + prod(DT, a, b, k, na, nb);
+    for (int l = 0; l < L; l++) s = s + acc[0][l];
+    return 0.0f + s;              /* accumulated into a zeroed output */
+}
+INLINE void scaled_dot_run(const int DT, const void *a, const void *b, int64_t n, float na, float nb,
+                           int lanes, int64_t parts, float *res) {
+    const int64_t size = (n + parts - 1) / parts;
+    float total = 0.0f;
+    for (int64_t p = 0; p * size < n; p++) {
+        const int64_t lo = p * size, len = n - lo < size ? n - lo : size;
+        const int elt = DT == 0 ? 4 : 2;
+        const char *pa = (const char *)a + lo * elt, *pb = (const char *)b + lo * elt;
+        total = total + (lanes == 16 ? cascade_part(DT, pa, pb, len, na, nb, 16) : cascade_part(DT, pa, pb, len, na, nb, 8));
+    }
+    *res = total;
+}
+KERNEL scaled_dot_kernel(int dt, const void *a, const void *b, int64_t n, float na, float nb, int lanes,
+                         int64_t parts, float *res) {
+    DISPATCH(scaled_dot_run, dt, a, b, n, na, nb, lanes, parts, res);
+}
+
+static PyObject *scaled_dot(PyObject *self, PyObject *args) {
+    int dt, lanes, threads; unsigned long long pa, pb; long long n; float na, nb, res;
+    if (!PyArg_ParseTuple(args, "iKKLffii", &dt, &pa, &pb, &n, &na, &nb, &lanes, &threads)) return NULL;
+    int64_t parts = 1;
+    if (threads > 1 && n >= GRAIN) {
+        parts = (n + GRAIN - 1) / GRAIN;
+        if (parts > threads) parts = threads;
+    }
+    if (n < 4 * lanes) {    /* shorter than four vectors: torch's scalar paths, not modelled here */
+        PyErr_SetString(PyExc_ValueError, "scaled_dot: too few elements per part");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    scaled_dot_kernel(dt, (const void *)pa, (const void *)pb, n, na, nb, lanes, parts, &res);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble((double)res);
+}
+
 static PyMethodDef methods[] = {
     {"widen", widen, METH_VARARGS, "float32 copy"},
     {"norm2", norm2, METH_VARARGS, "float32 norm of bf16/fp16 in torch's summation order"},
@@ -374,6 +461,7 @@ static PyMethodDef methods[] = {
     {"hist_delta", hist_delta, METH_VARARGS, "per-block digit histograms of |x - base|"},
     {"nth_equal", nth_equal, METH_VARARGS, "index of the m-th entry with a given magnitude key"},
     {"gta", gta, METH_VARARGS, "fused generalised task arithmetic"},
+    {"scaled_dot", scaled_dot, METH_VARARGS, "sum((a / na) * (b / nb)) in torch's summation order"},
     {"dot3", dot3, METH_VARARGS, "a.a, b.b, a.b in double"},
     {"lerp2", lerp2, METH_VARARGS, "ca * a + cb * b"},
     {NULL, NULL, 0, NULL},

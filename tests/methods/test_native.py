@@ -140,12 +140,47 @@ def test_norm2_declines_what_it_cannot_reproduce():
     assert native.norm2(torch.ones(10, 2, dtype=torch.bfloat16)[:, 0]) is None  # not contiguous
 
 
-def test_slerp_without_the_norm_kernel_gives_the_same_bits(monkeypatch):
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scaled_dot_gives_torchs_sum_bits(threads):
+    """slerp's cosine: the kernel sums the products in torch's cascade order, per thread part."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert native.dot_lanes() in (8, 16), "scaled_dot reproduces neither summation order: slerp pays a product buffer"
+    if native.dot_lanes() is None:
+        pytest.skip(f"torch's sum order on {platform.machine()} is not one the kernel reproduces")
+    gen = torch.Generator().manual_seed(6)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n in (32, 33, 100, 1000, 32767, 32768, 32769, 65537, 100_003, (1 << 20) - 1, 1 << 20, 3_000_017):
+            for dtype in DTYPES:
+                a = (torch.randn(n, generator=gen) * torch.rand(n, generator=gen) * 30).to(dtype)   # spread: orders differ
+                b = (0.5 * a.float() + torch.randn(n, generator=gen)).to(dtype)
+                na, nb = float(torch.linalg.vector_norm(a.float())), float(torch.linalg.vector_norm(b.float()))
+                expected = ((a.float() / na) * (b.float() / nb)).sum().item()
+                got = native.scaled_dot(a, b, na, nb)
+                assert got == (None if n < 4 * native.dot_lanes() else expected), (threads, n, dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
+def test_scaled_dot_declines_what_it_cannot_reproduce():
+    a = torch.ones(20, dtype=torch.bfloat16)
+    assert native.scaled_dot(a, a, 1.0, 1.0) is None                                   # shorter than four vectors
+    strided = torch.ones(200, 2, dtype=torch.bfloat16)[:, 0]
+    assert native.scaled_dot(strided, strided, 1.0, 1.0) is None                       # not contiguous
+    assert native.scaled_dot(a, torch.ones(20, dtype=torch.float16), 1.0, 1.0) is None  # mixed dtypes
+
+
+@pytest.mark.parametrize("disabled", [("norm2",), ("scaled_dot",), ("norm2", "scaled_dot")])
+def test_slerp_without_a_kernel_gives_the_same_bits(monkeypatch, disabled):
     """The torch path (no kernel, or a CPU whose order it cannot reproduce) writes the same tensor."""
     gen = torch.Generator().manual_seed(4)
     a = torch.randn(3 << 20, generator=gen).to(torch.bfloat16)   # several 2^20-element chunks
     b = (a.float() + 0.3 * torch.randn(a.shape, generator=gen)).to(torch.bfloat16)
     params = MethodParams(shared={"t": 0.3}, per_input=({}, {}))
     fast = slerp([a, b], 0, params)
-    monkeypatch.setattr(native, "norm2", lambda src: None)
+    for name in disabled:
+        monkeypatch.setattr(native, name, lambda *args: None)
     assert torch.equal(_bits(slerp([a, b], 0, params)), _bits(fast))
