@@ -159,6 +159,9 @@ def scaled_product(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, out: 
     return out
 
 
+MAX_THREADS = 1024   # torch threads scaled_dot models (its per-thread buffer in kernels.c)
+
+
 @functools.cache
 def dot_lanes() -> int | None:
     """torch's float32 vector width in a full contiguous sum on this CPU (8 or 16), as for
@@ -192,12 +195,12 @@ def _dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, lanes: int) -> 
 def scaled_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float | None:
     """``((a / na) * (b / nb)).sum()`` in float32 (``a``, ``b`` widened), torch's bits for this
     process's thread count, without the float32 product buffer; None where the kernel cannot
-    take the tensors (too short, not contiguous) or reproduce torch's order here (more than
-    four threads, another summation order)."""
+    take the tensors (too short, not contiguous) or reproduce torch's order here (another
+    summation order, more than MAX_THREADS threads)."""
     lanes = dot_lanes()
     if lanes is None or not available(a, b) or a.numel() != b.numel() or a.numel() < 4 * lanes:
         return None
-    if a.numel() >= 32768 and torch.get_num_threads() > 4:
+    if torch.get_num_threads() > MAX_THREADS:
         return None
     return _dot(a, b, na, nb, lanes)
 

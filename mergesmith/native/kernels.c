@@ -370,17 +370,21 @@ static PyObject *scaled_product(PyObject *self, PyObject *args) {
 /* scaled_dot(dt, a, b, n, na, nb, lanes, threads): sum((a / na) * (b / nb)) in float32, each
  * product rounded as scaled_product makes it and summed in exactly torch's order for a full sum
  * of one contiguous float32 row, so slerp's cosine needs no float32 product buffer and no second
- * read of it. torch's order (ATen's cascade sum): with T threads and n >= 32768, the row is cut
- * into min(T, ceil(n / 32768)) parts of ceil(n / parts) elements, each part summed into its own
- * zero and the parts added in order. Within a part: `lanes`-wide vectors, four at a time (a row of
- * 4 * lanes floats), rows accumulated into four levels of partial sums, a level carried up every
- * 2^p rows (p = max(4, ceil(log2(rows)) / 4)); then the levels added, leftover vectors into the
- * first, the four vectors into the first, and finally a scalar sum of the leftover elements plus
- * the lanes in order. `lanes` and the thread rule are checked against torch itself at first use
- * (mergesmith.native.dot_lanes). n must be at least 4 * lanes. */
+ * read of it. torch's order (ATen's cascade sum, `lanes` = its float vector width):
+ * - one part: `lanes`-wide vectors taken four at a time (a row of 4 * lanes floats) into four
+ *   levels of partial sums, a level carried up every 2^p rows (p = max(4, ceil(log2(rows)) / 4));
+ *   then the levels added, leftover vectors into the first, the four vectors into the first, and
+ *   a scalar sum of the leftover elements plus the lanes in order, added to a zero;
+ * - with T > 1 threads and n >= 32768 the row is cut into min(T, ceil(n / 32768)) parts of
+ *   ceil(n / parts) elements, each part summed as above into slot t of a zeroed buffer of T
+ *   floats, and the buffer summed again: as one part when T >= lanes, else four running sums.
+ * `lanes` is checked against torch itself at first use (mergesmith.native.dot_lanes). */
 #define GRAIN 32768
-INLINE float prod(const int DT, const void *a, const void *b, int64_t i, float na, float nb) {
-    return (load(DT, a, i) / na) * (load(DT, b, i) / nb);
+#define MAX_THREADS 1024
+/* Element i of a cascade's row: the scaled product (modes 0-2, a dtype code) or a float (mode 3). */
+INLINE float elem(const int MODE, const void *a, const void *b, int64_t i, float na, float nb) {
+    if (MODE == 3) return ((const float *)a)[i];
+    return (load(MODE, a, i) / na) * (load(MODE, b, i) / nb);
 }
 INLINE int64_t ceil_log2(int64_t x) {
     if (x <= 2) return 1;
@@ -388,7 +392,7 @@ INLINE int64_t ceil_log2(int64_t x) {
     for (uint64_t v = (uint64_t)(x - 1); v; v >>= 1) bits++;
     return bits;
 }
-INLINE float cascade_part(const int DT, const void *a, const void *b, int64_t n, float na, float nb, const int L) {
+INLINE float cascade_part(const int MODE, const void *a, const void *b, int64_t n, float na, float nb, const int L) {
     enum { LEVELS = 4, ILP = 4 };
     float acc[LEVELS][ILP * 16];
     const int W = ILP * L;
@@ -400,56 +404,68 @@ INLINE float cascade_part(const int DT, const void *a, const void *b, int64_t n,
     int64_t i = 0;
     while (i + step <= rows) {
         for (int64_t j = 0; j < step; j++, i++)
-            for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + prod(DT, a, b, i * W + k, na, nb);
+            for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + elem(MODE, a, b, i * W + k, na, nb);
         for (int level = 1; level < LEVELS; level++) {
             for (int k = 0; k < W; k++) { acc[level][k] = acc[level][k] + acc[level - 1][k]; acc[level - 1][k] = 0.0f; }
             if ((i & (mask << (level * power))) != 0) break;
         }
     }
     for (; i < rows; i++)
-        for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + prod(DT, a, b, i * W + k, na, nb);
+        for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + elem(MODE, a, b, i * W + k, na, nb);
     for (int level = 1; level < LEVELS; level++)
         for (int k = 0; k < W; k++) acc[0][k] = acc[0][k] + acc[level][k];
     for (int64_t v = rows * ILP; v < nvec; v++)
-        for (int l = 0; l < L; l++) acc[0][l] = acc[0][l] + prod(DT, a, b, v * L + l, na, nb);
+        for (int l = 0; l < L; l++) acc[0][l] = acc[0][l] + elem(MODE, a, b, v * L + l, na, nb);
     for (int r = 1; r < ILP; r++)
         for (int l = 0; l < L; l++) acc[0][l] = acc[0][l] + acc[0][r * L + l];
     float s = 0.0f;
-    for (int64_t k = nvec * L; k < n; k++) s = s + prod(DT, a, b, k, na, nb);
+    for (int64_t k = nvec * L; k < n; k++) s = s + elem(MODE, a, b, k, na, nb);
     for (int l = 0; l < L; l++) s = s + acc[0][l];
     return 0.0f + s;              /* accumulated into a zeroed output */
 }
-INLINE void scaled_dot_run(const int DT, const void *a, const void *b, int64_t n, float na, float nb,
-                           int lanes, int64_t parts, float *res) {
-    const int64_t size = (n + parts - 1) / parts;
-    float total = 0.0f;
-    for (int64_t p = 0; p * size < n; p++) {
+/* The per-thread buffer's own sum: T floats, shorter than a vector or not. */
+INLINE float combine(const float *slots, int64_t T, const int L) {
+    if (T >= L) return cascade_part(3, slots, NULL, T, 1.0f, 1.0f, L);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t i = 0;
+    for (; i + 4 <= T; i += 4)
+        for (int k = 0; k < 4; k++) acc[k] = acc[k] + slots[i + k];
+    for (; i < T; i++) acc[0] = acc[0] + slots[i];
+    return 0.0f + (((acc[0] + acc[1]) + acc[2]) + acc[3]);
+}
+INLINE float scaled_dot_lanes(const int DT, const void *a, const void *b, int64_t n, float na, float nb,
+                              int64_t threads, const int L) {
+    if (threads <= 1 || n < GRAIN) return cascade_part(DT, a, b, n, na, nb, L);
+    int64_t parts = (n + GRAIN - 1) / GRAIN;
+    if (parts > threads) parts = threads;
+    const int64_t size = (n + parts - 1) / parts, elt = DT == 0 ? 4 : 2;
+    float slots[MAX_THREADS] = {0.0f};
+    for (int64_t p = 0; p < parts && p * size < n; p++) {
         const int64_t lo = p * size, len = n - lo < size ? n - lo : size;
-        const int elt = DT == 0 ? 4 : 2;
-        const char *pa = (const char *)a + lo * elt, *pb = (const char *)b + lo * elt;
-        total = total + (lanes == 16 ? cascade_part(DT, pa, pb, len, na, nb, 16) : cascade_part(DT, pa, pb, len, na, nb, 8));
+        slots[p] = cascade_part(DT, (const char *)a + lo * elt, (const char *)b + lo * elt, len, na, nb, L);
     }
-    *res = total;
+    return combine(slots, threads, L);
+}
+INLINE void scaled_dot_run(const int DT, const void *a, const void *b, int64_t n, float na, float nb,
+                           int lanes, int64_t threads, float *res) {
+    *res = lanes == 16 ? scaled_dot_lanes(DT, a, b, n, na, nb, threads, 16)
+                       : scaled_dot_lanes(DT, a, b, n, na, nb, threads, 8);
 }
 KERNEL scaled_dot_kernel(int dt, const void *a, const void *b, int64_t n, float na, float nb, int lanes,
-                         int64_t parts, float *res) {
-    DISPATCH(scaled_dot_run, dt, a, b, n, na, nb, lanes, parts, res);
+                         int64_t threads, float *res) {
+    DISPATCH(scaled_dot_run, dt, a, b, n, na, nb, lanes, threads, res);
 }
 
 static PyObject *scaled_dot(PyObject *self, PyObject *args) {
     int dt, lanes, threads; unsigned long long pa, pb; long long n; float na, nb, res;
     if (!PyArg_ParseTuple(args, "iKKLffii", &dt, &pa, &pb, &n, &na, &nb, &lanes, &threads)) return NULL;
-    int64_t parts = 1;
-    if (threads > 1 && n >= GRAIN) {
-        parts = (n + GRAIN - 1) / GRAIN;
-        if (parts > threads) parts = threads;
-    }
-    if (n < 4 * lanes) {    /* shorter than four vectors: torch's scalar paths, not modelled here */
-        PyErr_SetString(PyExc_ValueError, "scaled_dot: too few elements per part");
+    /* Shorter than four vectors (torch's scalar paths) or more threads than the buffer: not modelled. */
+    if (n < 4 * lanes || threads > MAX_THREADS) {
+        PyErr_SetString(PyExc_ValueError, "scaled_dot: fewer than four vectors of elements, or too many threads");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    scaled_dot_kernel(dt, (const void *)pa, (const void *)pb, n, na, nb, lanes, parts, &res);
+    scaled_dot_kernel(dt, (const void *)pa, (const void *)pb, n, na, nb, lanes, threads, &res);
     Py_END_ALLOW_THREADS
     return PyFloat_FromDouble((double)res);
 }

@@ -141,9 +141,10 @@ def test_norm2_declines_what_it_cannot_reproduce():
 
 
 @needs_kernels
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3, 5, 8, 13, 32])
 def test_scaled_dot_gives_torchs_sum_bits(threads):
-    """slerp's cosine: the kernel sums the products in torch's cascade order, per thread part."""
+    """slerp's cosine: the kernel sums the products in torch's cascade order, per thread part, and
+    the parts as torch adds them (fewer threads than a vector's lanes, or more)."""
     if platform.machine() in ("x86_64", "AMD64"):
         assert native.dot_lanes() in (8, 16), "scaled_dot reproduces neither summation order: slerp pays a product buffer"
     if native.dot_lanes() is None:
