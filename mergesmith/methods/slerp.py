@@ -52,14 +52,15 @@ def _dot(read_a, read_b, n: int, norm_a, norm_b, buf_a: torch.Tensor, buf_b: tor
     """``sum((a / |a|) * (b / |b|))`` chunk by chunk, in place in the buffers (same ops, same bits)."""
     parts = []
     fused = buf_a.dtype == torch.float32
+    na, nb = float(norm_a), float(norm_b)
     for start, stop in _ranges(n):
         x, y, a, b = buf_a[: stop - start], buf_b[: stop - start], read_a(start, stop), read_b(start, stop)
-        exact = native.scaled_dot(a, b, float(norm_a), float(norm_b)) if fused else None
+        exact = native.scaled_dot(a, b, na, nb) if fused else None
         if exact is not None:   # torch's sum of the products, bit for bit, without the product buffer
             parts.append(torch.tensor([exact], dtype=buf_a.dtype))
             continue
         if fused and native.available(a, b):
-            native.scaled_product(a, b, float(norm_a), float(norm_b), x)
+            native.scaled_product(a, b, na, nb, x)
         else:
             x.copy_(a)
             y.copy_(b)

@@ -188,8 +188,9 @@ def _torch_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float:
     return ((x / na) * (y / nb)).sum().item()
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, lanes: int) -> float:
-    return _kernels.scaled_dot(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), na, nb, lanes, torch.get_num_threads())
+def _dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, lanes: int, threads: int | None = None) -> float:
+    threads = torch.get_num_threads() if threads is None else threads
+    return _kernels.scaled_dot(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), na, nb, lanes, threads)
 
 
 def scaled_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float | None:
@@ -200,9 +201,8 @@ def scaled_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float 
     lanes = dot_lanes()
     if lanes is None or not available(a, b) or a.numel() != b.numel() or a.numel() < 4 * lanes:
         return None
-    if torch.get_num_threads() > MAX_THREADS:
-        return None
-    return _dot(a, b, na, nb, lanes)
+    threads = torch.get_num_threads()
+    return None if threads > MAX_THREADS else _dot(a, b, na, nb, lanes, threads)
 
 
 def dot3(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
