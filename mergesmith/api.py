@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from mergesmith.config.load import load_recipe, parse_recipe
+from mergesmith.config.load import load_recipe, parse_recipe, read_text
 from mergesmith.config.schema import Recipe
-from mergesmith.io.resolve import close_models, open_models
+from mergesmith.errors import InputFormatError, OutputWriteError
+from mergesmith.io.resolve import close_models, local_paths, open_models
 from mergesmith.io.writer import ShardedWriter, parse_size
 from mergesmith.output.card import model_card
 from mergesmith.output.config import output_config
-from mergesmith.output.directory import check_target, staged_directory
+from mergesmith.output.directory import check_not_input, check_target, staged_directory
 from mergesmith.output.tokenizer import (
+    check_tokenizer_files,
     copy_generation_config,
     copy_tokenizer,
     resolve_chat_template,
@@ -53,7 +57,7 @@ def read_recipe(recipe: str | Path | Recipe | dict | RecipeSource) -> RecipeSour
     path = Path(recipe) if isinstance(recipe, Path) or "\n" not in str(recipe) else None
     if path is None:
         return RecipeSource(parsed, str(recipe), "<recipe>", None)
-    return RecipeSource(parsed, path.read_text(encoding="utf-8"), str(path), path.parent.resolve())
+    return RecipeSource(parsed, read_text(path), str(path), path.parent.resolve())
 
 
 def model_keys(recipe: Recipe) -> list[str]:
@@ -93,16 +97,20 @@ def merge(
     )
 
     device = check_device(device)
+    keys = model_keys(src.recipe)
+    check_not_input(out, _input_paths(src, keys))
     check_target(out, force)
     size = parse_size(shard_size)
     cache = Path(lora_cache).expanduser() if lora_cache is not None else None
-    models = open_models(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
+    models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
+        check_not_input(out, [(f"model '{k}'", m.path) for k, m in models.items()])   # Hub snapshots too
         the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
+        check_tokenizer_files(models[the_plan.tokenizer_donor])
         template = None
         if src.recipe.chat_template:
             template = resolve_chat_template(src.recipe.chat_template, models, src.name)
-        with staged_directory(out, force) as staging:
+        with staged_directory(out, force) as staging, _write_errors(out, staging):
             writer = ShardedWriter(staging, slots(the_plan), size)
             try:
                 _run(the_plan, models, writer, progress, workers, device)
@@ -114,6 +122,28 @@ def merge(
     finally:
         close_models(models)
     return the_plan
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path, staging: Path):
+    """An OSError while the output is written: one error naming the output (or the input file the
+    system names) and the reason; the staging directory is removed by the caller."""
+    try:
+        yield
+    except OSError as exc:
+        reason = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+        if exc.filename and not Path(exc.filename).is_relative_to(staging):
+            raise InputFormatError(f"{exc.filename}: cannot read it: {reason}") from None
+        fix = {errno.ENOSPC: "free space there", errno.EFBIG: "raise the file-size limit or lower shard_size",
+               errno.EDQUOT: "raise the quota there"}.get(exc.errno, "check the disk and retry")
+        raise OutputWriteError(f"cannot write {out}: {reason}; {fix}; the incomplete output was removed") from None
+
+
+def _input_paths(src: RecipeSource, keys) -> list[tuple[str, Path]]:
+    paths = [(f"model '{key}'", path) for key in keys for path in local_paths(key, src.base_dir)]
+    if src.name != "<recipe>":
+        paths.append(("the recipe", Path(src.name)))
+    return paths
 
 
 def _run(the_plan, models, writer, progress: bool, workers: int, device: str) -> None:

@@ -33,3 +33,15 @@ class InputFormatError(MergesmithError):
 
 class OutputExistsError(MergesmithError):
     """The output directory exists and ``--force`` was not given."""
+
+
+class UnsafeOutputError(MergesmithError):
+    """The output path is, holds or lies inside one of the inputs: writing it could destroy them."""
+
+
+class OutputWriteError(MergesmithError):
+    """Writing the output failed (disk full, file-size limit, I/O error); nothing was kept."""
+
+
+class NonFiniteError(MergesmithError):
+    """An input tensor, or the merged result, holds NaN or infinite values."""

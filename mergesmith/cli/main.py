@@ -7,6 +7,7 @@ so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -43,6 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args) or 0
     except MergesmithError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # The library removes its staging on the way out (BaseException paths); a person who
+        # pressed Ctrl-C wants to be told it stopped, not shown where.
+        print("error: interrupted; incomplete output removed", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        # What the library did not turn into an input or output error (a disk failing under a
+        # read, say): still one line, with the path and the system's reason.
+        where = f"{exc.filename}: " if exc.filename else ""
+        code = errno.errorcode.get(exc.errno, exc.errno) if exc.errno else type(exc).__name__
+        print(f"error: {where}{exc.strerror or exc} ({code})", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `mergesmith plan r.yml | head`: the reader left; that is not an error. Point stdout

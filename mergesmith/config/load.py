@@ -29,6 +29,53 @@ _CHILD_TYPES: dict[str, type[BaseModel]] = {
 }
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error
+    (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)   # `<<:` merge keys may be overridden; written keys may not
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue   # an unhashable key: the base class reports it
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' appears twice in one mapping (first on line "
+                        f"{first.start_mark.line + 1}); keep one", key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_text(path: Path, what: str = "recipe") -> str:
+    """A text file as UTF-8, with one-line errors."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+
+
+def load_yaml(text: str, source: str, *, documents: bool = False):
+    """YAML text → data (every document when ``documents``); duplicate keys and syntax errors are
+    one ConfigError naming the source and the line."""
+    try:
+        if documents:
+            return list(yaml.load_all(text, Loader=_StrictLoader))
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{at} ({exc.problem or exc.context})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def _nearest(word: str, candidates: list[str]) -> str:
     match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(candidates))}"
@@ -109,14 +156,10 @@ def load_recipe(path_or_text: str | Path) -> Recipe:
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"{path}: recipe file not found")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = read_text(path), str(path)
     else:
         text, source = str(path_or_text), "<recipe>"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_recipe(data, source)
+    return parse_recipe(load_yaml(text, source), source)
 
 
 def dtype_name(name: str | None) -> str | None:

@@ -10,6 +10,7 @@ from functools import partial
 import torch
 
 from mergesmith.errors import ConfigError
+from mergesmith.execute.finite import require_finite
 from mergesmith.execute.rows import reindex_inputs
 from mergesmith.execute.stream import (
     CHUNK,
@@ -139,6 +140,8 @@ def _write_job(
     else:
         done = False
     if not done:
-        writer.write(job.output, run_job(job, models, seed, device))
+        result = run_job(job, models, seed, device)
+        require_finite(job, models, result)
+        writer.write(job.output, result)
     if progress is not None:
         progress(1)

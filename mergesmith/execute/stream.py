@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
+from mergesmith.execute.finite import require_finite
 from mergesmith.io.resolve import ModelInput
 from mergesmith.io.writer import ShardedWriter
 from mergesmith.methods.registry import METHODS
@@ -90,7 +91,9 @@ def stream_job(
         return chunk.to(device=device, dtype=dtype)
 
     def emit(start: int, chunk: torch.Tensor) -> None:
-        writer.write_range(job.output, start, chunk.to(out_dtype))
+        chunk = chunk.to(out_dtype)
+        require_finite(job, models, chunk)
+        writer.write_range(job.output, start, chunk)
 
     if spec.stream is not None:
         if not spec.stream(read, n, dtype, job.base_index, job.params, emit):

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import threading
+from pathlib import Path
 
 from mergesmith._torch import torch
 from mergesmith.errors import MergesmithError
@@ -39,8 +40,8 @@ def _reserve(fd: int, size: int, path) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise MergesmithError(f"{path}: not enough disk space for {size / 1e9:.2f} GB of output; free space or "
-                                  "write elsewhere") from None
+            # The merge names the output; the shard's size is what the user needs to know here.
+            raise OSError(errno.ENOSPC, f"not enough disk space for {size / 1e9:.2f} GB of output shard {Path(path).name}") from None
         # EOPNOTSUPP, EINVAL...: a filesystem without preallocation; the writes allocate instead.
 
 
@@ -106,8 +107,7 @@ class BlockFile:
         try:
             _pwrite_all(self._fd, data, offset)
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise MergesmithError(f"{self.path}: the disk is full; free space or write elsewhere") from None
+            # ENOSPC, EFBIG, EIO…: the merge reports them against the output it was writing.
             if exc.errno != errno.EINVAL or not self.direct:
                 raise
             # The filesystem opened the file for O_DIRECT but refuses these writes (a stricter

@@ -52,6 +52,24 @@ def _locate(key: str, part: ModelPath, base_dir: Path | None, allow_pickle: bool
     )
 
 
+def local_paths(key: str, base_dir: Path | None = None) -> list[Path]:
+    """The local files and directories a reference reads (symlinks resolved), found without opening
+    anything; Hub ids are left out (their snapshots are known once opened)."""
+    try:
+        ref = parse_reference(key)
+    except ValueError:
+        return []   # open_model reports it
+    found = []
+    for part in (ref.model, ref.lora):
+        if part is None:
+            continue
+        candidates = [Path(part.path).expanduser()]
+        if base_dir is not None and not candidates[0].is_absolute():
+            candidates.append(base_dir / candidates[0])
+        found += [c.resolve() for c in candidates if c.exists()][:1]   # the one _locate picks
+    return found
+
+
 def _read_config(path: Path, key: str) -> dict:
     config_path = path / "config.json"
     if not config_path.is_file():

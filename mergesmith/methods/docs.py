@@ -12,7 +12,8 @@ END = "<!-- methods:end -->"
 def _param(p) -> str:
     default = "required" if p.default is REQUIRED else repr(p.default)
     scope = {Scope.SHARED: "", Scope.INPUT: ", per model", Scope.NON_BASE: ", per non-base model"}[p.scope]
-    return f"`{p.name}` ({default}{scope})"
+    domain = f", in {p.domain}" if p.domain is not None else ""
+    return f"`{p.name}` ({default}{domain}{scope})"
 
 
 def _count(lo: int, hi) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from mergesmith._torch import torch
 from mergesmith.methods.consensus import sign_agreement
-from mergesmith.methods.spec import BasePolicy, MethodParams, MethodSpec, Param
+from mergesmith.methods.spec import FRACTION, BasePolicy, MethodParams, MethodSpec, Param
 
 WEIGHT_EPS = 1e-6   # below this the weights' sum counts as zero, and so does the divisor
 
@@ -58,7 +58,8 @@ SPEC = MethodSpec(
     name="sce", pretty_name="SCE", reference="https://arxiv.org/abs/2408.07990", fn=sce,
     params=(
         Param("int8_mask", bool, default=False, doc="store the sign mask as int8 (no numeric effect)"),
-        Param("select_topk", float, default=1.0, doc="fraction of highest-variance entries kept"),
+        Param("select_topk", float, default=1.0, doc="fraction of highest-variance entries kept",
+              domain=FRACTION),
     ),
     base=BasePolicy.REQUIRED,
 )

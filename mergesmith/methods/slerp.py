@@ -12,6 +12,7 @@ from __future__ import annotations
 from mergesmith import native
 from mergesmith._torch import torch
 from mergesmith.methods.spec import (
+    UNIT,
     BasePolicy,
     MethodParams,
     MethodSpec,
@@ -106,7 +107,7 @@ def slerp(tensors, base_index, params: MethodParams, generator=None) -> torch.Te
 
 SPEC = MethodSpec(
     name="slerp", pretty_name="SLERP", reference="https://en.wikipedia.org/wiki/Slerp", fn=slerp,
-    params=(Param("t", float, doc="0 gives the base model, 1 the other"),),
+    params=(Param("t", float, doc="0 gives the base model, 1 the other", domain=UNIT),),
     base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, optional_tensors=OptionalTensors.SINGLETON,
     stream=slerp_stream,
 )

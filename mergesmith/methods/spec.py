@@ -8,6 +8,8 @@ methods and None otherwise. No IO, no device moves, no dtype changes beyond the 
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -61,12 +63,35 @@ SEARCH_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
 
 
 @dataclass(frozen=True)
+class Interval:
+    """Where a numeric parameter is defined: ``(0, 1]`` is ``Interval(0, 1, low_open=True)``."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+UNIT = Interval(0.0, 1.0)                   # t of slerp: 0 is the base, 1 the other model
+FRACTION = Interval(0.0, 1.0, low_open=True)  # densities and kept fractions
+
+
+@dataclass(frozen=True)
 class Param:
     name: str
     kind: Any
     scope: Scope = Scope.SHARED
     default: Any = REQUIRED
     doc: str = ""
+    domain: Interval | None = None
     _adapter: TypeAdapter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -82,10 +107,19 @@ class Param:
         return SEARCH_BOUNDS.get(self.name)
 
     def validate(self, value: Any, where: str = "") -> Any:
+        """The value as the method takes it. Strict: ``"0.5"`` is not a float, ``1`` not a bool;
+        NaN and infinities are refused, and so is a number outside the parameter's domain."""
         try:
-            return self._adapter.validate_python(value)
+            checked = self._adapter.validate_python(value, strict=True)
         except ValidationError:
             raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is not {describe(self.kind)}") from None
+        if isinstance(checked, float) and not math.isfinite(checked):
+            raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is not a finite number; give a finite value")
+        if self.domain is not None and isinstance(checked, (int, float)) and not isinstance(checked, bool) \
+                and checked not in self.domain:
+            raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is outside {self.domain}, "
+                              f"where this method defines it; give a value in {self.domain}")
+        return checked
 
 
 def describe(kind: Any) -> str:

@@ -28,6 +28,7 @@ from mergesmith.methods import sparsify
 from mergesmith.methods.consensus import sign_agreement
 from mergesmith.methods.fused import fused_stream
 from mergesmith.methods.spec import (
+    FRACTION,
     BasePolicy,
     MethodParams,
     MethodSpec,
@@ -144,7 +145,7 @@ def _params(normalize: bool, rescale: bool, sparsifier: Sparsifier | None) -> tu
               + (", paper by 1/keep probability" if random else "")),
         Param("lambda", float, default=1.0, doc="scale of the merged task vector"),
         Param("weight", float, Scope.NON_BASE, doc="coefficient of each model's task vector"),
-        Param("density", float, Scope.NON_BASE, default=1.0, doc="fraction of each delta kept"),
+        Param("density", float, Scope.NON_BASE, default=1.0, doc="fraction of each delta kept", domain=FRACTION),
         *(sparsifier.extra if sparsifier is not None else ()),
     )
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-from mergesmith.errors import ConfigError
+from mergesmith.errors import ConfigError, InputFormatError
 from mergesmith.io.resolve import ModelInput
 from mergesmith.plan.jobs import AddedToken, OutputVocab
 
@@ -21,6 +22,32 @@ TEMPLATE_NAMES = tuple(sorted(
     p.name[: -len(".jinja")] for p in (resources.files("mergesmith.output") / "templates").iterdir()
     if p.name.endswith(".jinja")
 ))
+
+
+def check_tokenizer_files(donor: ModelInput) -> None:
+    """Every tokenizer file the donor has can be read (and parsed, for JSON), so a merge never
+    ends with a model whose tokenizer does not load. ``is_file()`` alone would skip a symlink
+    loop or an unreadable file without a word."""
+    if donor.gguf_file is not None:
+        return
+    for name in TOKENIZER_FILES + ("generation_config.json",):
+        path = donor.path / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            data = path.read_bytes()
+            if name.endswith(".json"):
+                json.loads(data.decode("utf-8"))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        except (UnicodeDecodeError, ValueError) as exc:
+            reason = f"not valid JSON: {exc}"
+        else:
+            continue
+        raise InputFormatError(
+            f"model '{donor.key}': tokenizer file {path} cannot be read ({reason}); the merge would have no "
+            "working tokenizer: repair or re-download it, or take the tokenizer from another model (tokenizer_source)"
+        )
 
 
 def copy_tokenizer(donor: ModelInput, dest: Path, vocab: OutputVocab | None = None) -> None:

@@ -34,6 +34,7 @@ from mergesmith.methods.spec import (
 )
 from mergesmith.plan.coverage import check_coverage, layer_weights, post_weights
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
+from mergesmith.plan.recipe_checks import check_filters, check_parameters
 from mergesmith.plan.slices import canonical_slices, check_slices
 from mergesmith.plan.vocab import VocabPlan, build_vocab, other_dims, reindex
 
@@ -280,6 +281,7 @@ def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
 
 def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str = "<recipe>", seed: int = 0) -> Plan:
     ctx = _Context(recipe, get_method(recipe.merge_method, f"{source}: merge_method"), models, source)
+    check_parameters(recipe, ctx.method, source)
     arch = _check_arch(models)
     check_coverage(arch, models, source)
     ctx = replace(ctx, vocab=build_vocab(recipe, models, arch, source))
@@ -302,6 +304,7 @@ def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str 
     for weight in post:
         names = [weight.name] * len(slices[-1].sources)
         jobs += [j for j in [_plan_tensor(ctx, slices[-1], weight, names, 0, None)] if j]
+    check_filters(recipe, [j.output for j in jobs] + [s.name for j in jobs for s in j.sources], source)
     out_dtype = dtype_name(recipe.out_dtype or recipe.dtype)
     for note in ctx.notes:
         warnings.warn(f"{source}: {note}", stacklevel=2)

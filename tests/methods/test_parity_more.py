@@ -43,10 +43,11 @@ def _models(base, others, *params) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Density 0 drops a delta, density 1 keeps it whole: della's mask is then certain.
+# Density 1 keeps a delta whole, so della's mask is certain; weight 0 drops a delta (density 0
+# would too, but a density is defined in (0, 1] and refused outside it).
 DELLA_DENSITIES = (
-    "weight: 0.7\ndensity:\n  - filter: self_attn\n    value: 0.0\n  - value: 1.0\nepsilon: 0.1",
-    "weight: [0.3, 0.6]\ndensity:\n  - filter: mlp\n    value: 0.0\n  - value: 1.0",
+    "weight:\n  - filter: self_attn\n    value: 0.0\n  - value: 0.7\ndensity: 1.0\nepsilon: 0.1",
+    "weight:\n  - filter: mlp\n    value: 0.0\n  - value: [0.3, 0.6]\ndensity: 1.0",
 )
 # Per tensor class: flattened, row-wise and column-wise nuslerp in one merge.
 NUSLERP_MODES = """parameters:
