@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mergesmith.config.load import load_recipe, parse_recipe, read_text
+from mergesmith.config.references import parse_reference
 from mergesmith.config.schema import Recipe
 from mergesmith.errors import InputFormatError, OutputWriteError
 from mergesmith.io.resolve import close_models, local_paths, open_models
@@ -102,7 +104,9 @@ def merge(
     check_target(out, force)
     size = parse_size(shard_size)
     cache = Path(lora_cache).expanduser() if lora_cache is not None else None
-    models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
+    # Adapters open as views first (nothing folded or written), so a bad recipe is refused before
+    # the LoRA cache is touched; once every check has passed they are folded into the cache.
+    models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=None)
     try:
         check_not_input(out, [(f"model '{k}'", m.path) for k, m in models.items()])   # Hub snapshots too
         the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
@@ -110,6 +114,13 @@ def merge(
         template = None
         if src.recipe.chat_template:
             template = resolve_chat_template(src.recipe.chat_template, models, src.name)
+        if cache is not None and any(parse_reference(k).lora is not None for k in keys):
+            close_models(models)
+            models = {}
+            models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
+            with warnings.catch_warnings():   # said once already, by the first plan
+                warnings.simplefilter("ignore")
+                the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
         with staged_directory(out, force) as staging, _write_errors(out, staging):
             writer = ShardedWriter(staging, slots(the_plan), size)
             try:

@@ -454,3 +454,25 @@ def test_nan_check_costs_nothing_on_finite_tensors():
     assert not all_finite(torch.tensor([1.0, float("nan")], dtype=torch.bfloat16))
     assert not all_finite(torch.tensor([float("-inf"), 1.0], dtype=torch.float16))
     assert all_finite(torch.arange(10))
+
+
+def test_bad_recipe_with_an_adapter_writes_nothing_to_the_lora_cache(capsys, tmp_path, llama_family):
+    """Adapters are folded into the cache only after every check has passed."""
+    import warnings
+
+    import peft
+    from pico import build_model
+
+    adapter = tmp_path / "adapter"
+    model = peft.get_peft_model(build_model("llama", seed=0), peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(adapter)
+    cache = tmp_path / "cache"
+    good = f"merge_method: linear\nmodels:\n  - model: {llama_family[0]}+{adapter}\n    parameters: {{weight: 1.0}}\n"
+    merge_fails(capsys, tmp_path, good.replace("weight: 1.0", "weight: 1.0, wieght: 2"), "did you mean 'weight'",
+                extra=["--lora-cache", cache])
+    assert not cache.exists()
+    code, _, err = cli(capsys, "merge", write_recipe(tmp_path, good), tmp_path / "ok", "--quiet", "--lora-cache", cache)
+    assert code == 0, err
+    assert len(list(cache.iterdir())) == 1
