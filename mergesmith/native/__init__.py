@@ -53,12 +53,33 @@ def _ptr(t: torch.Tensor | None) -> int:
     return t.data_ptr() if t is not None else 0
 
 
+def _checked(n: int, *inputs: torch.Tensor | None, out: torch.Tensor | None = None,
+             out_dtype: torch.dtype | None = None) -> int:
+    """The kernels' dtype code for ``inputs``, after checking what the C side cannot: every input
+    (None: an absent base) is a contiguous CPU tensor of one dtype the kernels take, holding at
+    least ``n`` elements, and so is ``out`` (of ``out_dtype``, default the inputs'). A caller's
+    mistake is then a ValueError here, never a read or write past a buffer."""
+    present = [t for t in inputs if t is not None]
+    dtype = present[0].dtype
+    dt = code(dtype)
+    if dt is None:
+        raise ValueError(f"native kernels take float32, bfloat16 or float16, not {dtype}")
+    wanted = [(t, dtype) for t in present] + ([(out, out_dtype or dtype)] if out is not None else [])
+    for t, want in wanted:
+        if t.dtype != want or t.device.type != "cpu" or not t.is_contiguous() or t.numel() < n:
+            raise ValueError(f"native kernel given a {'contiguous' if t.is_contiguous() else 'strided'} {t.dtype} "
+                             f"tensor of {t.numel()} elements on {t.device}; it needs {want} on the CPU, "
+                             f"contiguous, with at least {n} elements")
+    return dt
+
+
 def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k: int) -> tuple[int, int]:
     """For ``v = x - base`` (or x when ``read_base`` is None), read range by range: the
     magnitude key of the k-th largest |v|, and the index of the last entry equal to it that is
     kept (lowest indices first), so that exactly k survive. Radix selection: one histogram pass
     per 16-bit digit of the key, then a scan for the tie cutoff inside one group.
     """
+    _checked(0, torch.empty(0, dtype=dtype))
     dt = code(dtype)
     group = -(-max(GROUP_MIN, -(-n // MAX_GROUPS)) // CHUNK) * CHUNK
     groups = -(-n // group)
@@ -74,6 +95,7 @@ def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k:
         for g in range(groups):
             for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
                 x, base = pointers(start, stop)
+                _checked(stop - start, x, base)
                 _kernels.hist_delta(dt, _ptr(base), x.data_ptr(), stop - start, 1, shift, shift + 16, prefix, hist[g].data_ptr())
         at_least = hist.sum(dim=0).flip(0).cumsum(0).flip(0)
         digit = int(torch.nonzero(at_least + above >= k).max())
@@ -86,6 +108,7 @@ def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k:
     need -= int(before[g])
     for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
         x, base = pointers(start, stop)
+        _checked(stop - start, x, base)
         found, seen = _kernels.nth_equal(dt, _ptr(base), x.data_ptr(), 0, stop - start, prefix, need)
         if found >= 0:
             return prefix, start + found
@@ -109,6 +132,9 @@ def gta(
     """Fused task arithmetic; thresholds[i] = (key, cutoff) or (-1, -1) for no mask. ``out``: a
     buffer of at least ``base.numel()`` elements to reuse (a view of it is returned)."""
     out = torch.empty_like(base) if out is None else out[: base.numel()]
+    _checked(base.numel(), base, *others, out=out)
+    if not len(others) == len(thresholds) == weights.numel():
+        raise ValueError(f"gta: {len(others)} tensors, {len(thresholds)} thresholds, {weights.numel()} weights")
     ptrs = torch.tensor([t.data_ptr() for t in others], dtype=torch.int64)
     thr = torch.tensor([t[0] for t in thresholds], dtype=torch.int64)
     cut = torch.tensor([t[1] for t in thresholds], dtype=torch.int64)
@@ -123,6 +149,7 @@ def gta(
 
 def widen(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out`` (float32, same length) = src, exactly."""
+    _checked(src.numel(), src, out=out, out_dtype=torch.float32)
     _kernels.widen(code(src.dtype), src.data_ptr(), src.numel(), out.data_ptr())
     return out
 
@@ -150,11 +177,13 @@ def norm2(src: torch.Tensor) -> float | None:
     if not available(src) or src.dtype == torch.float32:
         return None
     lanes = norm_lanes()
+    _checked(src.numel(), src)
     return None if lanes is None else _kernels.norm2(code(src.dtype), src.data_ptr(), src.numel(), lanes)
 
 
 def scaled_product(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, out: torch.Tensor) -> torch.Tensor:
     """``out`` (float32) = (a / na) * (b / nb), each operation rounded to float32 as torch does."""
+    _checked(a.numel(), a, b, out=out, out_dtype=torch.float32)
     _kernels.scaled_product(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), na, nb, out.data_ptr())
     return out
 
@@ -190,6 +219,7 @@ def _torch_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float:
 
 def _dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, lanes: int, threads: int | None = None) -> float:
     threads = torch.get_num_threads() if threads is None else threads
+    _checked(a.numel(), a, b)
     return _kernels.scaled_dot(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), na, nb, lanes, threads)
 
 
@@ -206,11 +236,13 @@ def scaled_dot(a: torch.Tensor, b: torch.Tensor, na: float, nb: float) -> float 
 
 
 def dot3(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    _checked(a.numel(), a, b)
     return _kernels.dot3(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel())
 
 
 def lerp2(a: torch.Tensor, b: torch.Tensor, ca: float, cb: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """``ca * a + cb * b`` in float32, rounded to a's dtype; ``out`` as for ``gta``."""
     out = torch.empty_like(a) if out is None else out[: a.numel()]
+    _checked(a.numel(), a, b, out=out)
     _kernels.lerp2(code(a.dtype), a.data_ptr(), b.data_ptr(), a.numel(), ca, cb, out.data_ptr())
     return out

@@ -185,3 +185,20 @@ def test_slerp_without_a_kernel_gives_the_same_bits(monkeypatch, disabled):
     for name in disabled:
         monkeypatch.setattr(native, name, lambda *args: None)
     assert torch.equal(_bits(slerp([a, b], 0, params)), _bits(fast))
+
+
+@pytest.mark.skipif(native._kernels is None, reason="built without the C extension")
+@pytest.mark.parametrize("call", [
+    lambda a, b, short: native.lerp2(a, b, 0.5, 0.5, short),                        # out too short
+    lambda a, b, short: native.lerp2(a, b.to(torch.float16), 0.5, 0.5),             # mixed dtypes
+    lambda a, b, short: native.dot3(a, b[:-1]),                                     # b shorter than a
+    lambda a, b, short: native.widen(a, torch.empty(a.numel(), dtype=torch.bfloat16)),  # out not float32
+    lambda a, b, short: native.scaled_product(a, b[::2], 1.0, 1.0, torch.empty(a.numel())),  # strided
+    lambda a, b, short: native.gta(a, [b], [(-1, -1)], torch.ones(2), False, False, 1.0, 1.0),  # 2 weights, 1 model
+    lambda a, b, short: native.lerp2(a.to(torch.int32), b.to(torch.int32), 0.5, 0.5),  # dtype the kernels lack
+])
+def test_kernels_refuse_what_would_read_or_write_past_a_buffer(call):
+    a = torch.randn(1000).to(torch.bfloat16)
+    b = torch.randn(1000).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="native kernel|native kernels take|gta:"):
+        call(a, b, torch.empty(10, dtype=torch.bfloat16))
