@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 from test_parity import frankenmerge_recipe, models_recipe, slerp_recipe
 
@@ -15,26 +16,33 @@ from mergesmith.config.load import parse_recipe
 from mergesmith.output.card import recipe_from_card
 
 
-def _load(path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "phi2", "gemma3"])
 def test_ties_output_loads_and_generates(kind, families, tmp_path):
     out = tmp_path / "out"
     merge(models_recipe("ties", families[kind], "bfloat16"), out, shard_size="40KB")
     assert (out / "model.safetensors.index.json").is_file()  # small shards force an index
-    model, tok = _load(out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    # Every weight came from the files (none freshly initialised), with the values written.
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    written = {}
+    for shard in out.glob("*.safetensors"):
+        written.update(load_file(shard))
+    state = model.state_dict()
+    for name, tensor in written.items():
+        assert torch.equal(state[name].to(tensor.dtype), tensor), name
     ids = tok("Hello world", return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=5, do_sample=False, min_new_tokens=5)
     assert torch.isfinite(logits).all()
-    from transformers import pipeline
-
-    text = pipeline("text-generation", model=str(out), device="cpu")("Hello", max_new_tokens=5, do_sample=False)
-    assert text[0]["generated_text"].startswith("Hello")
+    # Greedy generation continues from the prompt with the forward pass's own argmax: the
+    # tokenizer, config and weights written make one working model.
+    assert generated.shape[1] == ids.shape[1] + 5
+    assert torch.equal(generated[0, : ids.shape[1]], ids[0])
+    assert int(generated[0, ids.shape[1]]) == int(logits[0, -1].argmax())
 
 
 def test_qwen2_tied_output_has_no_invented_lm_head(qwen2_family, tmp_path):

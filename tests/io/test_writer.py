@@ -41,6 +41,13 @@ def test_single_file_golden_bytes(tmp_path, direct):
     assert header["b.bias"] == {"dtype": "BF16", "shape": [2], "data_offsets": [24, 28]}
     assert header["c.weight"] == {"dtype": "F16", "shape": [2, 2], "data_offsets": [28, 36]}
     assert len(data) == 8 + header_len + 36
+    # Independently of the writer: the data section is each tensor's raw little-endian bytes in
+    # offset order, and the header is JSON padded with spaces (the safetensors format).
+    raw = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in _tensors().values())
+    assert data[8 + header_len:] == raw
+    text = data[8:8 + header_len].decode("utf-8")
+    assert text.rstrip(" ").endswith("}")   # the JSON object, then padding of spaces only
+    assert set(json.loads(text)) - {"__metadata__"} == set(_tensors())
     # Pinned: the whole file's bytes (changes only if the layout rules change on purpose).
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA256
     assert not (tmp_path / INDEX_NAME).exists()
