@@ -16,6 +16,12 @@ from mergesmith.config.load import parse_recipe
 from mergesmith.output.card import recipe_from_card
 
 
+def _load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "phi2", "gemma3"])
 def test_ties_output_loads_and_generates(kind, families, tmp_path):
     out = tmp_path / "out"
