@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except MergesmithError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, whatever a message quotes (a file's text, another tool's multi-line error).
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # The library removes its staging on the way out (BaseException paths); a person who

@@ -13,6 +13,7 @@ map, so only the tensor asked for is ever dequantised.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from mergesmith.errors import ArchitectureError, InputFormatError, MissingTensorError
+from mergesmith.io.gguf_layout import check_layout
 from mergesmith.io.reader import TensorInfo
 
 try:
@@ -57,19 +59,32 @@ class _Entry:
     n_head: int | None  # head count to un-permute rows with, None when not permuted
 
 
+# What gguf-py raises on a header it cannot parse. check_layout refuses such headers first, in
+# words; this is the second line of defence, kept narrow so that our own bugs still surface.
+_GGUF_PY_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, struct.error, MemoryError)
+
+
 def _open(path: Path) -> gguf.GGUFReader:
     if not path.is_file():
         raise InputFormatError(f"{path}: no such GGUF file; check the model path in the recipe")
+    check_layout(path, gguf.GGML_QUANT_SIZES)
     try:
         return gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise InputFormatError(f"{path}: not a readable GGUF file ({exc}); re-download or re-export it") from exc
+    except _GGUF_PY_ERRORS as exc:
+        raise InputFormatError(f"{path}: not a readable GGUF file ({exc}); re-download or re-export it") from None
+
+
+def _contents(field: gguf.ReaderField, path: Path) -> Any:
+    try:
+        return field.contents()
+    except (ValueError, IndexError, TypeError) as exc:   # a string that is not UTF-8, an odd nesting
+        raise InputFormatError(f"{path}: GGUF metadata {field.name} is unreadable ({exc}); re-export it") from None
 
 
 def _field(reader: gguf.GGUFReader, key: str, path: Path, default: Any = None) -> Any:
     field = reader.get_field(key)
     if field is not None:
-        return field.contents()
+        return _contents(field, path)
     if default is not None:
         return default
     raise InputFormatError(f"{path}: GGUF metadata has no {key}; re-export the file with a current llama.cpp")
@@ -77,7 +92,7 @@ def _field(reader: gguf.GGUFReader, key: str, path: Path, default: Any = None) -
 
 def _positive_int(reader: gguf.GGUFReader, key: str, path: Path, default: int | None = None) -> int:
     value = _field(reader, key, path, default)
-    if not isinstance(value, int) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         # Per-layer values (a list) only occur in architectures we do not read.
         raise InputFormatError(f"{path}: GGUF metadata {key} = {value!r}, expected one positive integer")
     return value
@@ -85,9 +100,9 @@ def _positive_int(reader: gguf.GGUFReader, key: str, path: Path, default: int | 
 
 def _architecture(reader: gguf.GGUFReader, path: Path) -> str:
     arch = _field(reader, gguf.Keys.General.ARCHITECTURE, path)
-    if arch not in _PERMUTES_QK:
+    if not isinstance(arch, str) or arch not in _PERMUTES_QK:
         raise ArchitectureError(
-            f"{path}: GGUF architecture {arch!r} is not supported; mergesmith reads GGUF files of {_SUPPORTED}. "
+            f"{path}: GGUF architecture {arch!r:.80} is not supported; mergesmith reads GGUF files of {_SUPPORTED}. "
             "Merge from the Hugging Face safetensors checkpoint instead."
         )
     return arch
@@ -140,6 +155,9 @@ class GGUFTensorReader:
     def _index(self, reader: gguf.GGUFReader) -> dict[str, _Entry]:
         arch = _architecture(reader, self.path)
         n_blocks = _positive_int(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), self.path)
+        if n_blocks > len(reader.tensors):   # gguf-py's name table below is built per block
+            raise InputFormatError(f"{self.path}: GGUF metadata says {n_blocks} blocks but the file has only "
+                                   f"{len(reader.tensors)} tensors; the metadata does not match, re-export the file")
         n_head = _positive_int(reader, gguf.Keys.Attention.HEAD_COUNT.format(arch=arch), self.path)
         # No head_count_kv means multi-head attention: as many kv heads as query heads.
         n_head_kv = _positive_int(reader, gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch), self.path, n_head)
@@ -164,11 +182,11 @@ class GGUFTensorReader:
         return entries
 
     def _check_heads(self, entry: _Entry) -> None:
-        rows = entry.info.shape[0]
-        if entry.n_head is not None and rows % (2 * entry.n_head):
+        shape = entry.info.shape
+        if entry.n_head is not None and (not shape or shape[0] % (2 * entry.n_head)):   # a 0-d q/k has no rows
             raise InputFormatError(
-                f"{self.path}: tensor {entry.gguf_name} has {rows} rows, not a multiple of 2 x {entry.n_head} heads; "
-                "the GGUF head_count metadata does not match its tensors, re-export the file"
+                f"{self.path}: tensor {entry.gguf_name} has {shape[0] if shape else 'no'} rows, not a multiple of "
+                f"2 x {entry.n_head} heads; the GGUF head_count metadata does not match its tensors, re-export the file"
             )
 
     def keys(self) -> list[str]:
@@ -242,7 +260,7 @@ def gguf_hf_config(path: Path | str) -> dict:
     transformers = _transformers(path)
     try:
         config = transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
-    except (OSError, ValueError) as exc:
+    except _GGUF_PY_ERRORS as exc:   # transformers parses the file with gguf-py too
         raise InputFormatError(f"{path}: transformers cannot build a config from this GGUF ({exc})") from exc
     # "_name_or_path" and friends are local load paths, not model facts.
     config = {key: value for key, value in config.items() if not key.startswith("_")}
@@ -270,7 +288,7 @@ def gguf_generation_config(path: Path | str) -> dict | None:
         "bos_token_id": reader.get_field(gguf.Keys.Tokenizer.BOS_ID),
         "eos_token_id": reader.get_field(gguf.Keys.Tokenizer.EOS_ID),
     }
-    found = {key: field.contents() for key, field in ids.items() if field is not None}
+    found = {key: _contents(field, path) for key, field in ids.items() if field is not None}
     return found or None
 
 
@@ -281,7 +299,7 @@ def save_gguf_tokenizer(path: Path | str, dest_dir: Path | str) -> None:
     transformers = _transformers(path)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except (OSError, ValueError) as exc:
+    except _GGUF_PY_ERRORS as exc:
         raise InputFormatError(f"{path}: transformers cannot build a tokenizer from this GGUF ({exc})") from exc
     # The chat template goes into tokenizer_config.json (not chat_template.jinja) because
     # transformers < 4.50 and llama.cpp's converter only look for it there.
