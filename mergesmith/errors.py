@@ -32,7 +32,7 @@ class InputFormatError(MergesmithError):
 
 
 class OutputExistsError(MergesmithError):
-    """The output directory exists and ``--force`` was not given."""
+    """The output directory exists and ``force`` was not set."""
 
 
 class UnsafeOutputError(MergesmithError):

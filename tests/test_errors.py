@@ -265,7 +265,7 @@ def test_existing_output_is_refused_untouched_then_replaced_with_force(capsys, t
     (out / "marker.txt").write_text("keep me")
 
     assert_one_error_line(
-        *cli(capsys, "merge", recipe, out, "--quiet"), f"{out} already exists", "pass --force",
+        *cli(capsys, "merge", recipe, out, "--quiet"), f"{out} already exists", "set force (--force)",
     )
     assert sorted(p.name for p in out.iterdir()) == ["marker.txt"]
     assert (out / "marker.txt").read_text() == "keep me"

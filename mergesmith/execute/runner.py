@@ -47,11 +47,11 @@ def check_device(device: str) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"--device '{device}' is not a torch device; use cpu or cuda (cuda:N for one GPU)") from None
+        raise ConfigError(f"device '{device}' is not a torch device; use cpu or cuda (cuda:N for one GPU)") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); use --device cpu")
+        raise ConfigError(f"device '{device}': no CUDA GPU is available here (torch {torch.__version__}); use device cpu")
     if parsed.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device}: mergesmith merges on cpu or cuda")
+        raise ConfigError(f"device '{device}': mergesmith merges on cpu or cuda")
     return str(parsed)
 
 

@@ -31,10 +31,10 @@ def parse_size(text: str) -> int:
     """``5GB``, ``500MiB``, ``1000000`` → bytes."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
-        raise ConfigError(f"--shard-size '{text}' is not a size; write e.g. 5GB, 500MiB or a byte count")
+        raise ConfigError(f"shard_size '{text}' is not a size; write e.g. 5GB, 500MiB or a byte count")
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if size <= 0:
-        raise ConfigError(f"--shard-size '{text}' must be positive")
+        raise ConfigError(f"shard_size '{text}' must be positive")
     return size
 
 

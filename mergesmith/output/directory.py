@@ -27,7 +27,7 @@ def check_target(out: Path, force: bool) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputExistsError(f"{out} exists and is not a directory; remove it or choose another output path")
     if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; choose another output path or pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists; choose another output path, or set force (--force) to replace it")
 
 
 def check_not_input(out: Path, inputs: Iterable[tuple[str, Path]]) -> None:

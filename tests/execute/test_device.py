@@ -60,5 +60,5 @@ def test_missing_gpu_is_one_line(llama_family, tmp_path, capsys):
     recipe.write_text(yaml.safe_dump(_recipe("ties", llama_family)))
     assert main(["merge", str(recipe), str(tmp_path / "out"), "--device", "cuda", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no CUDA GPU" in err[0] and "--device cpu" in err[0]
+    assert len(err) == 1 and "no CUDA GPU" in err[0] and "use device cpu" in err[0]
     assert not (tmp_path / "out").exists()
