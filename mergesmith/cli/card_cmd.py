@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -29,7 +28,7 @@ def _pick(result, out: Path, wanted):
 
 def run(args) -> int:
     from mergesmith.errors import InputFormatError
-    from mergesmith.eval.results import datasets_line, load_results, metric_rows
+    from mergesmith.eval.results import datasets_line, load_results, metric_rows, replace_text
     from mergesmith.output.card import eval_section, with_eval_section
 
     out = Path(args.out)
@@ -42,8 +41,9 @@ def run(args) -> int:
         context += f" (first {result.limit} windows per text / items per task only)"
     section = eval_section(metric_rows(score), datasets=datasets_line(score), context=context, date=result.date)
     card_path = out / "README.md"
-    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {out.resolve().name}\n"
-    staged = card_path.with_name(".README.md.partial")
-    staged.write_text(with_eval_section(card, section), encoding="utf-8")
-    os.replace(staged, card_path)  # a reader never sees a half-written card
+    try:
+        card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {out.resolve().name}\n"
+    except UnicodeDecodeError:
+        raise InputFormatError(f"{card_path} is not UTF-8; re-encode it as UTF-8 or move it aside") from None
+    replace_text(card_path, with_eval_section(card, section))
     return 0

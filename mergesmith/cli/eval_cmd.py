@@ -31,8 +31,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from mergesmith.eval.api import evaluate
     from mergesmith.eval.render import render_table
-    from mergesmith.eval.results import save_results
+    from mergesmith.eval.results import check_results_path, save_results
 
+    if args.json:
+        check_results_path(args.json)   # before the models are scored, not after
     result = evaluate(
         args.models, ref=args.ref, texts=args.text, tasks=args.tasks, context=args.context, stride=args.stride,
         batch_size=args.batch_size, fewshot=args.fewshot, dtype=args.dtype, device=args.device,

@@ -56,6 +56,7 @@ def export_and_report(model, out_dir, quants: str, *, evaluate: bool, eval_ref: 
         card_section,
         evaluate_export,
         plain_report,
+        read_card,
         render_text,
         write_card_section,
     )
@@ -70,6 +71,9 @@ def export_and_report(model, out_dir, quants: str, *, evaluate: bool, eval_ref: 
             from mergesmith.errors import ConfigError
 
             raise ConfigError(f"--eval-ref {eval_ref!r}: choose f16 (the F16 GGUF) or hf (the Hugging Face model)")
+    if card:   # an unreadable card fails now, not after the export
+        read_card(Path(model) / "README.md", "")
+        read_card(Path(out_dir) / "README.md", "")
     if evaluate and eval_ref == "f16" and BY_NAME["f16"] not in wanted:
         wanted = (BY_NAME["f16"],) + wanted    # the reference is one of the files
     result = export_gguf(model, out_dir, wanted, force=force, converter=converter, threads=threads, progress=progress)

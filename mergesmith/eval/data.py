@@ -53,14 +53,22 @@ def bundled_tasks(data_dir: Path = DATA_DIR) -> list[Path]:
     return sorted((data_dir / "tasks").glob("*.jsonl"))
 
 
+def _read_utf8(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFormatError(f"{what} {path} is not UTF-8 ({exc.reason} at byte {exc.start}); re-encode it as UTF-8") from None
+    except OSError as exc:
+        raise InputFormatError(f"{what} {path} cannot be read ({exc.strerror}); check its permissions") from None
+
+
 def read_text(path) -> Text:
     path = Path(path)
+    if path.is_dir():
+        raise InputFormatError(f"text file {path} is a directory; pass the UTF-8 text files in it to --text")
     if not path.is_file():
         raise InputFormatError(f"text file {path} not found; pass an existing UTF-8 text file to --text")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputFormatError(f"text file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); re-encode it as UTF-8") from exc
+    text = _read_utf8(path, "text file")
     if not text.strip():
         raise InputFormatError(f"text file {path} is empty; give a file with text to score")
     return Text(path.stem, str(path), text)
@@ -97,7 +105,7 @@ def _parse_item(line: str, where: str) -> Item:
 
 def read_task(name_or_path, data_dir: Path = DATA_DIR) -> Task:
     path = resolve_task(name_or_path, data_dir)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_utf8(path, "task file").splitlines()
     items = tuple(_parse_item(line, f"task file {path} line {i}") for i, line in enumerate(lines, 1) if line.strip())
     if not items:
         raise InputFormatError(f"task file {path} has no items; write one JSON object per line")

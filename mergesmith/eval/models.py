@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from mergesmith.errors import (
     ArchitectureError,
@@ -74,23 +75,45 @@ def max_positions(ref: str) -> int | None:
         from mergesmith.eval.gguf_model import context_length
 
         return context_length(ref)
-    config = json.loads((check_model_dir(ref) / "config.json").read_text())
-    config = config.get("text_config", config)
+    path = check_model_dir(ref) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:   # UnicodeDecodeError included
+        raise InputFormatError(f"model '{ref}': {path} is not valid JSON ({exc}); repair it or re-save the model") from None
+    config = config.get("text_config", config) if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise InputFormatError(f"model '{ref}': {path} is not a JSON object; repair it or re-save the model")
     value = config.get("max_position_embeddings")
     return int(value) if isinstance(value, int) else None
 
 
 @contextmanager
-def _transformers_progress(enabled: bool):
-    """transformers draws its own 'Loading weights' bar; silence it unless progress was asked for."""
+def _quiet_transformers(progress: bool):
+    """transformers draws its own 'Loading weights' bar (shown only if progress was asked for) and
+    logs a multi-line load report; mismatches are turned into one error below, so it is silenced."""
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
-        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+        (hf_logging.enable_progress_bar if bar else hf_logging.disable_progress_bar)()
+        hf_logging.set_verbosity(verbosity)
+
+
+def _check_loading(ref: str, info: dict) -> None:
+    """What transformers only warns about: a tensor of the wrong shape, or one the checkpoint lacks
+    (left randomly initialised, it would make every score meaningless)."""
+    for name, in_file, in_model in sorted(info.get("mismatched_keys") or ()):
+        raise InputFormatError(f"model '{ref}': tensor {name} has shape {list(in_file)} in the checkpoint but "
+                               f"{list(in_model)} by its config.json; the two disagree: re-save the model")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputFormatError(f"model '{ref}': the checkpoint has no tensor {missing[0]}{more}, which its config.json "
+                               "needs; the model files are incomplete: re-save or re-download it")
 
 
 def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: bool = False) -> LoadedModel:
@@ -104,11 +127,14 @@ def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: 
     except ImportError as exc:
         raise MergesmithError(f"evaluating '{ref}' needs transformers ({exc}); install it: pip install 'mergesmith[hf]'") from exc
     try:
-        with _transformers_progress(progress):
+        with _quiet_transformers(progress):
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputFormatError(f"model '{ref}' does not load with transformers: {exc}".replace("\n", " ")) from exc
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype(dtype), output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:   # SafetensorError: a truncated or corrupt file
+        why = str(exc).replace("\n", " ")
+        raise InputFormatError(f"model '{ref}' does not load with transformers: {why}; re-save or re-download it") from exc
+    _check_loading(ref, info)
     dev = check_device(device)
     model = model.to(dev).eval()
     keeps = "logits_to_keep" in inspect.signature(model.forward).parameters

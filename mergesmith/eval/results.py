@@ -6,7 +6,9 @@ No torch here: ``mergesmith card`` reads results written by ``mergesmith eval --
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from mergesmith.errors import InputFormatError
@@ -126,8 +128,36 @@ class EvalResult:
         return cls(models=models, **fields)
 
 
+def check_results_path(path) -> Path:
+    """Where ``save_results`` will write, checked before any model is scored (so no run is lost at the end)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputFormatError(f"--json {path} is a directory; give a file name such as {path / 'results.json'}")
+    if not path.parent.is_dir():
+        raise InputFormatError(f"--json {path}: folder {path.parent} does not exist; create it or choose another path")
+    return path
+
+
+def replace_text(path, text: str) -> None:
+    """Write ``path`` whole or not at all (results, model cards): staged beside it as
+    ``.NAME.partial-PID``, renamed into place, the staged file removed whatever happens."""
+    from mergesmith.output.directory import clear_stale, parent_lock
+
+    path = Path(path).absolute()
+    with parent_lock(path):
+        clear_stale(path)   # what a killed run left (warned about); a live writer is refused
+    staged = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        staged.write_text(text, encoding="utf-8")
+        os.replace(staged, path)
+    except OSError as exc:
+        raise InputFormatError(f"{path} cannot be written ({exc.strerror}); check the folder's permissions and free space") from None
+    finally:
+        staged.unlink(missing_ok=True)   # Ctrl-C or a full disk: no stray partial file
+
+
 def save_results(result: EvalResult, path) -> None:
-    Path(path).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    replace_text(check_results_path(path), json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 def load_results(path) -> EvalResult:
@@ -141,9 +171,26 @@ def load_results(path) -> EvalResult:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputFormatError(f"results file {path} is not a mergesmith eval result (want \"format\": \"{FORMAT}\"); write it with `mergesmith eval --json`")
     try:
-        return EvalResult.from_dict(data)
-    except (KeyError, TypeError) as exc:
-        raise InputFormatError(f"results file {path} is malformed ({exc!r}); write it again with `mergesmith eval --json`") from exc
+        result = EvalResult.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputFormatError(f"results file {path} is malformed ({exc!r}); write it again with "
+                               "`mergesmith eval --json`") from None
+    _check_numbers(result, path)
+    return result
+
+
+def _check_numbers(obj, path: Path) -> None:
+    """Numeric fields hold numbers: a hand-edited ``"ppl": "low"`` fails here, not in the card's formatting."""
+    for f in dataclass_fields(obj):
+        value = getattr(obj, f.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if is_dataclass(item):
+                _check_numbers(item, path)
+        numeric = f.type.split(" | ")[0] in ("float", "int")   # annotations are strings here (PEP 563)
+        optional_none = value is None and "None" in f.type
+        if numeric and not optional_none and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputFormatError(f"results file {path}: {type(obj).__name__} field '{f.name}' is {value!r}, not a number; "
+                                   "write it again with `mergesmith eval --json`")
 
 
 def metric_rows(score: ModelScore) -> list[tuple[str, str]]:

@@ -91,6 +91,13 @@ def check_architecture(model_dir: Path) -> str:
     raise ArchitectureError(f"{Path(model_dir) / 'config.json'}: {found} cannot be exported to GGUF; supported architectures: {names}")
 
 
+def check_weights(model_dir: Path) -> None:
+    """The converter writes a GGUF without a single tensor from a directory without weights."""
+    if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("*.bin")):
+        raise InputFormatError(f"model directory {model_dir} has no .safetensors (or .bin) weights; "
+                               "give a complete Hugging Face model directory (a merge output)")
+
+
 def count_tensors(model_dir: Path) -> int | None:
     """Tensors in the safetensors checkpoint (the progress total), or None if there are none to read.
 
@@ -127,12 +134,18 @@ def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter:
     tail: deque = deque(maxlen=60)
     fallback = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        for line in proc.stdout:
-            tail.append(line.rstrip("\n"))
-            if line.startswith(MARKER):
-                fallback = line[len(MARKER):].strip()
-            elif on_tensor and (m := _TENSOR_LINE.match(line)):
-                on_tensor(m.group(1))
+        try:
+            for line in proc.stdout:
+                tail.append(line.rstrip("\n"))
+                if line.startswith(MARKER):
+                    fallback = line[len(MARKER):].strip()
+                elif on_tensor and (m := _TENSOR_LINE.match(line)):
+                    on_tensor(m.group(1))
+        except BaseException:
+            # Ctrl-C (or a failing callback): stop the converter before the caller removes its
+            # partial file, or the child would go on writing a file nobody will rename.
+            proc.kill()
+            raise
     if proc.returncode != 0 or not out_path.is_file():
         out_path.unlink(missing_ok=True)
         raise _failure(model_dir, outtype, tail)

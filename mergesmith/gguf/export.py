@@ -5,13 +5,16 @@
 
 Quantizing from F16 rather than from the original float32 is what llama-quantize users do, and
 costs nothing measurable: F16 keeps 11 significant bits, every quant type here keeps at most 8.
-Each file is written under a hidden ``.partial`` name and renamed when complete, so a file with
-the final name is always whole. Everything is checked (architecture, types, converter, existing
-files, llama-cpp-python) before the first file is started.
+Each file is written under a hidden ``.NAME.partial-PID`` name and renamed when complete, so a
+file with the final name is always whole; the PID lets the next run in the folder remove what a
+killed run left (with a warning) and refuse to write beside a live one; a failed run takes back
+the files it added. Everything is checked (architecture, weights, types, converter, existing files,
+llama-cpp-python) before the first file is started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -20,11 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith.errors import OutputExistsError
-from mergesmith.gguf.convert import check_architecture, convert_to_gguf, count_tensors
+from mergesmith.output.directory import clear_stale, parent_lock
+from mergesmith.gguf.convert import (
+    check_architecture,
+    check_weights,
+    convert_to_gguf,
+    count_tensors,
+)
 from mergesmith.gguf.converter import check_converter
 from mergesmith.gguf.llama import import_llama_cpp
 from mergesmith.gguf.quantize import quantize_gguf
-from mergesmith.gguf.quants import BY_NAME, QuantType, parse_quants
+from mergesmith.gguf.quants import BY_NAME, QUANT_TYPES, QuantType, parse_quants
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ def bits_per_weight(path: Path) -> float:
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
 @contextmanager
@@ -72,31 +81,53 @@ def _bar(progress: bool, desc: str, total: int | None):
         yield bar
 
 
+def _produce(model_dir: Path, staged: Path, quant: QuantType, source: Path | None, opts: dict) -> None:
+    """Write ``staged`` as ``quant``: the converter for float types, the quantizer from ``source`` for the rest."""
+    name = staged.name.removeprefix(".").rsplit(".partial-", 1)[0]
+    if quant.tool == "convert":
+        with _bar(opts["progress"], name, opts["tensors"]) as bar:
+            convert_to_gguf(model_dir, staged, quant.name, converter=opts["converter"], on_tensor=lambda _: bar.update())
+        return
+    with _bar(opts["progress"], name, None) as bar:
+        def on_tensor(_name: str, total: int) -> None:
+            bar.total = total
+            bar.update()
+        quantize_gguf(source, staged, quant, threads=opts["threads"], on_tensor=on_tensor)
+
+
 def _write(model_dir: Path, path: Path, quant: QuantType, source: Path | None, opts: dict) -> GGUFFile:
     start, staged = time.perf_counter(), _partial(path)
-    staged.unlink(missing_ok=True)
     try:
-        if quant.tool == "convert":
-            with _bar(opts["progress"], path.name, opts["tensors"]) as bar:
-                convert_to_gguf(model_dir, staged, quant.name, converter=opts["converter"], on_tensor=lambda _: bar.update())
-        else:
-            with _bar(opts["progress"], path.name, None) as bar:
-                def on_tensor(_name: str, total: int) -> None:
-                    bar.total = total
-                    bar.update()
-                quantize_gguf(source, staged, quant, threads=opts["threads"], on_tensor=on_tensor)
+        _produce(model_dir, staged, quant, source, opts)
         os.replace(staged, path)
-    finally:
+    finally:   # BaseException too: Ctrl-C leaves no partial file
         staged.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     return GGUFFile(quant.name, path, path.stat().st_size, bits_per_weight(path), seconds)
 
 
-def _check_outputs(paths: Sequence[Path], force: bool) -> None:
+def _check_outputs(out_dir: Path, paths: Sequence[Path], force: bool) -> None:
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a folder; remove it or choose another output "
+                                "folder for the .gguf files")
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         names = ", ".join(str(p) for p in existing)
         raise OutputExistsError(f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace, or choose another output folder")
+    directories = [p for p in existing if p.is_dir()]
+    if directories:
+        raise OutputExistsError(f"{directories[0]} is a directory, not a GGUF file; move it aside or choose "
+                                "another output folder")
+
+
+def _claim(model_dir: Path, out_dir: Path, paths: Sequence[Path], force: bool) -> None:
+    """Check the targets, then clear what killed runs left in the folder for this model (partial
+    files of every type: any may have been a target or the F16 scratch input), under the folder's
+    lock, so that of two exports into one folder the second sees the first's partial files and stops."""
+    _check_outputs(out_dir, paths, force)
+    with parent_lock(paths[0].absolute()):
+        for quant in QUANT_TYPES:
+            clear_stale((out_dir / gguf_name(model_dir, quant)).absolute())
 
 
 def export_gguf(model_dir: str | Path, out_dir: str | Path, quants: str | Sequence[QuantType], *,
@@ -106,26 +137,43 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quants: str | Sequen
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted = parse_quants(quants) if isinstance(quants, str) else tuple(quants)
     check_architecture(model_dir)
+    check_weights(model_dir)
     converter = check_converter(converter)
     if any(q.tool == "quantize" for q in wanted):
         import_llama_cpp()
-    f16 = BY_NAME["f16"]
     targets = {q.name: out_dir / gguf_name(model_dir, q) for q in wanted}
-    _check_outputs(list(targets.values()), force)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    f16_path = out_dir / gguf_name(model_dir, BY_NAME["f16"])
+    created, new = not out_dir.exists(), [p for p in targets.values() if not p.exists()]
+    _claim(model_dir, out_dir, list(targets.values()), force)
     opts = {"progress": progress, "converter": converter, "threads": threads, "tensors": count_tensors(model_dir)}
+    try:
+        files = _write_all(model_dir, wanted, targets, f16_path, opts)
+    except BaseException:
+        # All or nothing: the files this run added go again (replaced ones cannot come back), and
+        # so does a folder it created.
+        for path in new:
+            path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+    return ExportResult(model_dir, out_dir, tuple(files[q.name] for q in wanted))
 
+
+def _write_all(model_dir: Path, wanted, targets: dict, f16_path: Path, opts: dict) -> dict[str, GGUFFile]:
     files = {q.name: _write(model_dir, targets[q.name], q, None, opts) for q in wanted if q.tool == "convert"}
     quantized = [q for q in wanted if q.tool == "quantize"]
     source = files["f16"].path if "f16" in files else None
     scratch = None
     try:
-        if quantized and source is None:   # F16 only as the quantizer's input: written, used, removed
-            scratch = out_dir / f".{gguf_name(model_dir, f16)}.source"
-            source = _write(model_dir, scratch, f16, None, opts).path
+        if quantized and source is None:
+            # F16 only as the quantizer's input: staged under the F16 file's partial name (so a
+            # killed run's scratch is cleared like any partial file), used, removed.
+            scratch = source = _partial(f16_path)
+            _produce(model_dir, scratch, BY_NAME["f16"], None, opts)
         for q in quantized:
             files[q.name] = _write(model_dir, targets[q.name], q, source, opts)
     finally:
         if scratch is not None:
             scratch.unlink(missing_ok=True)
-    return ExportResult(model_dir, out_dir, tuple(files[q.name] for q in wanted))
+    return files

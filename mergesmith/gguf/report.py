@@ -11,13 +11,12 @@ several texts they are pooled per token:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from mergesmith.errors import ConfigError
+from mergesmith.errors import ConfigError, InputFormatError
 from mergesmith.gguf.export import ExportResult
 
 MIB = 1024 * 1024
@@ -147,12 +146,18 @@ def card_section(report: Report) -> str:
     return gguf_section(render_markdown(report), note=note)
 
 
+def read_card(card_path: Path, title: str) -> str:
+    """The card at ``card_path``, or a new one with ``title``; export-gguf calls it before exporting too."""
+    card_path = Path(card_path)
+    try:
+        return card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {title}\n"
+    except UnicodeDecodeError:
+        raise InputFormatError(f"{card_path} is not UTF-8; re-encode it as UTF-8, move it aside or pass --no-card") from None
+
+
 def write_card_section(card_path: Path, section: str, title: str) -> None:
     """Put ``section`` into the card at ``card_path`` (created with a title when missing), atomically."""
+    from mergesmith.eval.results import replace_text
     from mergesmith.output.card import with_gguf_section
 
-    card_path = Path(card_path)
-    card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {title}\n"
-    staged = card_path.with_name(f".{card_path.name}.partial")
-    staged.write_text(with_gguf_section(card, section), encoding="utf-8")
-    os.replace(staged, card_path)  # a reader never sees a half-written card
+    replace_text(card_path, with_gguf_section(read_card(card_path, title), section))

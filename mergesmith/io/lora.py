@@ -14,19 +14,27 @@ keyed by the contents of every file it derives from, and reuses it afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith._torch import torch
-from mergesmith.errors import InputFormatError
+from mergesmith.errors import InputFormatError, OutputExistsError
+from mergesmith.io.lora_config import (
+    ADAPTER_CONFIG,
+    RESAVE,
+    SUPPORTED,
+    check_target_modules,
+    read_config,
+    saved_whole,
+    scale,
+)
 from mergesmith.io.reader import (
     SafetensorsReader,
     TensorInfo,
@@ -35,8 +43,8 @@ from mergesmith.io.reader import (
 )
 from mergesmith.io.resolve import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
+from mergesmith.output.directory import clear_stale, parent_lock
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 # Part of the cache key: change it whenever the bytes a merge writes would change.
@@ -44,11 +52,6 @@ CACHE_FORMAT = b"mergesmith-lora-1"
 SHARD_SIZE = 5 * 10**9
 # Base files copied next to the merged tensors (config, generation config, tokenizer).
 METADATA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
-SUPPORTED = ("mergesmith folds plain LoRA (peft_type LORA on Linear, Conv1D and Embedding layers, "
-             "with rsLoRA, rank/alpha patterns and modules_to_save)")
-# Adapter features whose merge is not W + scale·BA: refused rather than merged wrongly.
-UNSUPPORTED_KEYS = ("use_dora", "lora_bias", "layer_replication", "trainable_token_indices",
-                    "target_parameters", "alora_invocation_tokens", "use_qalora", "use_bdlora")
 
 # module.lora_A[.adapter].weight (Linear, Conv1D) and module.lora_embedding_A[.adapter] (Embedding).
 _FACTOR = re.compile(r"(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])"
@@ -74,59 +77,16 @@ class Adapter:
     replaced: Mapping[str, str]          # base tensor name -> adapter tensor saved whole
 
 
-def _read_config(adapter_dir: Path, key: str) -> dict:
-    path = adapter_dir / ADAPTER_CONFIG
-    if not path.is_file():
-        raise InputFormatError(f"model '{key}': {adapter_dir} has no {ADAPTER_CONFIG}; "
-                               "the part after '+' must be a PEFT LoRA adapter directory")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputFormatError(f"{path}: not valid JSON ({exc})") from None
-    if config.get("peft_type") != "LORA":
-        raise InputFormatError(f"{path}: peft_type is {config.get('peft_type')!r}; {SUPPORTED}")
-    for name in UNSUPPORTED_KEYS:
-        if config.get(name):
-            raise InputFormatError(f"{path}: {name} = {config[name]!r} is not supported; {SUPPORTED}. "
-                                   "Merge this adapter with peft's merge_and_unload() and give the result as a model")
-    return config
-
-
-def _pattern_value(patterns: Mapping, module: str, default):
-    """PEFT's rule: the first pattern that matches the module name's dotted tail."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
-
-
-def _scale(config: dict, module: str, rank: int, file: Path, a_name: str) -> float:
-    r = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha"))
-    if r != rank or not isinstance(alpha, (int, float)):
-        raise InputFormatError(f"{file}: {a_name} has rank {rank} but adapter_config.json gives r = {r}, "
-                               f"lora_alpha = {alpha} for {module}; the adapter's config and weights disagree")
-    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-
-
-def _saved_whole(config: dict, module: str, wrapper: str | None, param: str) -> bool:
-    """Whether PEFT would load this full tensor into the base (not a stray key)."""
-    if wrapper:
-        return True
-    saved = config.get("modules_to_save") or ()
-    if any(module == m or module.endswith("." + m) for m in saved):
-        return True
-    return param == "bias" and config.get("bias", "none") != "none"
-
-
 def read_adapter(key: str, adapter_dir: Path, base: Mapping[str, TensorInfo]) -> Adapter:
     """Match every adapter tensor to the base tensor it changes; headers only."""
-    config = _read_config(adapter_dir, key)
+    config = read_config(adapter_dir, key)
+    check_target_modules(config, adapter_dir / ADAPTER_CONFIG, key, base)
     file = adapter_dir / ADAPTER_WEIGHTS
     if not file.is_file():
         pickle = (adapter_dir / "adapter_model.bin").is_file()
-        hint = " (adapter_model.bin is pickle: re-save it with peft's save_pretrained(safe_serialization=True))"
-        raise InputFormatError(f"model '{key}': {adapter_dir} has no {ADAPTER_WEIGHTS}{hint if pickle else ''}")
+        hint = ("adapter_model.bin is pickle: re-save it with peft's save_pretrained(safe_serialization=True)"
+                if pickle else RESAVE)
+        raise InputFormatError(f"model '{key}': {adapter_dir} has no {ADAPTER_WEIGHTS}; {hint}")
     header = read_safetensors_header(file)
     factors, transposed, replaced = _classify(config, file, header)
     for target, source in {**replaced, **{t: min(f.values()) for t, f in factors.items()}}.items():
@@ -159,7 +119,7 @@ def _classify(config: dict, file: Path, header: Mapping) -> tuple[dict, dict, di
             factors.setdefault(target, {})[factor["side"]] = name
             transposed[target] = bool(factor["embedding"]) or bool(config.get("fan_in_fan_out"))
             adapter_names.add(factor["adapter"])
-        elif saved and not factor and _saved_whole(config, saved["module"], saved["wrapper"], saved["param"]):
+        elif saved and not factor and saved_whole(config, saved["module"], saved["wrapper"], saved["param"]):
             target = f"{saved['module']}.{saved['param']}"
             if target in replaced:
                 raise InputFormatError(f"{file}: {replaced[target]} and {name} both replace {target}")
@@ -181,14 +141,17 @@ def _delta(config: dict, file: Path, header: Mapping, target: str, pair: dict, t
     a, b = (tuple(header[pair[side]]["shape"]) for side in "AB")
     # B @ A is (out, in) = (b[0], a[1]); embeddings and fan_in_fan_out layers store its transpose.
     shape = None if len(a) != 2 or len(b) != 2 or a[0] != b[1] else (a[1], b[0]) if transpose else (b[0], a[1])
+    if shape is None:
+        raise InputFormatError(f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} do not make an update "
+                               f"for {target}; only 2-D (Linear, Conv1D, Embedding) LoRA is supported")
     if shape != info.shape:
-        raise InputFormatError(f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} do not make a "
-                               f"{list(info.shape)} update for {target}; only 2-D (Linear, Conv1D, Embedding) "
-                               "LoRA is supported")
+        raise InputFormatError(f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} make a {list(shape)} update "
+                               f"but {target} is {list(info.shape)} in the base; the adapter was trained on a "
+                               "different model")
     if not info.dtype.is_floating_point:
         raise InputFormatError(f"{file}: {target} is {info.dtype} in the base; LoRA applies to float tensors")
-    scale = _scale(config, target.removesuffix(".weight"), a[0], file, pair["A"])
-    return Delta(pair["A"], pair["B"], scale, transpose)
+    factor = scale(config, target.removesuffix(".weight"), a[0], file, pair["A"])
+    return Delta(pair["A"], pair["B"], factor, transpose)
 
 
 class LoraReader:
@@ -259,6 +222,18 @@ def content_key(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _claim_staging(final: Path) -> Path:
+    """``.KEY.partial-PID`` beside the cache entry, after removing what killed runs left there (with a
+    warning). A live process staging the same entry is not an error here: both finish, one rename wins."""
+    with parent_lock(final):
+        with contextlib.suppress(OutputExistsError):   # raised only for a live writer: see above
+            clear_stale(final)
+        staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    return staging
+
+
 def cached_merge(view: ModelInput, adapter_dir: Path, cache_root: Path) -> Path:
     """The view written as a model directory under ``cache_root``; reused when already there."""
     files = _inputs(view.path, adapter_dir)
@@ -269,8 +244,7 @@ def cached_merge(view: ModelInput, adapter_dir: Path, cache_root: Path) -> Path:
     # Written beside its final name and renamed whole: an interrupted merge leaves no entry
     # that looks complete, and two processes merging the same pair both end with one entry.
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{digest[:32]}.partial-", dir=cache_root))
+        staging = _claim_staging(final)
     except OSError as exc:
         raise InputFormatError(f"LoRA cache {cache_root}: cannot write there ({exc.strerror}); "
                                "give a writable directory with --lora-cache or MERGESMITH_CACHE") from None
@@ -288,7 +262,6 @@ def cached_merge(view: ModelInput, adapter_dir: Path, cache_root: Path) -> Path:
                 shutil.copyfile(file, staging / file.name)
         provenance = {"base": str(view.path), "adapter": str(adapter_dir), "sha256": digest}
         (staging / "mergesmith_lora.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        os.chmod(staging, 0o755)   # mkdtemp made it private; the entry is an ordinary model directory
         try:
             os.rename(staging, final)
         except OSError:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mergesmith.config.load import parse_recipe
+from mergesmith.config.load import load_yaml, parse_recipe, read_text
 from mergesmith.config.schema import Recipe
 from mergesmith.errors import ConfigError
 
@@ -65,7 +65,7 @@ def is_lineage(text: str) -> bool:
 
 def is_lineage_file(path: str | Path) -> bool:
     path = Path(path)
-    return path.is_file() and is_lineage(path.read_text(encoding="utf-8"))
+    return path.is_file() and is_lineage(read_text(path))
 
 
 def _map_refs(value: Any, fn: Callable[[str], str], key: str | None = None) -> Any:
@@ -124,6 +124,10 @@ def _cycle(pending: list[Stage]) -> str:
 
 def _dependency_order(stages: list[Stage], source: str) -> list[Stage]:
     """Stages after the stages they use; among ready stages, file order."""
+    for stage in stages:
+        if stage.name in stage.uses:
+            raise ConfigError(f"{source}: stage '{stage.name}' (document {stage.document}) uses its own output; "
+                              "a stage can only use other stages or models: fix that model reference")
     done: set[str] = set()
     order: list[Stage] = []
     pending = list(stages)
@@ -157,10 +161,7 @@ def _final(stages: list[Stage], source: str) -> Stage:
 
 def parse_lineage(text: str, source: str = "<lineage>", base_dir: Path | None = None) -> Lineage:
     """YAML documents → stages in dependency order, final merge last; strict, like a recipe."""
-    try:
-        docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    docs = [doc for doc in load_yaml(text, source, documents=True) if doc is not None]
     parsed: list[tuple[str | None, int, Recipe]] = []
     first_seen: dict[str, int] = {}
     for number, doc in enumerate(docs, 1):
@@ -189,7 +190,7 @@ def read_lineage(path_or_text: str | Path) -> Lineage:
         path = Path(path_or_text)
         if not path.is_file():
             raise ConfigError(f"{path}: lineage file not found")
-        return parse_lineage(path.read_text(encoding="utf-8"), str(path), path.parent.resolve())
+        return parse_lineage(read_text(path, "lineage"), str(path), path.parent.resolve())
     return parse_lineage(str(path_or_text))
 
 

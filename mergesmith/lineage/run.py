@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from mergesmith.api import DEFAULT_SHARD_SIZE, RecipeSource, merge, model_keys
-from mergesmith.errors import OutputExistsError
+from mergesmith.errors import ConfigError, InputFormatError, OutputExistsError
+from mergesmith.io.hub import looks_like_hub_id
 from mergesmith.io.reader import TensorInfo
 from mergesmith.io.resolve import ModelInput, close_models, open_models
 from mergesmith.lineage.parse import (
@@ -112,12 +113,39 @@ def _planned_input(name: str, plan: Plan, models: Mapping[str, ModelInput]) -> M
     return ModelInput(name, Path(name), output_config(plan, models), infos, _PlannedReader(Path(name), infos))
 
 
+def _found(part: str, base_dir: Path | None) -> Path | None:
+    path = Path(part).expanduser()
+    return next((c for c in (path, (base_dir or Path.cwd()) / path) if c.exists()), None)
+
+
+def _check_references(lineage: Lineage, stage: Stage, keys: list[str], planned: Mapping[str, ModelInput]) -> None:
+    """What planning alone would miss: a bare name that is neither a stage nor a path (a misspelt
+    stage), and an adapter on a stage output (checked against the planned tensors, so a bad one
+    fails before stage 1 writes a byte)."""
+    from mergesmith.io.lora import read_adapter
+
+    for key in keys:
+        head, _, adapter = key.partition("+")
+        if stage_of(key, planned) is None:
+            if "/" not in head and _found(head, lineage.base_dir) is None:
+                names = ", ".join(f"'{s.name}'" for s in lineage.stages if s.name) or "none"
+                raise ConfigError(f"{lineage.where(stage)}: model '{head}' not found: it is neither a stage of this "
+                                  f"lineage (stages: {names}) nor a model directory; fix the name")
+            continue
+        if adapter and (found := _found(adapter.split("@", 1)[0], lineage.base_dir)) is not None:
+            read_adapter(key, found, planned[head].tensors)
+        elif adapter and not looks_like_hub_id(adapter):   # a Hub adapter is fetched when the stage runs
+            raise InputFormatError(f"{lineage.where(stage)}: model '{key}': adapter '{adapter}' not found; "
+                                   "give the PEFT adapter directory")
+
+
 def plan_lineage(lineage: Lineage, *, seed: int = 0, allow_pickle: bool = False) -> tuple[tuple[Stage, Plan], ...]:
     """Every stage's plan, before any stage is built; inputs that are stages appear by name."""
     planned: dict[str, ModelInput] = {}
     plans = []
     for stage in lineage.stages:
         keys = model_keys(stage.recipe)
+        _check_references(lineage, stage, keys, planned)
         local = [k for k in keys if stage_of(k, planned) is None]
         models = open_models(local, base_dir=lineage.base_dir, allow_pickle=allow_pickle)
         try:

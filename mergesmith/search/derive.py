@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -61,6 +62,17 @@ def _is_marker(value: Any) -> bool:
     return value == MARKER or (isinstance(value, dict) and any(k in value for k in MARKER_KEYS))
 
 
+def _check_spelling(setting: Any, param: Param, where: str) -> None:
+    """``{rnage: [0, 1]}`` is a misspelt marker, not a value: say so, rather than let the recipe
+    parser call it an unknown key of a conditional value."""
+    if not isinstance(setting, dict) or _is_marker(setting) or "value" in setting:
+        return
+    for key in setting:
+        match = difflib.get_close_matches(str(key), MARKER_KEYS, n=1, cutoff=0.6)
+        if match:
+            raise ConfigError(f"{where}: unknown key '{key}' in the search marker of '{param.name}'; did you mean '{match[0]}'?")
+
+
 def _marker_dims(param: Param, marker: Any, label: str, where: str) -> tuple[list[Dim], bool]:
     spec = {} if marker == MARKER else marker
     unknown = [k for k in spec if k not in MARKER_KEYS]
@@ -79,7 +91,7 @@ def _marker_dims(param: Param, marker: Any, label: str, where: str) -> tuple[lis
     if bounds is None:
         raise ConfigError(f"{where}: '{param.name}' has no search range in the method registry; write {{range: [lo, hi]}}")
     if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(_number(b) for b in bounds) and bounds[0] < bounds[1]):
-        raise ConfigError(f"{where}: '{param.name}': range is [lo, hi] with lo < hi, got {bounds!r}")
+        raise ConfigError(f"{where}: '{param.name}': range is [lo, hi] with finite numbers lo < hi, got {bounds!r}")
     if not _takes_floats(param):
         raise ConfigError(f"{where}: '{param.name}' is not a float parameter, so it takes no range; use {{choice: [...]}}")
     if anchors is None:
@@ -97,7 +109,7 @@ def _takes_floats(param: Param) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _model_label(value: Any) -> str:
@@ -156,6 +168,7 @@ class _Builder:
         put(tpl, path, None)
 
     def setting(self, tpl: dict, path: tuple, param: Param, setting: Any, label: str) -> None:
+        _check_spelling(setting, param, self.where)
         if _is_marker(setting):
             self.add(tpl, path, param, setting, label)
         elif isinstance(setting, dict) and "value" in setting:
@@ -261,6 +274,8 @@ def build_space(recipe: dict | None, candidates: Sequence[str | dict] | None, ba
                 entry, name = yaml.safe_load(path.read_text(encoding="utf-8")), path.stem
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
         else:
             name = f"candidate{i}"
         branches += branches_of(entry, name, where)

@@ -23,10 +23,11 @@ from mergesmith.config.load import parse_recipe
 from mergesmith.errors import ConfigError, MergesmithError, OutputExistsError
 from mergesmith.eval.data import read_text
 from mergesmith.io.resolve import close_models, open_models
+from mergesmith.output.directory import clear_stale, parent_lock
 from mergesmith.plan.planner import build_plan
 from mergesmith.search.backends import make_backend
 from mergesmith.search.derive import build_space
-from mergesmith.search.final import finish
+from mergesmith.search.final import PLOT_FILE, WINNER_DIR, finish
 from mergesmith.search.fitness import Objective, nll_objective, objective
 from mergesmith.search.optimizers import default_optimizer, make_optimizer
 from mergesmith.search.report import ranked
@@ -128,17 +129,45 @@ def _threads(workers: int) -> int:
 
 
 def _open_store(out: Path, resume: bool, force: bool) -> Store:
+    """The search database of ``out``, after clearing what killed runs left: a hidden ``.OUT.old-PID``
+    beside it (a --force replacement cut short), staged winner/ and plot inside it."""
+    out = out.absolute()
+    if out.parent.is_dir():
+        with parent_lock(out):
+            clear_stale(out)
     if resume:
-        return Store.open_existing(out / FILE_NAME)
-    if out.exists():
-        if not force:
-            raise OutputExistsError(f"{out} exists; pass --resume to continue its search, --force to replace it, or pick a new directory")
-        if not (out / FILE_NAME).is_file() and any(out.iterdir()):
-            # --force replaces an earlier search, never a directory that holds something else
-            raise OutputExistsError(f"{out} exists and holds no {FILE_NAME}; it is not a search directory: pick a new one")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return Store(out / FILE_NAME)
+        store = Store.open_existing(out / FILE_NAME)
+    else:
+        _remove_old(out, force)
+        out.mkdir(parents=True)
+        store = Store(out / FILE_NAME)
+    try:
+        for name in (WINNER_DIR, PLOT_FILE):
+            with parent_lock(out / name):
+                clear_stale(out / name)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _remove_old(out: Path, force: bool) -> None:
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise OutputExistsError(f"{out} exists and is not a directory; remove it or pick a new search directory")
+    if not force:
+        raise OutputExistsError(f"{out} exists; pass --resume to continue its search, --force to replace it, or pick a new directory")
+    if not (out / FILE_NAME).is_file() and any(out.iterdir()):
+        # --force replaces an earlier search, never a directory that holds something else
+        raise OutputExistsError(f"{out} exists and holds no {FILE_NAME}; it is not a search directory: pick a new one")
+    if (out / FILE_NAME).is_file():
+        Store.check_free(out / FILE_NAME)
+    # Renamed first: a kill while deleting leaves a hidden sibling that the next run clears,
+    # never a half-deleted directory under the search's name.
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.rename(out, old)
+    shutil.rmtree(old)
 
 
 def _count(n: int, noun: str) -> str:

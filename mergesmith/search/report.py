@@ -6,6 +6,7 @@ Pure formatting over the stored records; the plot needs matplotlib (the ``search
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,5 +104,10 @@ def plot(records: Sequence[Record], report: Sequence[ReportRow], path: Path, tit
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    staged = path.with_name(f".{path.name}.partial-{os.getpid()}")   # the final name only when whole
+    try:
+        fig.savefig(staged, format="png")
+        os.replace(staged, path)
+    finally:
+        plt.close(fig)
+        staged.unlink(missing_ok=True)

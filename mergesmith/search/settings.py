@@ -112,7 +112,9 @@ def parse_search_file(data: Any, source: str) -> SearchFile:
     try:
         return SearchFile.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        # The deepest error is the one that names the key at fault: for {name: cma, sigma: x} the
+        # union's first branch only says "should be 'cma', 'random' or 'grid'".
+        error = max(exc.errors(), key=lambda e: len(e["loc"]))
         if error["type"] == "extra_forbidden":
             key = str(error["loc"][-1])
             owner = {"fitness": Fitness, "report": Report, "terms": Term, "optimizer": OptimizerSettings}
@@ -130,11 +132,13 @@ def load_search_file(path) -> tuple[SearchFile, Path]:
     """The parsed file and the directory its relative paths start from."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: search file not found")
+        raise ConfigError(f"{path}: search file not found; give the YAML file that describes the search")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the search file as UTF-8") from None
     return parse_search_file(data, str(path)), path.parent.resolve()
 
 

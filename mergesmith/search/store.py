@@ -8,14 +8,16 @@ search leaves every finished candidate here; ``--resume`` replays the optimizer 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mergesmith.errors import ConfigError, InputFormatError
+from mergesmith.errors import ConfigError, InputFormatError, OutputExistsError
 
 FILE_NAME = "search.sqlite"
 SCHEMA = """
@@ -56,21 +58,114 @@ def _real(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _unreadable(path: Path, why: str) -> InputFormatError:
+    return InputFormatError(f"{path} is not a readable search database ({why}); it cannot be resumed: start afresh "
+                            f"with --force (replaces {path.parent}) or search into another directory")
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
+    tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: [row[1] for row in db.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
+def check_database(path: Path) -> None:
+    """Before a resume writes anything: ``path`` is an intact SQLite file with this schema.
+
+    Only read, so a file that is not ours (or is damaged) stays byte-identical. Not opened with
+    ``mode=ro``: after a kill mid-commit SQLite must roll the journal back, which is a write.
+    """
+    expected = _expected_columns()
+    try:
+        db = sqlite3.connect(path)
+        try:
+            check = db.execute("PRAGMA quick_check").fetchall()   # reads every page: finds truncation
+            if check != [("ok",)]:
+                raise _unreadable(path, f"damaged: {check[0][0]}")
+            _check_tables(path, _columns(db), expected)
+            _check_json(path, db)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:   # "file is not a database", "database disk image is malformed"
+        raise _unreadable(path, str(exc)) from None
+
+
+def _check_tables(path: Path, found: dict, expected: dict) -> None:
+    if not found:
+        raise _unreadable(path, "it holds no tables: the search never started")
+    for table, columns in expected.items():
+        if table not in found:
+            raise _unreadable(path, f"table '{table}' is missing")
+        if missing := [c for c in columns if c not in found[table]]:
+            raise _unreadable(path, f"table '{table}' lacks column '{missing[0]}'")
+
+
+def _check_json(path: Path, db: sqlite3.Connection) -> None:
+    """Every JSON column decodes: a hand-edited row is named here, before the resume writes anything."""
+    queries = {"settings": "SELECT key, value FROM settings",
+               "candidate": "SELECT '#' || idx, params, recipe, details FROM candidates",
+               "report row": "SELECT name, recipe, details FROM report"}
+    for what, query in queries.items():
+        for name, *values in db.execute(query):
+            for value in values:
+                try:
+                    json.loads(value)
+                except (TypeError, ValueError) as exc:
+                    raise _unreadable(path, f"{what} {name}: {exc}") from None
+
+
+def _expected_columns() -> dict[str, list[str]]:
+    """The tables and columns of SCHEMA, read from an in-memory database built from it."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return _columns(db)
+    finally:
+        db.close()
+
+
+def _lock(fd: int, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputExistsError(f"{path} is in use by another search; wait for it to finish or search "
+                                "into another directory") from None
+
+
 class Store:
+    """The database; while open, an exclusive ``flock`` on the file keeps a second search out of it
+    (released by the kernel if this process is killed)."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self._db = sqlite3.connect(self.path)
-        with self._db:
-            self._db.executescript(SCHEMA)
+        self._lock = os.open(self.path, os.O_RDONLY)
+        try:
+            _lock(self._lock, self.path)
+            with self._db:
+                self._db.executescript(SCHEMA)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def check_free(path: Path) -> None:
+        """Refuse when a live search holds ``path`` (before --force deletes it under that search)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _lock(fd, path)
+        finally:
+            os.close(fd)   # releases the lock
 
     @classmethod
     def open_existing(cls, path: Path) -> Store:
         if not Path(path).is_file():
             raise InputFormatError(f"{path} not found: there is no search to resume here; run without --resume")
+        check_database(path)
         return cls(path)
 
     def close(self) -> None:
         self._db.close()
+        os.close(self._lock)
 
     def settings(self) -> dict:
         return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM settings")}
