@@ -271,7 +271,7 @@ def _make_adapter(tmp_path: Path) -> Path:
 
 
 def test_eval_json_and_card_clear_stale_partials_and_leave_none_on_ctrl_c(capsys, monkeypatch, tmp_path, llama_family):
-    from mergesmith.eval import results
+    from mergesmith.io import staging
 
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog.\n")
@@ -290,7 +290,7 @@ def test_eval_json_and_card_clear_stale_partials_and_leave_none_on_ctrl_c(capsys
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results.os, "replace", interrupted)
+    monkeypatch.setattr(staging.os, "replace", interrupted)
     try:   # the CLI turns Ctrl-C into exit 130 (cli/main.py); the library lets it through
         code = main(["card", str(model), "--eval", str(out), "--model", str(llama_family[0])])
     except KeyboardInterrupt:

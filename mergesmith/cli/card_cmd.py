@@ -28,7 +28,8 @@ def _pick(result, out: Path, wanted):
 
 def run(args) -> int:
     from mergesmith.errors import InputFormatError
-    from mergesmith.eval.results import datasets_line, load_results, metric_rows, replace_text
+    from mergesmith.eval.results import datasets_line, load_results, metric_rows
+    from mergesmith.io.staging import replace_text
     from mergesmith.output.card import eval_section, with_eval_section
 
     out = Path(args.out)

@@ -115,7 +115,7 @@ def check_merge_options(args) -> None:
             raise ConfigError("--gguf-eval measures the files of --gguf; add --gguf TYPES (e.g. --gguf q8_0,q4_k_m)")
         return
     from mergesmith.gguf.converter import check_converter
-    from mergesmith.gguf.llama import import_llama_cpp
+    from mergesmith.eval.llama_cpp import import_llama_cpp
     from mergesmith.gguf.quants import parse_quants
 
     parse_quants(args.gguf)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -18,17 +16,10 @@ from mergesmith.errors import (
     InputFormatError,
     MergesmithError,
 )
+from mergesmith.eval.loaded import LoadedModel  # noqa: F401  (re-exported: the metrics import it from here)
+from mergesmith.execute.device import check_device as device_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    name: str          # the reference as given, for tables and messages
-    model: Any         # a transformers causal LM in eval mode
-    tokenizer: Any
-    device: torch.device
-    keeps_logits: bool  # forward() takes logits_to_keep (only the tail of the logits is computed)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -38,14 +29,8 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def check_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device '{name}' is not a torch device ({exc}); pass --device cpu, cuda, cuda:1 or mps") from exc
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type, lambda: True)
-    if not available():
-        raise ConfigError(f"device '{name}' is not available on this machine; pass --device cpu")
-    return device
+    """The evaluation device: the merge's rule (execute/device.py), with Apple's mps allowed too."""
+    return torch.device(device_for(name, kinds=("cpu", "cuda", "mps")))
 
 
 def is_gguf(ref: str) -> bool:

@@ -6,12 +6,12 @@ No torch here: ``mergesmith card`` reads results written by ``mergesmith eval --
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, is_dataclass
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from mergesmith.errors import InputFormatError
+from mergesmith.io.staging import replace_text
 
 FORMAT = "mergesmith-eval/1"
 
@@ -136,24 +136,6 @@ def check_results_path(path) -> Path:
     if not path.parent.is_dir():
         raise InputFormatError(f"--json {path}: folder {path.parent} does not exist; create it or choose another path")
     return path
-
-
-def replace_text(path, text: str) -> None:
-    """Write ``path`` whole or not at all (results, model cards): staged beside it as
-    ``.NAME.partial-PID``, renamed into place, the staged file removed whatever happens."""
-    from mergesmith.output.directory import clear_stale, parent_lock
-
-    path = Path(path).absolute()
-    with parent_lock(path):
-        clear_stale(path)   # what a killed run left (warned about); a live writer is refused
-    staged = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        staged.write_text(text, encoding="utf-8")
-        os.replace(staged, path)
-    except OSError as exc:
-        raise InputFormatError(f"{path} cannot be written ({exc.strerror}); check the folder's permissions and free space") from None
-    finally:
-        staged.unlink(missing_ok=True)   # Ctrl-C or a full disk: no stray partial file
 
 
 def save_results(result: EvalResult, path) -> None:

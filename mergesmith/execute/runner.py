@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 
-from mergesmith.errors import ConfigError
+from mergesmith.execute.device import check_device  # noqa: F401  (the merge's entry point imports it from here)
 from mergesmith.execute.finite import require_finite
 from mergesmith.execute.rows import reindex_inputs
 from mergesmith.execute.stream import (
@@ -40,19 +40,6 @@ def generator_for(seed: int, tensor_name: str) -> torch.Generator:
     """Randomness keyed by (seed, tensor): results do not depend on job order or workers."""
     digest = hashlib.sha256(f"{seed}:{tensor_name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-def check_device(device: str) -> str:
-    """``cpu``, ``cuda``, ``cuda:1``… as torch names it; a ConfigError if this machine lacks it."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device '{device}' is not a torch device; use cpu or cuda (cuda:N for one GPU)") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}': no CUDA GPU is available here (torch {torch.__version__}); use device cpu")
-    if parsed.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device '{device}': mergesmith merges on cpu or cuda")
-    return str(parsed)
 
 
 def read_sources(job: TensorJob, models: Mapping[str, ModelInput]) -> list[torch.Tensor]:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from mergesmith.errors import InputFormatError, MergesmithError
-from mergesmith.gguf.llama import llama_cpp_version
+from mergesmith.eval.llama_cpp import llama_cpp_version
 
 SCRIPT = "convert_hf_to_gguf.py"
 # Paths inside vendor/llama.cpp that the converter needs; a trailing slash is a whole folder.

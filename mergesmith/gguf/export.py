@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith.errors import OutputExistsError
-from mergesmith.output.directory import clear_stale, parent_lock
+from mergesmith.io.staging import clear_stale, parent_lock
 from mergesmith.gguf.convert import (
     check_architecture,
     check_weights,
@@ -31,7 +31,7 @@ from mergesmith.gguf.convert import (
     count_tensors,
 )
 from mergesmith.gguf.converter import check_converter
-from mergesmith.gguf.llama import import_llama_cpp
+from mergesmith.eval.llama_cpp import import_llama_cpp
 from mergesmith.gguf.quantize import quantize_gguf
 from mergesmith.gguf.quants import BY_NAME, QUANT_TYPES, QuantType, parse_quants
 

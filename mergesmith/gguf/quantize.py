@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mergesmith.errors import ConfigError, InputFormatError
-from mergesmith.gguf.llama import captured_log, import_llama_cpp
+from mergesmith.eval.llama_cpp import captured_log, import_llama_cpp
 from mergesmith.gguf.quants import QuantType
 
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")

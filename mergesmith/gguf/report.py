@@ -157,7 +157,7 @@ def read_card(card_path: Path, title: str) -> str:
 
 def write_card_section(card_path: Path, section: str, title: str) -> None:
     """Put ``section`` into the card at ``card_path`` (created with a title when missing), atomically."""
-    from mergesmith.eval.results import replace_text
+    from mergesmith.io.staging import replace_text
     from mergesmith.output.card import with_gguf_section
 
     replace_text(card_path, with_gguf_section(read_card(card_path, title), section))

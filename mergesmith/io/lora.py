@@ -43,7 +43,7 @@ from mergesmith.io.reader import (
 )
 from mergesmith.io.resolve import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
-from mergesmith.output.directory import clear_stale, parent_lock
+from mergesmith.io.staging import clear_stale, parent_lock
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."

@@ -23,7 +23,7 @@ from mergesmith.config.load import parse_recipe
 from mergesmith.errors import ConfigError, MergesmithError, OutputExistsError
 from mergesmith.eval.data import read_text
 from mergesmith.io.resolve import close_models, open_models
-from mergesmith.output.directory import clear_stale, parent_lock
+from mergesmith.io.staging import clear_stale, parent_lock
 from mergesmith.plan.planner import build_plan
 from mergesmith.search.backends import make_backend
 from mergesmith.search.derive import build_space

@@ -89,7 +89,7 @@ def test_eval_bad_input_is_one_line_exit_2(case, llama_family, eval_text, task_f
         "gguf": ([tmp_path / "m.gguf"], ["m.gguf", "mergesmith merge"]),
         "unknown task": ([model, "--tasks", "no_such_task"], ["no_such_task", "bundled"]),
         "dtype": ([model, "--text", eval_text, "--dtype", "int8"], ["int8", "float32"]),
-        "device": ([model, "--text", eval_text, "--device", "tpu9"], ["tpu9", "--device"]),
+        "device": ([model, "--text", eval_text, "--device", "tpu9"], ["tpu9", "not a torch device"]),
     }[case]
     bad.write_text({
         "bad json": '{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": \n',

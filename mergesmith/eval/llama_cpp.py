@@ -1,5 +1,6 @@
 """The one place that imports llama-cpp-python (with the error that says how to install it), and
-llama.cpp's log routed to Python while one call runs."""
+llama.cpp's log routed to Python while one call runs. Here, under eval, because GGUF evaluation needs
+it and GGUF export already stands on eval (its KL report): the dependency runs one way."""
 
 from __future__ import annotations
 
