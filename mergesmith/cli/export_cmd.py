@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_QUANTS = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q3_k_m"
-# --eval scores this many windows per text by default: llama.cpp runs each file on one thread
-# (eval/gguf_model.py says why), and the whole held-out texts (2 × ~25k tokens, windows
-# overlapping by half) take ~15 min per file even for SmolLM2-135M on this machine's cores.
-DEFAULT_EVAL_LIMIT = 4
+from mergesmith.gguf.pipeline import DEFAULT_EVAL_LIMIT, DEFAULT_QUANTS, EVAL_REFS
 
 
 def add_eval_options(p) -> None:
-    p.add_argument("--eval-ref", choices=("f16", "hf"), default="f16",
+    p.add_argument("--eval-ref", choices=EVAL_REFS, default="f16",
                    help="measure KL against the F16 GGUF (default; added to the files) or the HF model")
     p.add_argument("--text", dest="eval_text", nargs="+", metavar="FILE",
                    help="UTF-8 texts to measure on (default: the bundled held-out texts)")
@@ -46,48 +42,15 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def export_and_report(model, out_dir, quants: str, *, evaluate: bool, eval_ref: str = "f16", eval_text=None,
-                      eval_context=None, eval_limit=DEFAULT_EVAL_LIMIT, card: bool = True, force: bool = False,
-                      threads=None, converter=None, progress: bool = True) -> str:
-    """Export, measure if asked, write the card sections; returns the table to print."""
-    from mergesmith.gguf.export import export_gguf
-    from mergesmith.gguf.quants import BY_NAME, parse_quants
-    from mergesmith.gguf.report import (
-        card_section,
-        evaluate_export,
-        plain_report,
-        read_card,
-        render_text,
-        write_card_section,
-    )
+def _export(model, out_dir, quants: str, **options) -> str:
+    from mergesmith.gguf.pipeline import export_and_report
+    from mergesmith.gguf.report import render_text
 
-    wanted = parse_quants(quants)
-    if evaluate:  # an unreadable text or a bad reference choice must not wait for the export
-        from mergesmith.eval.data import read_text
-
-        for text in eval_text or ():
-            read_text(text)
-        if eval_ref not in ("f16", "hf"):
-            from mergesmith.errors import ConfigError
-
-            raise ConfigError(f"--eval-ref {eval_ref!r}: choose f16 (the F16 GGUF) or hf (the Hugging Face model)")
-    if card:   # an unreadable card fails now, not after the export
-        read_card(Path(model) / "README.md", "")
-        read_card(Path(out_dir) / "README.md", "")
-    if evaluate and eval_ref == "f16" and BY_NAME["f16"] not in wanted:
-        wanted = (BY_NAME["f16"],) + wanted    # the reference is one of the files
-    result = export_gguf(model, out_dir, wanted, force=force, converter=converter, threads=threads, progress=progress)
-    report = (evaluate_export(result, ref=eval_ref, texts=eval_text, context=eval_context, limit=eval_limit, progress=progress)
-              if evaluate else plain_report(result))
-    if card:
-        section = card_section(report)
-        write_card_section(Path(model) / "README.md", section, Path(model).resolve().name)
-        write_card_section(Path(out_dir) / "README.md", section, f"{Path(model).resolve().name} GGUF")
-    return render_text(report)
+    return render_text(export_and_report(model, out_dir, quants, **options))
 
 
 def run(args) -> int:
-    table = export_and_report(
+    table = _export(
         args.model, args.out_dir, args.quant, evaluate=args.eval, eval_ref=args.eval_ref, eval_text=args.eval_text,
         eval_context=args.eval_context, eval_limit=args.eval_limit, card=args.card, force=args.force,
         threads=args.threads, converter=args.converter, progress=not args.quiet,
@@ -114,13 +77,9 @@ def check_merge_options(args) -> None:
 
             raise ConfigError("--gguf-eval measures the files of --gguf; add --gguf TYPES (e.g. --gguf q8_0,q4_k_m)")
         return
-    from mergesmith.gguf.converter import check_converter
-    from mergesmith.eval.llama_cpp import import_llama_cpp
-    from mergesmith.gguf.quants import parse_quants
+    from mergesmith.gguf.pipeline import check_ready
 
-    parse_quants(args.gguf)
-    import_llama_cpp()
-    check_converter()
+    check_ready(args.gguf)
 
 
 def export_after_merge(args) -> int:
@@ -128,6 +87,6 @@ def export_after_merge(args) -> int:
     if not args.gguf:
         return 0
     out = Path(args.out)
-    print(export_and_report(out, out.with_name(f"{out.name}-GGUF"), args.gguf, evaluate=args.gguf_eval,
-                            force=args.force, progress=not args.quiet))
+    print(_export(out, out.with_name(f"{out.name}-GGUF"), args.gguf, evaluate=args.gguf_eval,
+                  force=args.force, progress=not args.quiet))
     return 0

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mergesmith.errors import ArchitectureError, InputFormatError
-from mergesmith.gguf.converter import check_converter
+from mergesmith.gguf.converter import ensure_converter
 from mergesmith.gguf.pretok import pre_tokenizer_for_dir
 
 RUNNER = Path(__file__).with_name("_run_converter.py")
@@ -126,7 +126,7 @@ def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter:
                     on_tensor: Callable[[str], None] | None = None) -> None:
     """Write ``out_path`` as ``outtype`` (f32, f16 or bf16) GGUF of the HF model in ``model_dir``."""
     model_dir, out_path = Path(model_dir), Path(out_path)
-    converter = check_converter(converter)
+    converter = ensure_converter(converter)
     check_architecture(model_dir)
     pre = pre_tokenizer_for_dir(model_dir) or "-"
     cmd = [sys.executable, str(RUNNER), str(converter), pre, str(model_dir),

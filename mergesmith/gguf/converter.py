@@ -8,6 +8,8 @@ runs offline afterwards. The version is the installed llama-cpp-python's: conver
 quantizer come from the same llama.cpp.
 
     python -m mergesmith.gguf.converter [--sdist FILE]     # what scripts/setup.sh runs
+
+``export-gguf`` (``ensure_converter``) fetches it on first use too, so pip users need no extra step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 from pathlib import Path
 
 from mergesmith.errors import InputFormatError, MergesmithError
@@ -44,9 +47,23 @@ def check_converter(path: Path | None = None) -> Path:
     if not _complete(path):
         raise InputFormatError(
             f"llama.cpp's converter is not in {path} (want {SCRIPT}, conversion/ and gguf-py/ from the llama-cpp-python "
-            "sdist); fetch it once with `python -m mergesmith.gguf.converter` (scripts/setup.sh does) or pass --converter DIR"
+            "sdist); leave the converter folder unset to fetch it there once, or run `python -m mergesmith.gguf.converter "
+            "--dest DIR`"
         )
     return path
+
+
+def ensure_converter(path: Path | None = None) -> Path:
+    """The converter folder: ``path`` when given (it must hold the converter); otherwise the default
+    folder, fetched there on first use (pip downloads the installed llama-cpp-python's sdist once,
+    with a warning first: the library prints nothing, and a download of a minute deserves a line)."""
+    if path is not None:
+        return check_converter(path)
+    dest = default_converter_dir()
+    if not _complete(dest):
+        warnings.warn(f"fetching llama.cpp's converter into {dest} (once; pip downloads about 76 MB)", stacklevel=2)
+        fetch_converter(dest)
+    return dest
 
 
 def _download(version: str, into: Path) -> Path:

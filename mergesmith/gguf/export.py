@@ -23,17 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith.errors import OutputExistsError
-from mergesmith.io.staging import clear_stale, parent_lock
+from mergesmith.eval.llama_cpp import import_llama_cpp
 from mergesmith.gguf.convert import (
     check_architecture,
     check_weights,
     convert_to_gguf,
     count_tensors,
 )
-from mergesmith.gguf.converter import check_converter
-from mergesmith.eval.llama_cpp import import_llama_cpp
+from mergesmith.gguf.converter import ensure_converter
 from mergesmith.gguf.quantize import quantize_gguf
 from mergesmith.gguf.quants import BY_NAME, QUANT_TYPES, QuantType, parse_quants
+from mergesmith.io.staging import clear_stale, parent_lock
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, quants: str | Sequen
     wanted = parse_quants(quants) if isinstance(quants, str) else tuple(quants)
     check_architecture(model_dir)
     check_weights(model_dir)
-    converter = check_converter(converter)
+    converter = ensure_converter(converter)
     if any(q.tool == "quantize" for q in wanted):
         import_llama_cpp()
     targets = {q.name: out_dir / gguf_name(model_dir, q) for q in wanted}

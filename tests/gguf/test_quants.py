@@ -119,3 +119,27 @@ def test_an_sdist_without_the_converter_and_a_missing_converter_are_explained(tm
         _extract(sdist, tmp_path / "conv")
     with pytest.raises(InputFormatError, match="python -m mergesmith.gguf.converter"):
         check_converter(tmp_path / "nowhere")
+
+
+def test_export_fetches_the_converter_on_first_use(tmp_path, monkeypatch):
+    """No setup step for pip users: the default folder is filled from the sdist the first time."""
+    from mergesmith.gguf import converter
+
+    sdist = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
+    _sdist(sdist, ["convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py", "LICENSE"])
+    downloads = []
+
+    def download(version, into):
+        downloads.append(version)
+        return sdist
+
+    monkeypatch.setattr(converter, "llama_cpp_version", lambda: "9.9.9")
+    monkeypatch.setattr(converter, "default_converter_dir", lambda version=None: tmp_path / "venv" / "conv-9.9.9")
+    monkeypatch.setattr(converter, "_download", download)
+    with pytest.warns(UserWarning, match="fetching llama.cpp's converter into"):
+        assert converter.ensure_converter() == tmp_path / "venv" / "conv-9.9.9"
+    assert downloads == ["9.9.9"] and (tmp_path / "venv" / "conv-9.9.9" / "convert_hf_to_gguf.py").is_file()
+    assert converter.ensure_converter() == tmp_path / "venv" / "conv-9.9.9"   # the second time: no download
+    assert downloads == ["9.9.9"]
+    with pytest.raises(InputFormatError, match="is not in"):
+        converter.ensure_converter(tmp_path / "elsewhere")   # a folder given must hold it: never fetched into
