@@ -12,10 +12,9 @@ from pathlib import Path
 import yaml
 
 from mergesmith.config.load import load_recipe, parse_recipe, read_text
-from mergesmith.config.references import parse_reference
 from mergesmith.config.schema import Recipe
 from mergesmith.errors import InputFormatError, OutputWriteError
-from mergesmith.io.resolve import close_models, local_paths, open_models
+from mergesmith.io.resolve import close_models, local_paths, open_headers, open_models
 from mergesmith.io.writer import ShardedWriter, parse_size
 from mergesmith.output.card import model_card
 from mergesmith.output.config import output_config
@@ -72,13 +71,14 @@ def model_keys(recipe: Recipe) -> list[str]:
 
 
 def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
-    """What a merge would do, tensor by tensor; reads only headers and configs."""
+    """What a merge would do, tensor by tensor; reads only headers and configs.
+
+    Hub models are not downloaded: their config and tokenizer files are, and their tensor headers
+    are read over HTTP range requests. Adapters are checked, not folded; no file stays open.
+    """
     src = read_recipe(recipe)
-    models = open_models(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
-    try:
-        return build_plan(src.recipe, models, source=src.name, seed=seed)
-    finally:
-        close_models(models)
+    headers = open_headers(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    return build_plan(src.recipe, headers, source=src.name, seed=seed)
 
 
 def merge(
@@ -104,23 +104,15 @@ def merge(
     check_target(out, force)
     size = parse_size(shard_size)
     cache = Path(lora_cache).expanduser() if lora_cache is not None else None
-    # Adapters open as views first (nothing folded or written), so a bad recipe is refused before
-    # the LoRA cache is touched; once every check has passed they are folded into the cache.
-    models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=None)
+    # Planned from headers first, so a bad recipe (shapes that differ, a wrong adapter) is refused
+    # before a Hub weight is downloaded or the LoRA cache is touched; then the inputs are opened for
+    # reading (weights downloaded, adapters folded) and planned again from what was opened.
+    template = _header_checks(src, keys, out, seed, allow_pickle)
+    models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
-        check_not_input(out, [(f"model '{k}'", m.path) for k, m in models.items()])   # Hub snapshots too
-        the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
-        check_tokenizer_files(models[the_plan.tokenizer_donor])
-        template = None
-        if src.recipe.chat_template:
-            template = resolve_chat_template(src.recipe.chat_template, models, src.name)
-        if cache is not None and any(parse_reference(k).lora is not None for k in keys):
-            close_models(models)
-            models = {}
-            models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
-            with warnings.catch_warnings():   # said once already, by the first plan
-                warnings.simplefilter("ignore")
-                the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
+        with warnings.catch_warnings():   # said once already, by the first plan
+            warnings.simplefilter("ignore")
+            the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
         with staged_directory(out, force) as staging, _write_errors(out, staging):
             writer = ShardedWriter(staging, slots(the_plan), size)
             try:
@@ -133,6 +125,17 @@ def merge(
     finally:
         close_models(models)
     return the_plan
+
+
+def _header_checks(src: RecipeSource, keys: list[str], out: Path, seed: int, allow_pickle: bool) -> str | None:
+    """Every check that headers allow, before any weight is fetched; the chat template to write."""
+    headers = open_headers(keys, base_dir=src.base_dir, allow_pickle=allow_pickle)
+    check_not_input(out, [(f"model '{k}'", m.path) for k, m in headers.items()])   # Hub snapshots too
+    the_plan = build_plan(src.recipe, headers, source=src.name, seed=seed)
+    check_tokenizer_files(headers[the_plan.tokenizer_donor])
+    if not src.recipe.chat_template:
+        return None
+    return resolve_chat_template(src.recipe.chat_template, headers, src.name)
 
 
 @contextlib.contextmanager

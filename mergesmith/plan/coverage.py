@@ -16,16 +16,16 @@ from dataclasses import replace
 
 from mergesmith.arch.spec import ArchSpec, WeightSpec, all_architectures
 from mergesmith.errors import ArchitectureError
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelHeader
 
 _SHOWN = 3   # tensor names quoted in a message before "..."
 
 
-def _label(model: ModelInput) -> str:
+def _label(model: ModelHeader) -> str:
     return f"'{model.key}'" if str(model.path) == model.key else f"'{model.key}' ({model.path})"
 
 
-def check_coverage(arch: ArchSpec, models: Mapping[str, ModelInput], source: str) -> None:
+def check_coverage(arch: ArchSpec, models: Mapping[str, ModelHeader], source: str) -> None:
     """ArchitectureError for the first input holding tensors ``arch`` neither merges nor ignores."""
     for model in models.values():
         count = arch.num_layers(dict(model.config), f"model {_label(model)}")
@@ -47,7 +47,7 @@ def check_coverage(arch: ArchSpec, models: Mapping[str, ModelInput], source: str
         )
 
 
-def output_ties(arch: ArchSpec, donor: ModelInput) -> tuple[bool, str]:
+def output_ties(arch: ArchSpec, donor: ModelHeader) -> tuple[bool, str]:
     """Whether the output's config.json (the donor's) ties the head to the embeddings, and why."""
     where = f"config.json of '{donor.key}'"
     value = donor.config.get("tie_word_embeddings")
@@ -60,8 +60,8 @@ def output_ties(arch: ArchSpec, donor: ModelInput) -> tuple[bool, str]:
     return not own_head, f"{where} omits tie_word_embeddings and its checkpoint has no separate head"
 
 
-def post_weights(arch: ArchSpec, sources: Sequence[ModelInput],
-                 donor: ModelInput) -> tuple[list[WeightSpec], list[str]]:
+def post_weights(arch: ArchSpec, sources: Sequence[ModelHeader],
+                 donor: ModelHeader) -> tuple[list[WeightSpec], list[str]]:
     """``arch.post`` as the output has it, with notes, for the last slice's ``sources``.
 
     A head tied to the embeddings (one with ``tied_to``) is written exactly when the output
@@ -88,8 +88,8 @@ def post_weights(arch: ArchSpec, sources: Sequence[ModelInput],
     return weights, notes
 
 
-def layer_weights(arch: ArchSpec, models: Mapping[str, ModelInput],
-                  donor: ModelInput) -> tuple[tuple[WeightSpec, ...], list[str]]:
+def layer_weights(arch: ArchSpec, models: Mapping[str, ModelHeader],
+                  donor: ModelHeader) -> tuple[tuple[WeightSpec, ...], list[str]]:
     """``arch.layer`` as the output has it, with notes: a tensor whose ``config_flag`` the output
     config (the donor's) leaves off is not written, as transformers would ignore it."""
     kept, off = [], {}

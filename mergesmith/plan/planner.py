@@ -1,4 +1,5 @@
-"""Recipe + opened models → Plan. Pure: reads only headers and configs already in memory.
+"""Recipe + model headers → Plan. Pure: reads only headers and configs already in memory (and
+tokenizer files, for a vocabulary); never a tensor, never a reader.
 
 Follows mergekit's planning so recipes give the same tensors: embeddings come from the first
 slice's sources and final norm / head from the last slice's, both at gradient position t=0;
@@ -23,7 +24,7 @@ from mergesmith.errors import (
     MissingTensorError,
     ShapeMismatchError,
 )
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelHeader, headers_of
 from mergesmith.methods.registry import get_method
 from mergesmith.methods.spec import (
     BasePolicy,
@@ -43,7 +44,7 @@ from mergesmith.plan.vocab import VocabPlan, build_vocab, other_dims, reindex
 class _Context:
     recipe: Recipe
     method: MethodSpec
-    models: Mapping[str, ModelInput]
+    models: Mapping[str, ModelHeader]
     source: str
     vocab: VocabPlan | None = None
     notes: list = field(default_factory=list)   # warnings, in order, each once
@@ -89,7 +90,7 @@ def _one(ctx, param, scopes, tensor_name, t, model):
     return param.default
 
 
-def _lookup(model: ModelInput, weight: WeightSpec, name: str) -> str | None:
+def _lookup(model: ModelHeader, weight: WeightSpec, name: str) -> str | None:
     """The tensor to read for ``name`` in this model: itself, else a tied alternative."""
     if name in model.tensors:
         return name
@@ -229,7 +230,7 @@ def _partial_inputs(ctx, out_slice, present: list[int], where: str):
     return None
 
 
-def _passthrough_job(ctx, model: ModelInput, name: str, weight_out: WeightSpec, layer) -> TensorJob:
+def _passthrough_job(ctx, model: ModelHeader, name: str, weight_out: WeightSpec, layer) -> TensorJob:
     info = model.tensors[name]
     compute, out = _dtype(ctx, [info])
     params = MethodParams(shared={}, per_input=({"scale": None},))
@@ -237,7 +238,7 @@ def _passthrough_job(ctx, model: ModelInput, name: str, weight_out: WeightSpec, 
                      info.shape, compute, out, layer)
 
 
-def _check_arch(models: Mapping[str, ModelInput]) -> ArchSpec:
+def _check_arch(models: Mapping[str, ModelHeader]) -> ArchSpec:
     # No data file for the model's class: a definition inferred from its tensor names, with a warning.
     specs = arch_for_models({
         key: ArchInput(dict(m.config), {n: i.shape for n, i in m.tensors.items()}, f"model '{key}' ({m.path})")
@@ -279,7 +280,9 @@ def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
     return config_donor, choice
 
 
-def build_plan(recipe: Recipe, models: Mapping[str, ModelInput], *, source: str = "<recipe>", seed: int = 0) -> Plan:
+def build_plan(recipe: Recipe, models: Mapping[str, ModelHeader], *, source: str = "<recipe>", seed: int = 0) -> Plan:
+    # Opened inputs (ModelInput) are accepted and reduced to their headers: planning cannot read a tensor.
+    models = headers_of(models)
     ctx = _Context(recipe, get_method(recipe.merge_method, f"{source}: merge_method"), models, source)
     check_parameters(recipe, ctx.method, source)
     arch = _check_arch(models)

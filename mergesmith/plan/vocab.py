@@ -34,7 +34,7 @@ from mergesmith.config.schema import (
     ZeroEmbedding,
 )
 from mergesmith.errors import ConfigError, InputFormatError
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelHeader
 from mergesmith.plan.jobs import AddedToken, OutputVocab, RowFill, RowMap, TensorSource
 from mergesmith.plan.vocab_files import InputVocab, read_vocab
 
@@ -54,7 +54,7 @@ def other_dims(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
     return shape if axis is None else shape[:axis] + shape[axis + 1:]
 
 
-def _embed_rows(model: ModelInput, arch: ArchSpec) -> int:
+def _embed_rows(model: ModelHeader, arch: ArchSpec) -> int:
     for weight in arch.pre:
         info = model.tensors.get(weight.name)
         if weight.vocab_axis is not None and info is not None:
@@ -62,7 +62,7 @@ def _embed_rows(model: ModelInput, arch: ArchSpec) -> int:
     return int(model.config.get("vocab_size") or 0)
 
 
-def _unreadable(key: str, model: ModelInput, why: str, source: str) -> InputFormatError:
+def _unreadable(key: str, model: ModelHeader, why: str, source: str) -> InputFormatError:
     kind = "is a GGUF file (mergesmith does not read GGUF vocabularies)" if model.gguf_file else \
         "has no tokenizer.json or vocab.json"
     return InputFormatError(f"{source}: model '{key}' {kind}, {why}; merge from a Hugging Face "
@@ -90,7 +90,7 @@ def _union(ids: dict, vocabs, merged, donor, rows, next_id: int) -> list[AddedTo
     return new
 
 
-def build_vocab(recipe: Recipe, models: Mapping[str, ModelInput], arch: ArchSpec, source: str) -> VocabPlan | None:
+def build_vocab(recipe: Recipe, models: Mapping[str, ModelHeader], arch: ArchSpec, source: str) -> VocabPlan | None:
     """The output vocabulary for the recipe's tokenizer choice; None when there is nothing to map."""
     choice = recipe.tokenizer_choice
     if choice is None:

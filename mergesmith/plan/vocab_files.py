@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith.errors import InputFormatError
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelHeader
 from mergesmith.plan.jobs import AddedToken
 
 
@@ -75,12 +75,13 @@ def _from_vocab_json(folder: Path) -> InputVocab:
     return InputVocab(ids, added, folder / "vocab.json")
 
 
-def read_vocab(model: ModelInput) -> InputVocab | None:
+def read_vocab(model: ModelHeader) -> InputVocab | None:
     """The model's vocabulary, or None when it has no tokenizer file mergesmith can read."""
-    if model.gguf_file is not None:
+    folder = model.tokenizer_dir
+    if folder is None:
         return None
-    if (model.path / "tokenizer.json").is_file():
-        return _from_tokenizer_json(model.path / "tokenizer.json")
-    if (model.path / "vocab.json").is_file():
-        return _from_vocab_json(model.path)
+    if (folder / "tokenizer.json").is_file():
+        return _from_tokenizer_json(folder / "tokenizer.json")
+    if (folder / "vocab.json").is_file():
+        return _from_vocab_json(folder)
     return None
