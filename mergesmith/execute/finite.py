@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from mergesmith.errors import NonFiniteError
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 from mergesmith.plan.jobs import TensorJob
 
 

@@ -20,7 +20,7 @@ from mergesmith.execute.stream import (
     streamable,
     streams,
 )
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
 from mergesmith.methods.registry import METHODS
 from mergesmith.plan.jobs import Plan, TensorJob

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from mergesmith.execute.finite import require_finite
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 from mergesmith.io.writer import ShardedWriter
 from mergesmith.methods.registry import METHODS
 from mergesmith.plan.jobs import TensorJob

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergesmith.io.reader import TensorInfo
+from mergesmith.io.reader import TensorInfo, TensorReader
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,16 @@ class ModelHeader:
         if type(self) is ModelHeader:
             return self
         return ModelHeader(self.key, self.path, self.config, self.tensors, gguf_file=self.gguf_file)
+
+
+@dataclass(frozen=True)
+class ModelInput(ModelHeader):
+    """One input opened for execution: its header facts plus a live tensor reader.
+
+    Fields in order: key, path, config, tensors, reader (``gguf_file`` is keyword-only).
+    """
+
+    reader: TensorReader
 
 
 def headers_of(models: Mapping[str, ModelHeader]) -> dict[str, ModelHeader]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mergesmith._torch import torch
 from mergesmith.errors import InputFormatError, OutputExistsError
+from mergesmith.io.header import ModelInput
 from mergesmith.io.lora_config import (
     ADAPTER_CONFIG,
     RESAVE,
@@ -41,9 +42,8 @@ from mergesmith.io.reader import (
     TensorReader,
     read_safetensors_header,
 )
-from mergesmith.io.resolve import ModelInput
-from mergesmith.io.writer import ShardedWriter, TensorSlot
 from mergesmith.io.staging import clear_stale, parent_lock
+from mergesmith.io.writer import ShardedWriter, TensorSlot
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."

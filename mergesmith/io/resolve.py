@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith.config.references import ModelPath, Reference, parse_reference
 from mergesmith.errors import InputFormatError
-from mergesmith.io.header import ModelHeader
+from mergesmith.io.header import ModelHeader, ModelInput
 from mergesmith.io.hub import (
     cached_snapshot,
     header_files,
@@ -32,16 +31,6 @@ from mergesmith.io.hub import (
 )
 from mergesmith.io.pickle_reader import PickleReader
 from mergesmith.io.reader import SafetensorsReader, TensorReader
-
-
-@dataclass(frozen=True)
-class ModelInput(ModelHeader):
-    """One input opened for execution: its header facts plus a live tensor reader.
-
-    Fields in order: key, path, config, tensors, reader (``gguf_file`` is keyword-only).
-    """
-
-    reader: TensorReader
 
 
 def _candidates(part: ModelPath, base_dir: Path | None) -> list[Path]:

@@ -20,9 +20,10 @@ import yaml
 
 from mergesmith.api import DEFAULT_SHARD_SIZE, RecipeSource, merge, model_keys
 from mergesmith.errors import ConfigError, InputFormatError, OutputExistsError
+from mergesmith.io.header import ModelHeader
 from mergesmith.io.hub import looks_like_hub_id
 from mergesmith.io.reader import TensorInfo
-from mergesmith.io.resolve import ModelInput, close_models, open_models
+from mergesmith.io.resolve import open_headers
 from mergesmith.lineage.parse import (
     Lineage,
     Stage,
@@ -89,28 +90,10 @@ def fingerprints(lineage: Lineage, seed: int = 0) -> dict[str, str]:
     return prints
 
 
-class _PlannedReader:
-    """A stage output not built yet, as planning sees it: tensor names, shapes, dtypes from its plan."""
-
-    def __init__(self, path: Path, infos: Mapping[str, TensorInfo]):
-        self.path, self._infos = path, infos
-
-    def keys(self) -> list[str]:
-        return list(self._infos)
-
-    def info(self, name: str) -> TensorInfo:
-        return self._infos[name]
-
-    def get(self, name: str):
-        raise NotImplementedError(f"stage output {self.path} is planned, not built; its tensors cannot be read")
-
-    def close(self) -> None:
-        pass
-
-
-def _planned_input(name: str, plan: Plan, models: Mapping[str, ModelInput]) -> ModelInput:
+def _planned_input(name: str, plan: Plan, models: Mapping[str, ModelHeader]) -> ModelHeader:
+    """A stage output not built yet, as planning sees it: its config and tensor headers, from its plan."""
     infos = {job.output: TensorInfo(job.output, job.shape, job.out_dtype) for job in plan.jobs}
-    return ModelInput(name, Path(name), output_config(plan, models), infos, _PlannedReader(Path(name), infos))
+    return ModelHeader(name, Path(name), output_config(plan, models), infos)
 
 
 def _found(part: str, base_dir: Path | None) -> Path | None:
@@ -118,7 +101,7 @@ def _found(part: str, base_dir: Path | None) -> Path | None:
     return next((c for c in (path, (base_dir or Path.cwd()) / path) if c.exists()), None)
 
 
-def _check_references(lineage: Lineage, stage: Stage, keys: list[str], planned: Mapping[str, ModelInput]) -> None:
+def _check_references(lineage: Lineage, stage: Stage, keys: list[str], planned: Mapping[str, ModelHeader]) -> None:
     """What planning alone would miss: a bare name that is neither a stage nor a path (a misspelt
     stage), and an adapter on a stage output (checked against the planned tensors, so a bad one
     fails before stage 1 writes a byte)."""
@@ -141,22 +124,20 @@ def _check_references(lineage: Lineage, stage: Stage, keys: list[str], planned: 
 
 def plan_lineage(lineage: Lineage, *, seed: int = 0, allow_pickle: bool = False) -> tuple[tuple[Stage, Plan], ...]:
     """Every stage's plan, before any stage is built; inputs that are stages appear by name."""
-    planned: dict[str, ModelInput] = {}
+    planned: dict[str, ModelHeader] = {}
     plans = []
     for stage in lineage.stages:
         keys = model_keys(stage.recipe)
         _check_references(lineage, stage, keys, planned)
         local = [k for k in keys if stage_of(k, planned) is None]
-        models = open_models(local, base_dir=lineage.base_dir, allow_pickle=allow_pickle)
-        try:
-            for key in keys:
-                if key not in models:
-                    models[key] = dataclasses.replace(planned[stage_of(key, planned)], key=key)
-            the_plan = build_plan(stage.recipe, models, source=lineage.where(stage), seed=seed)
-            if stage.name:
-                planned[stage.name] = _planned_input(stage.name, the_plan, models)
-        finally:
-            close_models(models)
+        # Headers only: no Hub weight is downloaded and no adapter folded to plan a lineage.
+        models = open_headers(local, base_dir=lineage.base_dir, allow_pickle=allow_pickle)
+        for key in keys:
+            if key not in models:
+                models[key] = dataclasses.replace(planned[stage_of(key, planned)], key=key)
+        the_plan = build_plan(stage.recipe, models, source=lineage.where(stage), seed=seed)
+        if stage.name:
+            planned[stage.name] = _planned_input(stage.name, the_plan, models)
         plans.append((stage, the_plan))
     return tuple(plans)
 

@@ -6,7 +6,7 @@ import copy
 from collections.abc import Mapping
 
 from mergesmith.arch.spec import ArchSpec
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 from mergesmith.plan.jobs import Plan
 
 

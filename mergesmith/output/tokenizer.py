@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from mergesmith.errors import ConfigError, InputFormatError
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 from mergesmith.plan.jobs import AddedToken, OutputVocab
 
 TOKENIZER_FILES = (

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from mergesmith.arch.spec import ArchSpec
 from mergesmith.config.schema import OutputSlice, Recipe, SourceSlice
 from mergesmith.errors import ConfigError
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 
 
 def layer_count(arch: ArchSpec, model: ModelInput) -> int:

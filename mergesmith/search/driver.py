@@ -22,7 +22,7 @@ from mergesmith.api import model_keys, plan
 from mergesmith.config.load import parse_recipe
 from mergesmith.errors import ConfigError, MergesmithError, OutputExistsError
 from mergesmith.eval.data import read_text
-from mergesmith.io.resolve import close_models, open_models
+from mergesmith.io.resolve import open_headers
 from mergesmith.io.staging import clear_stale, parent_lock
 from mergesmith.plan.planner import build_plan
 from mergesmith.search.backends import make_backend
@@ -72,12 +72,9 @@ def _check_branches(space: Space, base_dir: Path, source: str, seed: int, allow_
     """Plan every branch at its center against the inputs' headers; the inputs of all branches."""
     recipes = [parse_recipe(space.recipe(space.center(b)), f"{source}: {branch.name}") for b, branch in enumerate(space.branches)]
     keys = list(dict.fromkeys(k for r in recipes for k in model_keys(r)))
-    models = open_models(keys, base_dir=base_dir, allow_pickle=allow_pickle)
-    try:
-        for recipe, branch in zip(recipes, space.branches):
-            build_plan(recipe, models, source=f"{source}: {branch.name}", seed=seed)
-    finally:
-        close_models(models)
+    models = open_headers(keys, base_dir=base_dir, allow_pickle=allow_pickle)   # no weights yet
+    for recipe, branch in zip(recipes, space.branches):
+        build_plan(recipe, models, source=f"{source}: {branch.name}", seed=seed)
     return tuple(keys)
 
 
