@@ -27,7 +27,7 @@ import mergesmith.api
 from mergesmith.cli.main import main
 from mergesmith.io.header import ModelHeader
 from mergesmith.io.hub import HEADER_FILES
-from mergesmith.io.resolve import ModelInput
+from mergesmith.io.header import ModelInput
 from mergesmith.output.tokenizer import TOKENIZER_FILES
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
