@@ -155,6 +155,19 @@ def test_unknown_parameter_in_a_slice_and_its_source_is_refused(capsys, tmp_path
         merge_fails(capsys, tmp_path, text, where, "has no parameter")
 
 
+def test_unknown_key_in_a_conditional_is_refused_with_the_nearest(capsys, tmp_path, llama_family):
+    a, b = llama_family[:2]
+    t = "[{filtr: self_attn, value: 0.3}, {value: 0.5}]"
+    merge_fails(capsys, tmp_path, SLERP.format(a=a, b=b, t=t), "parameters.t[0].filtr", "did you mean 'filter'")
+
+
+def test_duplicate_key_in_a_lineage_stage_is_refused(capsys, tmp_path, llama_family):
+    a, b = llama_family[:2]
+    stage = f"name: C\nmerge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}]\n"
+    final = SLERP.format(a=a, b="C", t=0.5).replace("  t: 0.5\n", "  t: 0.5\n  t: 0.6\n")
+    merge_fails(capsys, tmp_path, stage + "---\n" + final, "key 't' appears twice")
+
+
 def test_parameter_of_another_method_says_whose_it_is(capsys, tmp_path, llama_family):
     a, b = llama_family[:2]
     text = SLERP.format(a=a, b=b, t=0.5) + "  density: 0.5\n"
@@ -284,22 +297,23 @@ def test_unreadable_tokenizer_file_is_an_error(capsys, tmp_path, llama_family, d
 # --- write errors ----------------------------------------------------------------------------------
 
 
-def test_disk_full_is_one_line_naming_the_output_and_errno(capsys, tmp_path, llama_family, monkeypatch):
+@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "free space"), (errno.EIO, "check the disk")])
+def test_write_error_is_one_line_naming_the_output_and_errno(capsys, tmp_path, llama_family, monkeypatch, code, fix):
     from mergesmith.io import blockfile
 
     calls = []
 
-    def full(fd, data, offset):
+    def failing(fd, data, offset):
         calls.append(1)
         if len(calls) > 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(code, os.strerror(code))
         return os.pwrite(fd, data, offset)
 
-    monkeypatch.setattr(blockfile.os, "pwrite", full)
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path, LINEAR_TWO.format(a=llama_family[0], b=llama_family[1]))
-    monkeypatch.setattr(blockfile.os, "pwrite", full)
-    assert_one_error_line(*cli(capsys, "merge", recipe, out, "--quiet"), f"cannot write {out}", "ENOSPC", "free space")
+    monkeypatch.setattr(blockfile.os, "pwrite", failing)
+    line = assert_one_error_line(*cli(capsys, "merge", recipe, out, "--quiet"), f"cannot write {out}", fix)
+    assert errno.errorcode[code] in line
     assert_nothing_written(out)
 
 
