@@ -490,3 +490,16 @@ def test_bad_recipe_with_an_adapter_writes_nothing_to_the_lora_cache(capsys, tmp
     code, _, err = cli(capsys, "merge", write_recipe(tmp_path, good), tmp_path / "ok", "--quiet", "--lora-cache", cache)
     assert code == 0, err
     assert len(list(cache.iterdir())) == 1
+
+
+def test_failed_merge_removes_the_folders_it_created_for_the_output(tmp_path, llama_family, monkeypatch):
+    from mergesmith.errors import MergesmithError
+
+    def boom(*args, **kwargs):
+        raise MergesmithError("boom")
+
+    monkeypatch.setattr(runner, "_write_job", boom)
+    recipe = write_recipe(tmp_path, LINEAR_TWO.format(a=llama_family[0], b=llama_family[1]))
+    with pytest.raises(MergesmithError, match="boom"):
+        merge(recipe, tmp_path / "new" / "deeper" / "out")
+    assert not (tmp_path / "new").exists()
