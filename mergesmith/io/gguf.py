@@ -7,105 +7,43 @@ rotary halves of every head interleave:
 
     W_gguf = W.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
-``GGUFTensorReader`` undoes all of this one tensor per ``get()``; the file stays a memory
-map, so only the tensor asked for is ever dequantised.
+``GGUFTensorReader`` undoes all of this one tensor per ``get()``, reading only that tensor's
+bytes. Opening one reads the header once (io/gguf_meta.py), without touching tensor data,
+numpy or torch: planning a GGUF merge costs about what planning a safetensors one does.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mergesmith.errors import ArchitectureError, InputFormatError, MissingTensorError
-from mergesmith.io.gguf_layout import check_layout
+from mergesmith._torch import torch
+from mergesmith.errors import InputFormatError, MissingTensorError
+from mergesmith.io.gguf_config import generation_config, hf_config
+from mergesmith.io.gguf_layout import TensorSpan, read_tensor_bytes
+from mergesmith.io.gguf_meta import PERMUTES_QK, GGUFMeta, gguf
 from mergesmith.io.reader import TensorInfo
-
-try:
-    import gguf
-    import numpy as np
-except ImportError as exc:  # gguf is an optional extra; say how to get it.
-    raise InputFormatError(
-        f"reading GGUF files needs the gguf package ({exc}); pip install mergesmith[gguf]"
-    ) from exc
-
-# GGUF architecture name -> whether llama.cpp permuted the q/k rows when converting.
-# Mistral is written by llama.cpp as "llama", so it is covered by the same entry.
-_PERMUTES_QK = {gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]: True}
-_SUPPORTED = "llama (Llama, Mistral and SmolLM exports from llama.cpp)"
-
-# transformers model_type -> the class name config.json lists under "architectures".
-_HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 
 # Tensors the converter derives from the config (rope scaling); transformers recomputes them.
 _DERIVED = {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS]}
 
-# Stored types that keep their dtype; every block-quantised type dequantises to float32.
+# Stored types that keep their dtype: ggml type -> (numpy code of the stored bits, torch dtype
+# name). numpy has no bfloat16, so BF16 travels as int16 bits and is reinterpreted in torch.
+# Every block-quantised type dequantises to float32. Names, not torch dtypes: planning reads
+# TensorInfo and must not import torch.
 _PLAIN = {
-    gguf.GGMLQuantizationType.F32: torch.float32,
-    gguf.GGMLQuantizationType.F16: torch.float16,
-    gguf.GGMLQuantizationType.BF16: torch.bfloat16,
+    gguf.GGMLQuantizationType.F32: ("f4", "float32"),
+    gguf.GGMLQuantizationType.F16: ("f2", "float16"),
+    gguf.GGMLQuantizationType.BF16: ("i2", "bfloat16"),
 }
 
 
 @dataclass(frozen=True)
 class _Entry:
-    gguf_name: str
-    index: int  # position in GGUFReader.tensors, stable across reopening the file
+    span: TensorSpan
     info: TensorInfo
     n_head: int | None  # head count to un-permute rows with, None when not permuted
-
-
-# What gguf-py raises on a header it cannot parse. check_layout refuses such headers first, in
-# words; this is the second line of defence, kept narrow so that our own bugs still surface.
-_GGUF_PY_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, struct.error, MemoryError)
-
-
-def _open(path: Path) -> gguf.GGUFReader:
-    if not path.is_file():
-        raise InputFormatError(f"{path}: no such GGUF file; check the model path in the recipe")
-    check_layout(path, gguf.GGML_QUANT_SIZES)
-    try:
-        return gguf.GGUFReader(str(path))
-    except _GGUF_PY_ERRORS as exc:
-        raise InputFormatError(f"{path}: not a readable GGUF file ({exc}); re-download or re-export it") from None
-
-
-def _contents(field: gguf.ReaderField, path: Path) -> Any:
-    try:
-        return field.contents()
-    except (ValueError, IndexError, TypeError) as exc:   # a string that is not UTF-8, an odd nesting
-        raise InputFormatError(f"{path}: GGUF metadata {field.name} is unreadable ({exc}); re-export it") from None
-
-
-def _field(reader: gguf.GGUFReader, key: str, path: Path, default: Any = None) -> Any:
-    field = reader.get_field(key)
-    if field is not None:
-        return _contents(field, path)
-    if default is not None:
-        return default
-    raise InputFormatError(f"{path}: GGUF metadata has no {key}; re-export the file with a current llama.cpp")
-
-
-def _positive_int(reader: gguf.GGUFReader, key: str, path: Path, default: int | None = None) -> int:
-    value = _field(reader, key, path, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        # Per-layer values (a list) only occur in architectures we do not read.
-        raise InputFormatError(f"{path}: GGUF metadata {key} = {value!r}, expected one positive integer")
-    return value
-
-
-def _architecture(reader: gguf.GGUFReader, path: Path) -> str:
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE, path)
-    if not isinstance(arch, str) or arch not in _PERMUTES_QK:
-        raise ArchitectureError(
-            f"{path}: GGUF architecture {arch!r:.80} is not supported; mergesmith reads GGUF files of {_SUPPORTED}. "
-            "Merge from the Hugging Face safetensors checkpoint instead."
-        )
-    return arch
 
 
 def _hf_names(arch: str, n_blocks: int) -> dict[str, tuple[str, gguf.MODEL_TENSOR]]:
@@ -131,52 +69,55 @@ def _split_suffix(name: str) -> tuple[str, str]:
     return name, ""
 
 
-def _result_dtype(tensor: gguf.ReaderTensor, path: Path) -> torch.dtype:
-    qtype = tensor.tensor_type
+def _dtype_name(span: TensorSpan, path: Path) -> str:
+    qtype = gguf.GGMLQuantizationType(span.ggml_type)
     if qtype in _PLAIN:
-        return _PLAIN[qtype]
+        return _PLAIN[qtype][1]
     block_size, _ = gguf.GGML_QUANT_SIZES[qtype]
     if block_size > 1:
-        return torch.float32
+        return "float32"
     raise InputFormatError(
-        f"{path}: tensor {tensor.name} is stored as {qtype.name}, which is not a model weight type; "
+        f"{path}: tensor {span.name} is stored as {qtype.name}, which is not a model weight type; "
         "re-export the GGUF with llama.cpp"
     )
 
 
 class GGUFTensorReader:
-    """One .gguf file as a ``TensorReader`` with Hugging Face names, shapes and row order."""
+    """One .gguf file as a ``TensorReader`` with Hugging Face names, shapes and row order.
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self._reader: gguf.GGUFReader | None = _open(self.path)
-        self._entries = self._index(self._reader)
+    ``meta`` is the file's one parse; hand it on (``gguf_hf_config(reader.meta)``) instead of a path.
+    """
 
-    def _index(self, reader: gguf.GGUFReader) -> dict[str, _Entry]:
-        arch = _architecture(reader, self.path)
-        n_blocks = _positive_int(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), self.path)
-        if n_blocks > len(reader.tensors):   # gguf-py's name table below is built per block
+    def __init__(self, source: Path | str | GGUFMeta):
+        self.meta = _meta(source)
+        self.path = self.meta.path
+        self._entries = self._index()
+
+    def _index(self) -> dict[str, _Entry]:
+        meta, spans = self.meta, self.meta.tensors
+        arch = meta.architecture()
+        n_blocks = meta.integer(gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), required=True)
+        if n_blocks > len(spans):   # gguf-py's name table below is built per block
             raise InputFormatError(f"{self.path}: GGUF metadata says {n_blocks} blocks but the file has only "
-                                   f"{len(reader.tensors)} tensors; the metadata does not match, re-export the file")
-        n_head = _positive_int(reader, gguf.Keys.Attention.HEAD_COUNT.format(arch=arch), self.path)
+                                   f"{len(spans)} tensors; the metadata does not match, re-export the file")
+        n_head = meta.integer(gguf.Keys.Attention.HEAD_COUNT.format(arch=arch), required=True)
         # No head_count_kv means multi-head attention: as many kv heads as query heads.
-        n_head_kv = _positive_int(reader, gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch), self.path, n_head)
-        heads = {gguf.MODEL_TENSOR.ATTN_Q: n_head, gguf.MODEL_TENSOR.ATTN_K: n_head_kv} if _PERMUTES_QK[arch] else {}
+        n_head_kv = meta.integer(gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch), n_head)
+        heads = {gguf.MODEL_TENSOR.ATTN_Q: n_head, gguf.MODEL_TENSOR.ATTN_K: n_head_kv} if PERMUTES_QK[arch] else {}
         names = _hf_names(arch, n_blocks)
         entries: dict[str, _Entry] = {}
-        for index, tensor in enumerate(reader.tensors):
-            base, suffix = _split_suffix(tensor.name)
+        for span in spans:
+            base, suffix = _split_suffix(span.name)
             if base in _DERIVED:
                 continue
             if base not in names:
                 raise InputFormatError(
-                    f"{self.path}: GGUF tensor {tensor.name} has no Hugging Face name for architecture {arch}; "
+                    f"{self.path}: GGUF tensor {span.name} has no Hugging Face name for architecture {arch}; "
                     "merge from the Hugging Face safetensors checkpoint instead"
                 )
             hf_base, kind = names[base]
-            shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-            info = TensorInfo(hf_base + suffix, shape, _result_dtype(tensor, self.path))
-            entry = _Entry(tensor.name, index, info, heads.get(kind))
+            info = TensorInfo(hf_base + suffix, tuple(reversed(span.dims)), _dtype_name(span, self.path))
+            entry = _Entry(span, info, heads.get(kind))
             self._check_heads(entry)
             entries[entry.info.name] = entry
         return entries
@@ -185,7 +126,7 @@ class GGUFTensorReader:
         shape = entry.info.shape
         if entry.n_head is not None and (not shape or shape[0] % (2 * entry.n_head)):   # a 0-d q/k has no rows
             raise InputFormatError(
-                f"{self.path}: tensor {entry.gguf_name} has {shape[0] if shape else 'no'} rows, not a multiple of "
+                f"{self.path}: tensor {entry.span.name} has {shape[0] if shape else 'no'} rows, not a multiple of "
                 f"2 x {entry.n_head} heads; the GGUF head_count metadata does not match its tensors, re-export the file"
             )
 
@@ -197,26 +138,30 @@ class GGUFTensorReader:
 
     def get(self, name: str) -> torch.Tensor:
         entry = self._entry(name)
-        if self._reader is None:  # reopened after close(), like SafetensorsReader's handles
-            self._reader = _open(self.path)
-        tensor = self._load(self._reader.tensors[entry.index], entry.info)
+        tensor = self._load(entry.span, entry.info)
         if entry.n_head is not None:
             tensor = _unpermute_rows(tensor, entry.n_head)
         return tensor
 
-    def _load(self, stored: gguf.ReaderTensor, info: TensorInfo) -> torch.Tensor:
-        qtype = stored.tensor_type
-        if qtype == gguf.GGMLQuantizationType.BF16:
-            # numpy has no bfloat16: the reader hands out raw bytes, reinterpreted here.
-            raw = torch.from_numpy(np.array(stored.data).view(np.int16))
-            return raw.view(torch.bfloat16).reshape(info.shape)
+    def _load(self, span: TensorSpan, info: TensorInfo) -> torch.Tensor:
+        import numpy as np  # comes with gguf; imported here so a missing gguf gets gguf_meta's fix-it error
+
+        if span.nbytes == 0:   # a dimension of 0: nothing to read or dequantise
+            return torch.zeros(info.shape, dtype=info.dtype)
+        raw = read_tensor_bytes(self.meta.layout, span)
+        qtype = gguf.GGMLQuantizationType(span.ggml_type)
         if qtype in _PLAIN:
-            return torch.from_numpy(np.array(stored.data)).reshape(info.shape)
+            code, _ = _PLAIN[qtype]
+            stored = np.frombuffer(raw, dtype=np.dtype(code).newbyteorder(self.meta.layout.order))
+            values = torch.from_numpy(stored.astype(code, copy=False))   # swaps bytes only in big-endian files
+            return values.view(info.dtype).reshape(info.shape)
+        block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, span.dims[0] // block * block_bytes)
         try:
-            values = gguf.quants.dequantize(stored.data, qtype)
+            values = gguf.quants.dequantize(rows, qtype)
         except NotImplementedError:
             raise InputFormatError(
-                f"{self.path}: tensor {stored.name} is quantised as {qtype.name}, which the installed gguf "
+                f"{self.path}: tensor {span.name} is quantised as {qtype.name}, which the installed gguf "
                 "package cannot dequantise; upgrade gguf or re-export the file as Q8_0/F16"
             ) from None
         return torch.from_numpy(values).reshape(info.shape)
@@ -231,7 +176,7 @@ class GGUFTensorReader:
             ) from None
 
     def close(self) -> None:
-        self._reader = None  # drops the memory map; get() reopens on demand
+        """Nothing to release: each ``get()`` opens the file for the length of one read."""
 
 
 def _unpermute_rows(tensor: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -241,65 +186,52 @@ def _unpermute_rows(tensor: torch.Tensor, n_head: int) -> torch.Tensor:
     return split.transpose(1, 2).reshape(tensor.shape)
 
 
+def _meta(source: Path | str | GGUFMeta) -> GGUFMeta:
+    return source if isinstance(source, GGUFMeta) else GGUFMeta.read(source)
+
+
+def gguf_hf_config(source: Path | str | GGUFMeta) -> dict:
+    """The ``config.json`` of the Hugging Face model the GGUF was converted from.
+
+    Pass the reader's ``meta`` where there is one: a path is parsed again.
+    """
+    return hf_config(_meta(source))
+
+
+def gguf_generation_config(source: Path | str | GGUFMeta) -> dict | None:
+    """``generation_config.json`` token ids from the GGUF tokenizer metadata, or None if absent."""
+    return generation_config(_meta(source))
+
+
+# What transformers' GGUF tokenizer loader raises on metadata it cannot use (it parses the file
+# with gguf-py or its own reader). check_layout has refused malformed headers by then; this is the
+# second line of defence, kept narrow so that our own bugs still surface.
+_TRANSFORMERS_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError)
+
+
 def _transformers(path: Path) -> Any:
     try:
         import transformers
     except ImportError as exc:
         raise InputFormatError(
-            f"{path}: reading a GGUF config or tokenizer needs transformers ({exc}); pip install mergesmith[hf]"
+            f"{path}: reading a GGUF tokenizer needs transformers ({exc}); pip install mergesmith[hf]"
         ) from exc
     return transformers
 
 
-def gguf_hf_config(path: Path | str) -> dict:
-    """The ``config.json`` of the Hugging Face model the GGUF was converted from."""
-    path = Path(path)
-    reader = _open(path)
-    arch = _architecture(reader, path)
-    n_blocks = _positive_int(reader, gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), path)
-    transformers = _transformers(path)
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
-    except _GGUF_PY_ERRORS as exc:   # transformers parses the file with gguf-py too
-        raise InputFormatError(f"{path}: transformers cannot build a config from this GGUF ({exc})") from exc
-    # "_name_or_path" and friends are local load paths, not model facts.
-    config = {key: value for key, value in config.items() if not key.startswith("_")}
-    model_type = config.get("model_type")
-    if model_type not in _HF_ARCHITECTURES:
-        raise ArchitectureError(
-            f"{path}: transformers reads this GGUF as model_type {model_type!r}; mergesmith supports "
-            f"{sorted(_HF_ARCHITECTURES)}. Merge from the Hugging Face checkpoint instead."
-        )
-    # transformers leaves "architectures" empty for GGUF; the block count is the file's own.
-    config["architectures"] = [_HF_ARCHITECTURES[model_type]]
-    config["num_hidden_layers"] = n_blocks
-    rope = config.get("rope_parameters") or {}
-    if "rope_theta" not in config and "rope_theta" in rope:
-        # transformers 5 nests rope_theta; 4.x and mergekit read it at the top level.
-        config["rope_theta"] = rope["rope_theta"]
-    return config
+def save_gguf_tokenizer(source: Path | str | GGUFMeta, dest_dir: Path | str) -> None:
+    """Write the GGUF's tokenizer as Hugging Face files (tokenizer.json, tokenizer_config.json).
 
-
-def gguf_generation_config(path: Path | str) -> dict | None:
-    """``generation_config.json`` token ids from the GGUF tokenizer metadata, or None if absent."""
-    path = Path(path)
-    reader = _open(path)
-    ids = {
-        "bos_token_id": reader.get_field(gguf.Keys.Tokenizer.BOS_ID),
-        "eos_token_id": reader.get_field(gguf.Keys.Tokenizer.EOS_ID),
-    }
-    found = {key: _contents(field, path) for key, field in ids.items() if field is not None}
-    return found or None
-
-
-def save_gguf_tokenizer(path: Path | str, dest_dir: Path | str) -> None:
-    """Write the GGUF's tokenizer as Hugging Face files (tokenizer.json, tokenizer_config.json)."""
-    path = Path(path)
-    _architecture(_open(path), path)
+    Merge time only (planning never needs it): transformers builds the tokenizer from the
+    vocabulary and merges, which it reads from the file itself.
+    """
+    meta = _meta(source)
+    meta.architecture()
+    path = meta.path
     transformers = _transformers(path)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except _GGUF_PY_ERRORS as exc:
+    except _TRANSFORMERS_ERRORS as exc:
         raise InputFormatError(f"{path}: transformers cannot build a tokenizer from this GGUF ({exc})") from exc
     # The chat template goes into tokenizer_config.json (not chat_template.jinja) because
     # transformers < 4.50 and llama.cpp's converter only look for it there.

@@ -99,7 +99,7 @@ def _open_gguf(key: str, file: Path) -> ModelInput:
 
     reader = GGUFTensorReader(file)
     infos = {name: reader.info(name) for name in reader.keys()}
-    return ModelInput(key, file, gguf_hf_config(file), infos, reader, gguf_file=file)
+    return ModelInput(key, file, gguf_hf_config(reader.meta), infos, reader, gguf_file=file)
 
 
 def _open_hf_dir(key: str, path: Path, allow_pickle: bool) -> ModelInput:

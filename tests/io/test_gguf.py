@@ -18,8 +18,8 @@ import torch
 gguf = pytest.importorskip("gguf")
 np = pytest.importorskip("numpy")
 
-from mergesmith.errors import ArchitectureError, MissingTensorError
-from mergesmith.io.gguf import (
+from mergesmith.errors import ArchitectureError, MissingTensorError  # noqa: E402
+from mergesmith.io.gguf import (  # noqa: E402
     GGUFTensorReader,
     gguf_generation_config,
     gguf_hf_config,
@@ -226,7 +226,6 @@ def test_smollm2_info_agrees_with_get(smollm2_reader):
 
 @pytest.mark.smollm2
 def test_smollm2_config(smollm2):
-    pytest.importorskip("transformers")
     config = gguf_hf_config(smollm2)
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert config["model_type"] == "llama"
@@ -237,6 +236,7 @@ def test_smollm2_config(smollm2):
     assert config["rope_theta"] == 100000.0
     assert not any(key.startswith("_") for key in config)  # no local load paths
     json.dumps(config)  # writable as config.json
+    assert gguf_hf_config(GGUFTensorReader(smollm2).meta) == config   # the reader's parse, handed on
     assert gguf_generation_config(smollm2) == {"bos_token_id": 1, "eos_token_id": 2}
 
 
