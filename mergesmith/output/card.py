@@ -1,16 +1,36 @@
-"""The model card: front matter, then Merge Details → Merge Method → Models Merged → Configuration,
-and (after `mergesmith card --eval`) Evaluation results."""
+"""The model card: Hub front matter, then Merge Details → Merge Method → Models Merged → Configuration,
+and (after `mergesmith card --eval`) Evaluation results; and the card of a folder of GGUF files.
+
+Models are named as output/card_names.py says: Hub ids where known, else directory or file names,
+never a path of the machine that ran the merge. Front matter keys are those the Hub reads
+(https://huggingface.co/docs/hub/model-cards): ``base_model`` lists Hub ids only, since the Hub
+links each one and a local name is no id; ``base_model_relation`` is said only with a base_model.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
-from mergesmith.config.references import parse_reference
 from mergesmith.config.schema import Recipe
 from mergesmith.methods.registry import METHODS
+from mergesmith.output.card_names import (
+    card_names,
+    common_license,
+    hub_ids,
+    reference_md,
+    shown_path,
+    shown_recipe,
+)
+
+# The PyPI project: `pip install mergesmith` is how a reader gets the tool, and PyPI's page is the
+# one address under that name we can vouch for.
+MERGESMITH_MD = "[mergesmith](https://pypi.org/project/mergesmith/)"
+LLAMA_CPP_MD = "[llama.cpp](https://github.com/ggml-org/llama.cpp)"
+LOCAL_NOTE = "Models without a link were read from local files and are named by their directory or file name.\n\n"
 
 
 def _method_md(name: str) -> str:
@@ -24,65 +44,63 @@ def _method_md(name: str) -> str:
 LineageStep = tuple[str, str, Sequence[str]]
 
 
-def _model_md(ref: str) -> str:
-    """A reference for the card's text: ``base+adapter`` says which LoRA adapter was folded in."""
-    parsed = parse_reference(ref)
-    return f"{parsed.model} with the LoRA adapter {parsed.lora} merged in" if parsed.lora else str(parsed.model)
+def _front(data: dict) -> str:
+    return f"---\n{yaml.safe_dump(data, sort_keys=False, allow_unicode=True)}---\n"
 
 
-def _front_models(refs: Sequence[str], stages: Sequence[str] = ()) -> list[str]:
-    """The front matter's ``base_model``: each reference's model, without revision or adapter.
-
-    Hugging Face reads these as model ids (``org/name``), so ``base@rev+adapter`` becomes ``base``;
-    the adapter and revision stay in the card's text and recipe. A local path cannot be an id
-    (the Hub refuses the card on push), so it is left out here and stays in the recipe.
-    """
-    paths = (parse_reference(ref).model.path for ref in refs)
-    return list(dict.fromkeys(p for p in paths if p not in stages and _could_be_hub_id(p)))
-
-
-def _could_be_hub_id(path: str) -> bool:
-    """``name`` or ``org/name``; not ``/abs``, ``~/x``, ``./x``, ``../x`` or ``a/b/c``."""
-    return not path.startswith(("/", "~", ".")) and path.count("/") <= 1
-
-
-def _lineage_md(steps: Sequence[LineageStep]) -> str:
+def _lineage_md(steps: Sequence[LineageStep], names) -> str:
     if not steps:
         return ""
     rows = "\n".join(
-        f"{i}. {stage}: {_method_md(method)} of {', '.join(_model_md(m) for m in inputs)}"
+        f"{i}. {stage}: {_method_md(method)} of {', '.join(reference_md(m, names) for m in inputs)}"
         for i, (stage, method, inputs) in enumerate(steps, 1)
     )
     return f"### Lineage\n\nThis model is the last of {len(steps)} merges, run in this order:\n\n{rows}\n\n"
 
 
-def model_card(recipe: Recipe, recipe_yaml: str, name: str, lineage: Sequence[LineageStep] = ()) -> str:
+def _merge_front(refs: Sequence[str], names, methods: Sequence[str]) -> dict:
+    front: dict = {}
+    if bases := hub_ids(refs, names):
+        front.update(base_model=bases, base_model_relation="merge")
+    front["library_name"] = "transformers"
+    if licence := common_license(names.values()):
+        front["license"] = licence
+    front["tags"] = list(dict.fromkeys(["mergesmith", "merge", *methods]))
+    return front
+
+
+def model_card(recipe: Recipe, recipe_yaml: str, name: str, lineage: Sequence[LineageStep] = (),
+               *, base_dir: Path | None = None) -> str:
     """``lineage``: the stages of a multi-stage recipe, final one last (``recipe`` is that one and
-    ``recipe_yaml`` the whole file); the front matter then lists the models the lineage starts from."""
+    ``recipe_yaml`` the whole file); the front matter then lists the models the lineage starts from.
+    ``base_dir``: the recipe's folder, where relative model paths are looked up after the working
+    directory (as the merge does), so that they are named, not mistaken for Hub ids."""
     base = recipe.base_model if recipe.merge_method != "slerp" else None
     models = [m for m in recipe.referenced_models() if m != base]
-    if lineage:
-        # A stage read with an adapter (``C+adapter``) is still stage C, not a model to list.
-        stages = [stage for stage, _, _ in lineage]
-        front_models = _front_models([m for _, _, inputs in lineage for m in inputs], stages)
-    else:
-        front_models = _front_models(recipe.referenced_models())
-    front = {"base_model": front_models, "library_name": "transformers", "tags": ["merge", "mergesmith"]}
-    base_text = f" using {_model_md(base)} as a base" if base else ""
-    bullets = "\n".join(f"* {_model_md(m)}" for m in models)
+    refs = [m for _, _, inputs in lineage for m in inputs] or list(recipe.referenced_models())
+    stages = [stage for stage, _, _ in lineage]
+    names = card_names(refs, base_dir, stages)
+    front = _merge_front(refs, names, [method for _, method, _ in lineage] or [recipe.merge_method])
+    # The tokenizer's source is named in the recipe too, but was not merged: no licence, no base_model.
+    tokenizer = recipe.tokenizer_choice
+    if tokenizer not in (None, "base", "union"):
+        names = {**card_names([tokenizer], base_dir, stages), **names}
+    base_text = f" using {reference_md(base, names)} as a base" if base else ""
+    bullets = "\n".join(f"* {reference_md(m, names)}" for m in models)
+    local = any(s.kind == "local" for s in names.values())
     return (
-        f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n"
-        f"# {name}\n\n"
-        "This is a merge of pre-trained language models created with mergesmith.\n\n"
+        _front(front) + f"# {name}\n\n"
+        f"This is a merge of pre-trained language models created with {MERGESMITH_MD}.\n\n"
         "## Merge Details\n\n"
         "### Merge Method\n\n"
         f"This model was merged using the {_method_md(recipe.merge_method)} merge method{base_text}.\n\n"
         "### Models Merged\n\n"
         f"The following models were included in the merge:\n{bullets}\n\n"
-        f"{_lineage_md(lineage)}"
+        f"{LOCAL_NOTE if local else ''}"
+        f"{_lineage_md(lineage, names)}"
         "### Configuration\n\n"
         "The following YAML configuration was used to produce this model:\n\n"
-        f"```yaml\n{recipe_yaml.rstrip()}\n```\n"
+        f"```yaml\n{shown_recipe(recipe_yaml, names).rstrip()}\n```\n"
     )
 
 
@@ -166,3 +184,24 @@ def gguf_section(table_md: str, *, note: str) -> str:
 def with_gguf_section(card: str, section: str) -> str:
     """``card`` with its GGUF section replaced by ``section``, or ``section`` appended."""
     return with_eval_section(card, section, GGUF_HEADING)
+
+
+def gguf_card(card: str | None, section: str, *, title: str, model: Path) -> str:
+    """The card of a folder of GGUF files quantized from ``model``: ``card`` (None when there is
+    none yet) with its GGUF section set to ``section``. A new card gets the Hub's front matter for a
+    quantization (``base_model``: the model's Hub id, else its directory name) and a sentence naming
+    the model; an existing card keeps its text and gets that front matter only if it has none."""
+    shown = shown_path(Path(model).absolute())
+    front: dict = {"base_model": shown.hub_id or shown.text, "base_model_relation": "quantized",
+                   "quantized_by": "mergesmith"}
+    if licence := common_license([shown]):    # the licence the model's own card states, if any
+        front["license"] = licence
+    front["tags"] = ["gguf", "llama.cpp", "mergesmith"]
+    if card is None:
+        model_md = shown.markdown if shown.hub_id else f"`{shown.text}`"
+        about = "" if shown.hub_id else f" The model card of `{shown.text}` says how it was made."
+        card = (f"# {title}\n\nGGUF files of {model_md} for {LLAMA_CPP_MD}, quantized by {MERGESMITH_MD}."
+                f"{about}\n")
+    card = with_gguf_section(card, section)
+    return card if card.startswith("---\n") else _front(front) + card
+
