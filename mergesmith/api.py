@@ -6,12 +6,14 @@ import contextlib
 import errno
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mergesmith.config.load import load_recipe, parse_recipe, read_text
+from mergesmith.config.references import parse_reference
 from mergesmith.config.schema import Recipe
 from mergesmith.errors import InputFormatError, OutputWriteError
 from mergesmith.io.resolve import close_models, local_paths, open_headers, open_models
@@ -85,12 +87,15 @@ def merge(
     recipe, out: str | Path, *, force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE,
     seed: int = 0, allow_pickle: bool = False, progress: bool = False, workers: int = 2,
     lora_cache: str | Path | None = DEFAULT_LORA_CACHE, device: str = "cpu",
+    status: Callable[[str], None] | None = None,
 ) -> Plan:
     """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically.
 
     ``lora_cache``: where ``base+adapter`` inputs are merged and kept for later runs; None folds
-    adapters in on the fly instead, writing nothing outside ``out``.
+    adapters in on the fly instead, writing nothing outside ``out``. ``status`` hears what the merge
+    does where no progress bar says it ("reading metadata", "folding adapters", ...).
     """
+    say = status or (lambda _message: None)
     src = read_recipe(recipe)
     out = Path(out)
     from mergesmith.execute.runner import (  # torch: only a merge needs it
@@ -107,7 +112,10 @@ def merge(
     # Planned from headers first, so a bad recipe (shapes that differ, a wrong adapter) is refused
     # before a Hub weight is downloaded or the LoRA cache is touched; then the inputs are opened for
     # reading (weights downloaded, adapters folded) and planned again from what was opened.
+    say("reading metadata and planning")
     template = _header_checks(src, keys, out, seed, allow_pickle)
+    adapters = any(parse_reference(k).lora is not None for k in keys)
+    say("opening the inputs and folding adapters" if adapters else "opening the inputs")
     models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
         with warnings.catch_warnings():   # said once already, by the first plan
@@ -121,6 +129,7 @@ def merge(
             except BaseException:
                 writer.close()
                 raise
+            say("writing config, tokenizer and card")
             _write_metadata(the_plan, models, src, staging, out.name, template)
     finally:
         close_models(models)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,22 +279,22 @@ def test_eval_json_and_card_clear_stale_partials_and_leave_none_on_ctrl_c(capsys
     out = tmp_path / "r.json"
     stale = tmp_path / f".r.json.partial-{dead_pid()}"
     stale.write_text("{")
-    code, _, stderr = cli(capsys, "eval", llama_family[0], "--text", text, "--json", out, "--quiet")
+    model = tmp_path / "model"   # the card takes only its own model's results: evaluate a copy
+    shutil.copytree(llama_family[0], model)
+    code, _, stderr = cli(capsys, "eval", model, "--text", text, "--json", out, "--quiet")
     assert code == 0, stderr
     removal_warnings(stderr, stale)
     assert json.loads(out.read_text())["format"] == "mergesmith-eval/1"
-
-    model = tmp_path / "model"
-    model.mkdir()
     (model / "README.md").write_text("# model\n")
+    before = sorted(p.name for p in model.iterdir())
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(staging.os, "replace", interrupted)
     try:   # the CLI turns Ctrl-C into exit 130 (cli/main.py); the library lets it through
-        code = main(["card", str(model), "--eval", str(out), "--model", str(llama_family[0])])
+        code = main(["card", str(model), "--eval", str(out)])
     except KeyboardInterrupt:
         code = 130
     assert code == 130
-    assert sorted(p.name for p in model.iterdir()) == ["README.md"] and (model / "README.md").read_text() == "# model\n"
+    assert sorted(p.name for p in model.iterdir()) == before and (model / "README.md").read_text() == "# model\n"

@@ -1,7 +1,7 @@
 """``mergesmith`` — one CLI; each subcommand module adds its parser and handler.
 
-Library errors become one line on stderr and exit code 2. Heavy imports happen inside handlers,
-so ``--help`` answers at once.
+Library errors become one line on stderr and exit code 2 (a JSON object under ``--log-format
+json``). Heavy imports happen inside handlers, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -15,54 +15,82 @@ from collections.abc import Sequence
 
 from mergesmith.cli import (
     card_cmd,
+    completion,
     eval_cmd,
     export_cmd,
     merge_cmd,
     plan_cmd,
     search_cmd,
 )
+from mergesmith.cli.events import Log
+
+COMMANDS = (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd, completion)
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own where it runs from a source tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mergesmith")
+    except PackageNotFoundError:
+        from mergesmith import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (importlib.metadata is not free at startup)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"mergesmith {version()}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergesmith", description="Merge LLM checkpoints from mergekit-style YAML recipes.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd):
+    for module in COMMANDS:
         module.add_parser(sub)
+    parser.set_defaults(root_parser=parser)   # for `mergesmith completion`, which describes the whole CLI
     return parser
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
+    log = args.log = Log(args.command, getattr(args, "log_format", "text"), getattr(args, "quiet", False))
+    warnings.showwarning = lambda message, *_, **__: log.warning(str(message))
     from mergesmith.errors import MergesmithError
 
     try:
-        return args.handler(args) or 0
+        with log.running():
+            return args.handler(args) or 0
     except MergesmithError as exc:
         # One line, whatever a message quotes (a file's text, another tool's multi-line error).
-        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        log.error(" ".join(str(exc).split()), 2)
         return 2
     except KeyboardInterrupt:
         # The library removes its staging on the way out (BaseException paths); a person who
         # pressed Ctrl-C wants to be told it stopped, not shown where.
-        print("error: interrupted; incomplete output removed", file=sys.stderr)
+        log.error("interrupted; incomplete output removed", 130)
         return 130
+    except BrokenPipeError:   # an OSError: caught before the clause below
+        # `mergesmith plan r.yml | head`: the reader left; that is not an error. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # What the library did not turn into an input or output error (a disk failing under a
         # read, say): still one line, with the path and the system's reason.
         where = f"{exc.filename}: " if exc.filename else ""
         code = errno.errorcode.get(exc.errno, exc.errno) if exc.errno else type(exc).__name__
-        print(f"error: {where}{exc.strerror or exc} ({code})", file=sys.stderr)
+        log.error(f"{where}{exc.strerror or exc} ({code})", 2)
         return 2
-    except BrokenPipeError:
-        # `mergesmith plan r.yml | head`: the reader left; that is not an error. Point stdout
-        # at /dev/null so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

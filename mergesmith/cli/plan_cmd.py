@@ -4,10 +4,11 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plan", help="print what a merge would do, without doing it")
+    p = sub.add_parser("plan", help="print what a merge would do, without doing it",
+                       description="Print each output tensor of a recipe: inputs, method, parameters, dtype.")
     p.add_argument("recipe", help="YAML recipe (mergekit format), or a lineage: several, '---'-separated")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--seed", type=int, default=0, help="seed recorded in the plan")
+    p.add_argument("--seed", type=int, default=0, help="seed of random methods recorded in the plan (default 0)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.set_defaults(handler=run)
 

@@ -53,6 +53,11 @@ def bundled_tasks(data_dir: Path = DATA_DIR) -> list[Path]:
     return sorted((data_dir / "tasks").glob("*.jsonl"))
 
 
+def bundled_text_names(data_dir: Path = DATA_DIR) -> list[str]:
+    """Every text in ``data/text`` by name (``kjv_heldout``), as ``--text``, ``--tasks`` and search files take them."""
+    return sorted(p.stem for p in (data_dir / "text").glob("*.txt"))
+
+
 def _read_utf8(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -62,12 +67,17 @@ def _read_utf8(path: Path, what: str) -> str:
         raise InputFormatError(f"{what} {path} cannot be read ({exc.strerror}); check its permissions") from None
 
 
-def read_text(path) -> Text:
+def read_text(path, data_dir: Path = DATA_DIR) -> Text:
+    """A UTF-8 text file, or a bundled text by name (``kjv_heldout``) where no such file exists."""
     path = Path(path)
     if path.is_dir():
         raise InputFormatError(f"text file {path} is a directory; pass the UTF-8 text files in it to --text")
+    if not path.is_file() and len(path.parts) == 1 and (data_dir / "text" / f"{path}.txt").is_file():
+        path = data_dir / "text" / f"{path}.txt"
     if not path.is_file():
-        raise InputFormatError(f"text file {path} not found; pass an existing UTF-8 text file to --text")
+        names = ", ".join(bundled_text_names(data_dir)) or "none found"
+        raise InputFormatError(f"text file {path} not found; pass an existing UTF-8 text file to --text, "
+                               f"or a bundled text name ({names})")
     text = _read_utf8(path, "text file")
     if not text.strip():
         raise InputFormatError(f"text file {path} is empty; give a file with text to score")

@@ -73,32 +73,52 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
+# No rate and no ETA: the converter names every tensor within seconds and then writes the whole
+# file unseen, and the quantizer's tensors differ in size by 100x (the embedding), so a rate
+# computed over tensors predicts nothing.
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tensors [{elapsed}]"
+
+
 @contextmanager
 def _bar(progress: bool, desc: str, total: int | None):
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="tensor", disable=not progress, leave=progress) as bar:
+    with tqdm(total=total, desc=desc, unit="tensor", disable=not progress, leave=progress, bar_format=_BAR_FORMAT) as bar:
         yield bar
 
 
-def _produce(model_dir: Path, staged: Path, quant: QuantType, source: Path | None, opts: dict) -> None:
-    """Write ``staged`` as ``quant``: the converter for float types, the quantizer from ``source`` for the rest."""
-    name = staged.name.removeprefix(".").rsplit(".partial-", 1)[0]
+def _produce(model_dir: Path, staged: Path, quant: QuantType, source: Path | None, opts: dict, label: str) -> None:
+    """Write ``staged`` as ``quant``: the converter for float types, the quantizer from ``source`` for the rest.
+
+    The bar is named by ``label`` (the final file's name, never the hidden staging name) and counts
+    what each tool reports: tensors prepared, then the file written (converter); tensors quantized.
+    """
     if quant.tool == "convert":
-        with _bar(opts["progress"], name, opts["tensors"]) as bar:
-            convert_to_gguf(model_dir, staged, quant.name, converter=opts["converter"], on_tensor=lambda _: bar.update())
+        with _bar(opts["progress"], f"{label}: preparing", opts["tensors"]) as bar:
+            def on_prepared(_name: str) -> None:
+                bar.total = max(bar.total or 0, bar.n + 1)   # llama.cpp may add a tensor (rope_freqs)
+                bar.update()
+                if bar.n == opts["tensors"]:
+                    bar.set_description_str(f"{label}: writing")   # the converter writes the file only now
+            convert_to_gguf(model_dir, staged, quant.name, converter=opts["converter"], on_tensor=on_prepared)
+            bar.total = bar.n   # or left one out (a tied head): the file is whole now
         return
-    with _bar(opts["progress"], name, None) as bar:
-        def on_tensor(_name: str, total: int) -> None:
+    with _bar(opts["progress"], f"{label}: quantizing", None) as bar:
+        started = []   # the quantizer names each tensor as it starts: the one before is done
+
+        def on_started(name: str, total: int) -> None:
             bar.total = total
-            bar.update()
-        quantize_gguf(source, staged, quant, threads=opts["threads"], on_tensor=on_tensor)
+            if started:
+                bar.update()
+            started.append(name)
+        quantize_gguf(source, staged, quant, threads=opts["threads"], on_tensor=on_started)
+        bar.update(len(started) - bar.n)
 
 
 def _write(model_dir: Path, path: Path, quant: QuantType, source: Path | None, opts: dict) -> GGUFFile:
     start, staged = time.perf_counter(), _partial(path)
     try:
-        _produce(model_dir, staged, quant, source, opts)
+        _produce(model_dir, staged, quant, source, opts, path.name)
         os.replace(staged, path)
     finally:   # BaseException too: Ctrl-C leaves no partial file
         staged.unlink(missing_ok=True)
@@ -170,7 +190,7 @@ def _write_all(model_dir: Path, wanted, targets: dict, f16_path: Path, opts: dic
             # F16 only as the quantizer's input: staged under the F16 file's partial name (so a
             # killed run's scratch is cleared like any partial file), used, removed.
             scratch = source = _partial(f16_path)
-            _produce(model_dir, scratch, BY_NAME["f16"], None, opts)
+            _produce(model_dir, scratch, BY_NAME["f16"], None, opts, f"{f16_path.name} (temporary, the quantizer's input)")
         for q in quantized:
             files[q.name] = _write(model_dir, targets[q.name], q, source, opts)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,22 @@ ST_CODES = {
     "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
 }
 INDEX_NAME = "model.safetensors.index.json"
+# More shards than this is almost always a shard size given in the wrong unit.
+MANY_SHARDS = 100
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def parse_size(text: str) -> int:
-    """``5GB``, ``500MiB``, ``1000000`` → bytes."""
+    """``5GB``, ``500MiB``, ``1000000B`` → bytes. The unit is required: a bare ``5`` would be five
+    bytes, one shard per tensor, where 5GB was surely meant."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS:
-        raise ConfigError(f"shard_size '{text}' is not a size; write e.g. 5GB, 500MiB or a byte count")
+        raise ConfigError(f"shard_size '{text}' is not a size; write e.g. 5GB, 500MiB or 1000000B")
+    if not match.group(2):
+        n = match.group(1)
+        raise ConfigError(f"shard_size '{text}' (--shard-size) has no unit, so it would be {n} bytes; "
+                          f"add the unit: {n}GB, {n}MB, or {n}B if bytes are meant")
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if size <= 0:
         raise ConfigError(f"shard_size '{text}' must be positive")
@@ -81,6 +89,9 @@ class ShardedWriter:
         self.directory = directory
         shards = _split(slots, shard_size)
         count = len(shards)
+        if count > MANY_SHARDS:
+            warnings.warn(f"shard_size {shard_size} bytes splits the output into {count} shards; "
+                          "choose a larger shard size (e.g. 5GB) for fewer files", stacklevel=2)
         self.files = [
             "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
         ]

@@ -27,7 +27,7 @@ from mergesmith.io.staging import clear_stale, parent_lock
 from mergesmith.plan.planner import build_plan
 from mergesmith.search.backends import make_backend
 from mergesmith.search.derive import build_space
-from mergesmith.search.final import PLOT_FILE, WINNER_DIR, finish
+from mergesmith.search.final import PLOT_FILE, WINNER_DIR, finish, stored_report
 from mergesmith.search.fitness import Objective, nll_objective, objective
 from mergesmith.search.optimizers import default_optimizer, make_optimizer
 from mergesmith.search.report import ranked
@@ -62,6 +62,7 @@ class SearchResult:
     records: tuple[Record, ...]      # in evaluation order
     settings: dict
     report: tuple[ReportRow, ...] = ()   # held-out scores of the best candidates and the baselines
+    report_stored: bool = False          # the report is the one stored by the finished search resumed
 
     @property
     def leaderboard(self) -> list[Record]:
@@ -182,13 +183,21 @@ def _settings(prepared: Prepared, search_file, seed: int, budget: int, backend: 
     }
 
 
+def _backend_text(workers: int, threads: int, use_ray: bool, ray_address: str | None) -> str:
+    backend = (f"Ray at {ray_address}" if ray_address else "a local Ray instance") if use_ray else \
+        "local processes" if workers > 1 else "the search process"
+    return f"{_count(workers, 'worker')} on {backend}, {_count(threads, 'torch thread')} each"
+
+
 OnResult = Callable[[Record, int], None]   # (record, candidates scored so far)
+OnStatus = Callable[[str], None]           # what the search does now, where no candidate is scored
 
 
 def search(
     search_file, out, *, budget: int, seed: int = 0, workers: int = 1, use_ray: bool = False,
     ray_address: str | None = None, threads: int | None = None, resume: bool = False, force: bool = False,
     allow_pickle: bool = False, on_result: OnResult | None = None, write_winner: bool = True,
+    redo_report: bool = False, on_status: OnStatus | None = None,
 ) -> SearchResult:
     """Run (or with ``resume`` continue) the search of ``search_file`` into ``out``.
 
@@ -196,18 +205,18 @@ def search(
     it is fixed explicitly because a different count may change matmul rounding, so two runs
     give the same leaderboard when seed, budget and threads agree, whatever the backend. The
     final report uses as many threads: on a busy machine more threads were slower, not faster.
+    Resuming a finished search scores nothing: its stored report and winner stand, unless
+    ``redo_report`` or they no longer match (another ``report:`` section, an edited baseline).
     """
+    on_status = on_status or (lambda _: None)
     threads = _threads(workers) if threads is None else threads
     for name, value, low in (("--budget", budget, 1), ("--seed", seed, 0), ("--workers", workers, 1), ("--threads", threads, 1)):
         if value < low:
             raise ConfigError(f"{name} {value} is out of range; it must be at least {low}")
+    on_status(f"checking {search_file}: every branch planned against the inputs' headers")
     prepared = prepare(search_file, seed=seed, allow_pickle=allow_pickle)
     out = Path(out)
-    optimizer_settings = prepared.search.optimizer_settings
-    backend = (f"Ray at {ray_address}" if ray_address else "a local Ray instance") if use_ray else \
-        "local processes" if workers > 1 else "the search process"
-    settings = _settings(prepared, search_file, seed, budget, f"{_count(workers, 'worker')} on {backend}, "
-                         f"{_count(threads, 'torch thread')} each")
+    settings = _settings(prepared, search_file, seed, budget, _backend_text(workers, threads, use_ray, ray_address))
     store = _open_store(out, resume, force)
     try:
         if resume:
@@ -215,19 +224,21 @@ def search(
         store.save_settings(settings)
         setup = Setup(prepared.source, str(prepared.base_dir), prepared.keys,
                       json.dumps(prepared.space.recipe(prepared.space.center(0))), prepared.objective, seed, threads, allow_pickle)
-        optimizer = make_optimizer(prepared.space, optimizer_settings, budget, seed)
-        records = _loop(prepared.space, optimizer, store, budget, lambda: make_backend(setup, workers, ray_address, use_ray), on_result)
+        optimizer = make_optimizer(prepared.space, prepared.search.optimizer_settings, budget, seed)
+        records, scored = _loop(prepared.space, optimizer, store, budget, lambda: make_backend(setup, workers, ray_address, use_ray), on_result)
         if not any(r.error is None for r in records):
             raise MergesmithError(f"every candidate failed to merge; the first: {records[0].error}")
-        rows = finish(prepared, store, records, settings, out, seed, threads) if write_winner else []
+        kept = None if scored or redo_report or not write_winner else stored_report(prepared, store, records, settings, out)
+        rows = kept or (finish(prepared, store, records, settings, out, seed, threads, on_status) if write_winner else [])
     finally:
         store.close()
-    return SearchResult(out, tuple(records), settings, tuple(rows))
+    return SearchResult(out, tuple(records), settings, tuple(rows), report_stored=kept is not None)
 
 
-def _loop(space: Space, optimizer, store: Store, budget: int, new_backend, on_result) -> list[Record]:
-    """Ask, score what the store does not hold yet, tell; the store is the search's memory."""
-    done, index, backend = store.records(), 0, None
+def _loop(space: Space, optimizer, store: Store, budget: int, new_backend, on_result) -> tuple[list[Record], int]:
+    """Ask, score what the store does not hold yet, tell; the store is the search's memory.
+    The records of the budget, and how many of them were scored now."""
+    done, index, backend, scored = store.records(), 0, None, 0
     try:
         while index < budget:
             asked = optimizer.ask()
@@ -247,6 +258,7 @@ def _loop(space: Space, optimizer, store: Store, budget: int, new_backend, on_re
                 for i, outcome in backend.run(pending):
                     done[i] = Record(i, *meta[i], outcome.fitness, outcome.details, outcome.seconds, outcome.worker, outcome.error)
                     store.add(done[i])
+                    scored += 1
                     if on_result is not None:
                         on_result(done[i], sum(1 for k in done if k < budget))
             if len(points) == len(asked):   # a generation cut short by the budget is the last one
@@ -255,4 +267,4 @@ def _loop(space: Space, optimizer, store: Store, budget: int, new_backend, on_re
     finally:
         if backend is not None:
             backend.close()
-    return [done[i] for i in range(index)]
+    return [done[i] for i in range(index)], scored

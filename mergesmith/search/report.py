@@ -73,7 +73,8 @@ def card_section(records: Sequence[Record], report: Sequence[ReportRow], setting
         f"{settings['backend']}).\n\n"
         f"- Fitness (lower is better): {settings['fitness']}\n"
         f"- Held-out (the report split, never scored during the search): {settings['heldout']}\n"
-        f"- Merge seed of random methods: {settings['seed']}; model paths are relative to {settings['base_dir']}\n\n"
+        f"- Merge seed of random methods: {settings['seed']}; model paths are as written in "
+        f"`{Path(settings['search_file']).name}`, relative to its folder\n\n"
         f"Search space:\n\n{space}\n\n"
         f"| {' | '.join(HEADER)} |\n|{'---|' * len(HEADER)}\n{table}\n"
     )

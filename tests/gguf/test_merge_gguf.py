@@ -84,9 +84,13 @@ def test_eval_cli_scores_gguf_files(merged_with_gguf, capsys):
                  "--text", str(text), "--context", "64", "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
-    rows = [line.split() for line in out.splitlines()[1:3]]
-    assert {r[1] for r in rows} == {str(gguf_dir / "merged-Q4_K_M.gguf"), str(gguf_dir / "merged-F16.gguf")}
-    kl = next(float(r[4]) for r in rows if r[1].endswith("Q4_K_M.gguf"))
+    lines = out.splitlines()
+    ranking = [line.split() for line in lines[1:3]]
+    assert {r[-3] for r in ranking} == {"Q4_K_M", "F16"}   # each file's own type, not --dtype's float32
+    block = lines.index("text text: perplexity, bits per byte, KL(ref ‖ model) per token")
+    rows = [line.split() for line in lines[block + 2: block + 4]]
+    assert {r[1] for r in rows} == {"merged-Q4_K_M.gguf", "merged-F16.gguf"}
+    kl = next(float(r[4]) for r in rows if r[1] == "merged-Q4_K_M.gguf")
     assert kl > 0
 
 

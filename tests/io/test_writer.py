@@ -79,7 +79,7 @@ def test_unwritten_slot_is_an_error(tmp_path):
     writer.close()
 
 
-@pytest.mark.parametrize("text,expected", [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), ("1000", 1000), ("1.5kb", 1500)])
+@pytest.mark.parametrize("text,expected", [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), ("1000B", 1000), ("1.5kb", 1500)])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
@@ -90,3 +90,11 @@ def test_parse_size_rejects_nonsense():
 
 
 GOLDEN_SHA256 = "832f88bdac338f73124eed695d01efc5fcf8f826a825f58fd3c8c4f12b9cb4b3"
+
+
+def test_many_shards_warn_about_the_shard_size(tmp_path):
+    tensors = {f"t{i}": torch.zeros(4) for i in range(120)}
+    slots = [TensorSlot(n, tuple(t.shape), t.dtype) for n, t in tensors.items()]
+    with pytest.warns(UserWarning, match="splits the output into 120 shards"):
+        writer = ShardedWriter(tmp_path, slots, 16)
+    writer.close()
