@@ -36,7 +36,7 @@ class Stats:
     peak_rss_bytes: int
 
     @classmethod
-    def of(cls, samples: list[Sample]) -> "Stats":
+    def of(cls, samples: list[Sample]) -> Stats:
         return cls(tuple(s.wall_s for s in samples), statistics.median(s.cpu_s for s in samples),
                    max(s.peak_rss_bytes for s in samples))
 
@@ -120,7 +120,7 @@ def evaluate(stats: dict[Key, Stats], shapes: list[str]) -> Verdict:
 def machine() -> dict[str, object]:
     cpu = "unknown"
     if os.path.exists("/proc/cpuinfo"):
-        models = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         cpu = models[0] if models else cpu
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"date": date.today().isoformat(), "cores": os.cpu_count(), "ram_gib": round(ram / 2**30, 1),

@@ -24,7 +24,7 @@ _ARCH_TESTS = str(Path(__file__).resolve().parent / "arch")
 if _ARCH_TESTS not in sys.path:
     sys.path.append(_ARCH_TESTS)
 
-from mergekit_batch import run_mergekit_many
+from mergekit_batch import run_mergekit_many  # noqa: E402  (found through the path added above)
 
 
 def selected_cases(request: pytest.FixtureRequest, argname: str = "case") -> list[str]:

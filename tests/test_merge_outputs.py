@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 import yaml
+from safetensors.torch import load_file
 from test_parity import frankenmerge_recipe, models_recipe, slerp_recipe
 
 from mergesmith.api import merge, plan
@@ -130,15 +130,15 @@ def test_plan_prints_per_layer_t(llama48, tmp_path, capsys):
     recipe.write_text(slerp_recipe(llama48, other, 48, "float16"))
     assert main(["plan", str(recipe)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    q_rows = {l.split("\t")[0]: l.split("\t")[3] for l in lines if "self_attn.q_proj" in l}
+    q_rows = {line.split("\t")[0]: line.split("\t")[3] for line in lines if "self_attn.q_proj" in line}
     assert q_rows["model.layers.0.self_attn.q_proj.weight"] == "t=0"
     assert q_rows["model.layers.47.self_attn.q_proj.weight"] == "t=1"
     # layer 6 of 48: t = 6/47, scaled 0.5106 into [0, 0.5): 0.5 * 0.5106...
     expected = (1 - 6 / 47 * 4) * 0 + (6 / 47 * 4) * 0.5
     assert q_rows["model.layers.6.self_attn.q_proj.weight"] == f"t={expected:.6g}"
-    mlp = [l for l in lines if l.startswith("model.layers.0.mlp.up_proj")][0]
+    mlp = [line for line in lines if line.startswith("model.layers.0.mlp.up_proj")][0]
     assert "\tt=1\t" in mlp
-    norm = [l for l in lines if l.startswith("model.layers.3.input_layernorm")][0]
+    norm = [line for line in lines if line.startswith("model.layers.3.input_layernorm")][0]
     assert "\tt=0.5\t" in norm
 
 

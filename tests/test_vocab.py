@@ -19,8 +19,8 @@ from reference import compare, load_dir, run_mergekit
 
 from mergesmith.api import merge, plan
 from mergesmith.errors import ConfigError, ShapeMismatchError
-from mergesmith.io.reader import TensorInfo
 from mergesmith.io.header import ModelInput
+from mergesmith.io.reader import TensorInfo
 from mergesmith.plan.render import render_json, render_text
 
 V = VOCAB_SIZE

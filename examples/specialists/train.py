@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import ADAPTERS, BASE, DOMAINS, ROOT, ensure_base, train_text
 
 # All attention and MLP projections of a llama block.

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from mergesmith.errors import InputFormatError
-from mergesmith.eval.loaded import LoadedModel
 from mergesmith.eval.llama_cpp import captured_log, import_llama_cpp
+from mergesmith.eval.loaded import LoadedModel
 
 _MIN_CONTEXT = 512   # first llama.cpp context; grown (re-created) when a longer row arrives
 

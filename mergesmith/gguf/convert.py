@@ -152,5 +152,5 @@ def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter:
     if fallback:
         warnings.warn(
             f"{model_dir / 'tokenizer.json'}: llama.cpp's converter does not know this tokenizer's pre-tokenizer hash; "
-            f"its pre_tokenizer splits text as llama.cpp's '{fallback}' does, so the GGUF names that one"
+            f"its pre_tokenizer splits text as llama.cpp's '{fallback}' does, so the GGUF names that one", stacklevel=2,
         )

@@ -18,6 +18,7 @@ from mergesmith.cli.main import build_parser
 from mergesmith.errors import ConfigError
 from mergesmith.io.writer import parse_size
 
+
 def subparsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from mergesmith.config.load import load_recipe
 from mergesmith.config.schema import Conditional
@@ -34,7 +35,7 @@ def test_published_slerp_parses_to_frozen_canonical_types():
     assert t[0] == Conditional(filter="self_attn", value=(1, 0.7, 0.3, 0.5, 0))
     assert t[2] == Conditional(value=0.5)
     assert recipe.slices[0].sources[1].layer_range == (0, 32)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         recipe.merge_method = "linear"  # frozen
 
 

@@ -25,9 +25,8 @@ from safetensors.torch import save_file
 
 import mergesmith.api
 from mergesmith.cli.main import main
-from mergesmith.io.header import ModelHeader
+from mergesmith.io.header import ModelHeader, ModelInput
 from mergesmith.io.hub import HEADER_FILES
-from mergesmith.io.header import ModelInput
 from mergesmith.output.tokenizer import TOKENIZER_FILES
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
