@@ -8,7 +8,7 @@ One argument ending in .yml or .yaml is a recipe; anything else is a model refer
 
 from __future__ import annotations
 
-from mergesmith.cli.events import Log, add_log_format
+from mergesmith.cli.events import Log
 
 RECIPE_SUFFIXES = (".yml", ".yaml")
 DEFAULT_TOP_K = 8
@@ -17,11 +17,12 @@ DEFAULT_TOP_K = 8
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "inspect", help="compare models tensor by tensor, or plot a recipe's per-layer parameters",
-        description="Compare models tensor by tensor (cosine, relative L2, delta norms, sign agreement, "
-        "top-k energy), or show a recipe's resolved parameters per layer and its layer-stack map.",
-        epilog="Models are written as in a recipe: directories, .gguf files, base+adapter, Hub ids. With --base, "
-        "deltas (model - base) are compared. One argument ending in .yml/.yaml is a recipe: planned from headers, "
-        "no tensor read.",
+        description="Compare models tensor by tensor, or show a recipe's parameters per layer.",
+        epilog="Models are written as in a recipe: directories, .gguf files, base+adapter, Hub ids. Per tensor: "
+        "cosine similarity, relative L2 distance and, with --base (deltas model - base), delta norms, sign "
+        "agreement and top-k energy, summed up per layer and module type. One argument ending in .yml/.yaml is "
+        "a recipe: planned from headers (no tensor read), its resolved parameters shown per layer and filter, "
+        "and for a layer stack which source layer lands where.",
     )
     p.add_argument("inputs", nargs="+", metavar="MODEL|RECIPE", help="two or more models (one with --base), or one recipe")
     p.add_argument("--base", help="base model: compare the deltas model - base, and add delta norms, sign agreement, top-k energy")
@@ -31,7 +32,6 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="where the arithmetic runs: cpu (default), cuda[:N]")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    add_log_format(p)
     p.set_defaults(handler=run)
 
 
@@ -113,5 +113,5 @@ def _run_models(args, log: Log) -> int:
 
 def run(args) -> int:
     # main() sets args.log; a parser built on its own (tests, embedding programs) gets a plain one.
-    log = getattr(args, "log", None) or Log("inspect", getattr(args, "log_format", "text"), args.quiet)
+    log = getattr(args, "log", None) or Log("inspect", "text", args.quiet)
     return (_run_recipe if is_recipe(args.inputs) else _run_models)(args, log)

@@ -18,13 +18,14 @@ from mergesmith.cli import (
     completion,
     eval_cmd,
     export_cmd,
+    inspect_cmd,
     merge_cmd,
     plan_cmd,
     search_cmd,
 )
 from mergesmith.cli.events import Log
 
-COMMANDS = (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd, completion)
+COMMANDS = (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd, inspect_cmd, completion)
 
 
 def version() -> str:
