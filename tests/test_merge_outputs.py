@@ -128,7 +128,7 @@ def test_plan_prints_per_layer_t(llama48, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(llama48, other)
     recipe.write_text(slerp_recipe(llama48, other, 48, "float16"))
-    assert main(["plan", str(recipe)]) == 0
+    assert main(["plan", str(recipe), "--tensors"]) == 0
     lines = capsys.readouterr().out.splitlines()
     q_rows = {line.split("\t")[0]: line.split("\t")[3] for line in lines if "self_attn.q_proj" in line}
     assert q_rows["model.layers.0.self_attn.q_proj.weight"] == "t=0"

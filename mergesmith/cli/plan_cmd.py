@@ -1,13 +1,15 @@
-"""``mergesmith plan RECIPE``: every output tensor with its inputs, method and resolved parameters."""
+"""``mergesmith plan RECIPE``: the layer map (which source layers land where, with the resolved
+parameters across them); ``--tensors`` every output tensor; ``--json`` every value."""
 
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="print what a merge would do, without doing it",
-                       description="Print each output tensor of a recipe: inputs, method, parameters, dtype.")
+                       description="Print what a recipe would merge: the layer map with resolved parameters.")
     p.add_argument("recipe", help="YAML recipe (mergekit format), or a lineage: several, '---'-separated")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--tensors", action="store_true", help="one line per output tensor: inputs, method, parameters, dtype")
+    p.add_argument("--json", action="store_true", help="print JSON (every tensor, every value) instead of a view")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods recorded in the plan (default 0)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.set_defaults(handler=run)
@@ -18,7 +20,7 @@ def _run_lineage(args) -> int:
     import json
 
     from mergesmith.lineage import plan_lineage, read_lineage
-    from mergesmith.plan.render import plan_to_dict, render_text
+    from mergesmith.plan.render import plan_to_dict
 
     lineage = read_lineage(args.recipe)
     plans = plan_lineage(lineage, seed=args.seed, allow_pickle=args.allow_pickle)
@@ -32,7 +34,7 @@ def _run_lineage(args) -> int:
     lines += [f"# {i}. {stage.label}: {stage.recipe.merge_method} of {', '.join(stage.recipe.referenced_models())}"
               for i, (stage, _) in enumerate(plans, 1)]
     for stage, the_plan in plans:
-        lines += ["", f"## stage {stage.label}", render_text(the_plan)]
+        lines += ["", f"## stage {stage.label}", _view(the_plan, args, stage.label)]
     print("\n".join(lines))
     return 0
 
@@ -40,10 +42,17 @@ def _run_lineage(args) -> int:
 def run(args) -> int:
     from mergesmith.api import plan
     from mergesmith.lineage import is_lineage_file
-    from mergesmith.plan.render import render_json, render_text
+    from mergesmith.plan.render import render_json
 
     if is_lineage_file(args.recipe):
         return _run_lineage(args)
     the_plan = plan(args.recipe, seed=args.seed, allow_pickle=args.allow_pickle)
-    print(render_json(the_plan) if args.json else render_text(the_plan))
+    print(render_json(the_plan) if args.json else _view(the_plan, args, args.recipe))
     return 0
+
+
+def _view(the_plan, args, source: str) -> str:
+    from mergesmith.plan.layer_map import render_layer_map
+    from mergesmith.plan.render import render_text
+
+    return render_text(the_plan) if args.tensors else render_layer_map(the_plan, str(source))

@@ -212,7 +212,7 @@ def test_plan_reads_headers_only_and_writes_no_cache(llama_family, lora_setup, t
     recipe = tmp_path / "r.yml"
     recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {{model: {base}, lora: {adapter}}}\n"
                       "    parameters: {weight: 1.0}\n")
-    code, out, err = cli(capsys, "plan", recipe)
+    code, out, err = cli(capsys, "plan", recipe, "--tensors")
     assert code == 0, err
     assert f"{base}+{adapter}:model.layers.0.self_attn.q_proj.weight" in out
     assert not (tmp_path / "cache").exists()
