@@ -22,8 +22,14 @@ def all_finite(tensor: torch.Tensor) -> bool:
     values needs the element-wise test."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return True
-    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    return bool(torch.isfinite(torch.sum(tensor, dtype=wide))) or bool(torch.isfinite(tensor).all())
+    if tensor.dtype == torch.bfloat16:
+        # torch sums bf16 in float32 already; asking for a float32 result would copy the tensor
+        # first (a fresh buffer per range: most of a bf16 merge's page faults). A finite sum past
+        # bf16's range (nearly float32's) rounds to inf and takes the element-wise test below.
+        total = torch.sum(tensor)
+    else:
+        total = torch.sum(tensor, dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all())
 
 
 def require_finite(job: TensorJob, models: Mapping[str, ModelInput], tensor: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""Stream the plan: for each job read its inputs, run the method, cast, write. One job in memory."""
+"""Run the plan: for each job run its method's steps over its inputs (execute/method.py), cast
+each output range, check it and write it. A few jobs in flight, each holding ranges or one tensor."""
 
 from __future__ import annotations
 
@@ -11,18 +12,14 @@ import torch
 
 from mergesmith.execute.device import check_device  # noqa: F401  (the merge's entry point imports it from here)
 from mergesmith.execute.finite import require_finite
+from mergesmith.execute.method import MemorySource, run_method
 from mergesmith.execute.rows import reindex_inputs
-from mergesmith.execute.stream import (
-    CHUNK,
-    ChunkBuffers,
-    numel,
-    stream_job,
-    streamable,
-    streams,
-)
+from mergesmith.execute.stream import ChunkBuffers, FileSource, numel, streams
 from mergesmith.io.header import ModelInput
 from mergesmith.io.writer import ShardedWriter, TensorSlot
+from mergesmith.methods import steps
 from mergesmith.methods.registry import METHODS
+from mergesmith.methods.steps import Context
 from mergesmith.plan.jobs import Plan, TensorJob
 
 Progress = Callable[[int], None]
@@ -51,14 +48,10 @@ def read_sources(job: TensorJob, models: Mapping[str, ModelInput]) -> list[torch
     return tensors
 
 
-def run_job(job: TensorJob, models: Mapping[str, ModelInput], seed: int, device: str = "cpu") -> torch.Tensor:
-    tensors = read_sources(job, models)
-    if device != "cpu":
-        tensors = [t.to(device) for t in tensors]
-    spec = METHODS[job.method]
-    generator = generator_for(seed, job.output) if spec.random else None
-    result = spec.fn(tensors, job.base_index, job.params, generator)
-    return result.to(torch_dtype(job.out_dtype))
+def context(job: TensorJob, seed: int) -> Context:
+    """What the method's steps see for this job: a generator only for random methods."""
+    generator = generator_for(seed, job.output) if METHODS[job.method].random else None
+    return Context(job.params, job.base_index, tuple(job.shape), torch_dtype(job.dtype), generator)
 
 
 # Bytes of input and output tensors that may be in flight at once. One job larger than this
@@ -67,8 +60,8 @@ DEFAULT_BUDGET = 512 * 2**20
 
 
 def job_bytes(job: TensorJob, streamed: bool = False) -> int:
-    """Bytes a job holds at once: its inputs and its output (a chunk of each when streamed)."""
-    count = CHUNK if streamed else numel(job.shape)
+    """Bytes a job holds at once: its inputs and its output (a range of each when streamed)."""
+    count = steps.RANGE if streamed else numel(job.shape)
     return count * torch_dtype(job.dtype).itemsize * (len(job.sources) + 1)
 
 
@@ -121,14 +114,17 @@ def _write_job(
     buffers: ChunkBuffers, device: str,
 ) -> None:
     if streamed:
-        done = stream_job(job, models, writer, buffers, device)
-    elif streamable(job):
-        done = stream_job(job, models, writer, buffers, device, whole=read_sources(job, models))
+        source = FileSource(job, models, buffers, device)
     else:
-        done = False
-    if not done:
-        result = run_job(job, models, seed, device)
-        require_finite(job, models, result)
-        writer.write(job.output, result)
+        source = MemorySource([t.to(device) for t in read_sources(job, models)])
+    out_dtype = torch_dtype(job.out_dtype)
+
+    def emit(start: int, chunk: torch.Tensor) -> None:
+        chunk = chunk.to(out_dtype)
+        require_finite(job, models, chunk)     # every range, before it reaches the file
+        writer.write_range(job.output, start, chunk)
+
+    run_method(METHODS[job.method], context(job, seed), source, emit)
+    writer.complete(job.output)
     if progress is not None:
         progress(1)

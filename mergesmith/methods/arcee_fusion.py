@@ -9,17 +9,15 @@ With base ``a``, other model ``b`` and softmax over the last dim,
     out        = a + (b - a)·[importance ≥ threshold]
 
 The sample is drawn from the job's generator: tensors over 10⁶ entries depend on ``--seed``.
+One whole-tensor step: the softmax runs along rows and the sample is drawn for the whole tensor.
 """
 
 from __future__ import annotations
 
 from mergesmith._torch import torch
-from mergesmith.methods.spec import (
-    BasePolicy,
-    MethodParams,
-    MethodSpec,
-    OptionalTensors,
-)
+from mergesmith.methods.params import Params
+from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors
+from mergesmith.methods.steps import WholeTensor, fixed
 
 SOFTMAX_EPS = 1e-8
 QUANTILE_SAMPLE = 1_000_000
@@ -44,7 +42,7 @@ def quartiles(x: torch.Tensor, generator=None) -> torch.Tensor:
     return ordered[index]
 
 
-def arcee_fusion(tensors, base_index, params: MethodParams, generator=None) -> torch.Tensor:
+def arcee_fusion(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
     base, other = tensors[base_index], tensors[1 - base_index]
     scores = importance(other, base)
     q1, median, q3 = quartiles(scores, generator)
@@ -54,6 +52,6 @@ def arcee_fusion(tensors, base_index, params: MethodParams, generator=None) -> t
 
 
 SPEC = MethodSpec(
-    name="arcee_fusion", pretty_name="Arcee Fusion", reference="https://arcee.ai", fn=arcee_fusion,
+    name="arcee_fusion", pretty_name="Arcee Fusion", reference="https://arcee.ai", steps=fixed(WholeTensor(arcee_fusion)),
     base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, random=True, optional_tensors=OptionalTensors.SINGLETON,
 )

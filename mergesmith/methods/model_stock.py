@@ -7,18 +7,14 @@ pairwise cosine between offsets:
 
 over the whole tensor, or per output row with ``filter_wise`` (1-D tensors are one row).
 Where ``1 + (k - 1)·cos θ ≈ 0`` there is no finite estimate: ``t = 0`` keeps the base.
+Steps: ``t`` from the whole tensor, then the interpolation over ranges.
 """
 
 from __future__ import annotations
 
 from mergesmith._torch import torch
-from mergesmith.methods.spec import (
-    BasePolicy,
-    MethodParams,
-    MethodSpec,
-    OptionalTensors,
-    Param,
-)
+from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors, Param
+from mergesmith.methods.steps import Combine, Pass, fixed
 
 COS_EPS = 1e-6      # floor of the norm product in a cosine
 SINGULAR = 1e-6     # |denominator| below this keeps the base
@@ -34,25 +30,46 @@ def mean_pairwise_cosine(offsets: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(cosines).mean(dim=0)
 
 
-def model_stock(tensors, base_index, params: MethodParams, generator=None) -> torch.Tensor:
-    base = tensors[base_index]
-    if params.shared["filter_wise"]:
-        view = (lambda x: x.unsqueeze(0)) if base.dim() == 1 else (lambda x: x)
-    else:
-        view = lambda x: x.reshape(-1)
-    w0 = view(base)
-    ws = [view(x) for i, x in enumerate(tensors) if i != base_index]
-    cos = mean_pairwise_cosine([w - w0 for w in ws]).unsqueeze(-1)
-    k = len(ws)
-    denominator = 1 + (k - 1) * cos
-    singular = denominator.abs() < SINGULAR
-    t = torch.where(singular, torch.zeros_like(cos), (k * cos) / torch.where(singular, 1, denominator))
-    average = sum(ws) / k   # one rounding per addition, as mergekit
-    return (t * average + (1 - t) * w0).reshape(base.shape)
+class Ratio(Pass):
+    """``t`` from the mean pairwise cosine of the offsets, for the tensor or per row: one range,
+    the inputs whole (the norms and dot products are torch's over the whole tensor or row)."""
+
+    name = "t"
+    whole = True
+
+    def add(self, start, chunks):
+        base = chunks[self.ctx.base_index]
+        if self.ctx.params.filter_wise:
+            view = (lambda x: x.unsqueeze(0)) if base.dim() == 1 else (lambda x: x)
+        else:
+            view = lambda x: x.reshape(-1)
+        w0 = view(base)
+        cos = mean_pairwise_cosine([view(chunks[i]) - w0 for i in self.ctx.others]).unsqueeze(-1)
+        k = len(self.ctx.others)
+        denominator = 1 + (k - 1) * cos
+        singular = denominator.abs() < SINGULAR
+        self.t = torch.where(singular, torch.zeros_like(cos), (k * cos) / torch.where(singular, 1, denominator))
+
+    def result(self) -> torch.Tensor:
+        return self.t    # [1], or [rows, 1] with filter_wise
+
+
+class Interpolate(Combine):
+    """``t·mean_i(w_i) + (1 - t)·w_0`` over ranges (each element takes its row's ``t``)."""
+
+    def apply(self, start, chunks) -> torch.Tensor:
+        t = self.ctx.stats["t"].reshape(-1)
+        if t.numel() > 1:
+            row = torch.arange(start, start + chunks[0].numel(), device=t.device) // (self.ctx.n // t.numel())
+            t = t[row]
+        ws = [chunks[i] for i in self.ctx.others]
+        average = sum(ws) / len(ws)   # one rounding per addition, as mergekit
+        return t * average + (1 - t) * chunks[self.ctx.base_index]
 
 
 SPEC = MethodSpec(
-    name="model_stock", pretty_name="Model Stock", reference="https://arxiv.org/abs/2403.19522", fn=model_stock,
+    name="model_stock", pretty_name="Model Stock", reference="https://arxiv.org/abs/2403.19522",
+    steps=fixed(Ratio, Interpolate),
     params=(Param("filter_wise", bool, default=False, doc="one t per output row instead of per tensor"),),
     base=BasePolicy.REQUIRED, min_inputs=3, optional_tensors=OptionalTensors.BASE_OR_SKIP,
 )

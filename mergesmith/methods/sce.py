@@ -7,13 +7,18 @@ With base ``b`` and deltas ``δ_i = x_i - b``:
 - erase: TIES sign election (``sum``) masks ``m_i``;
 
     out = b + Σ_i c_i m_i δ_i / max(Σ_i c_i m_i, 1e-6)
+
+One whole-tensor step: the top-k of the variance and the weights' mean squares are taken over
+the whole tensor in torch's order.
 """
 
 from __future__ import annotations
 
 from mergesmith._torch import torch
 from mergesmith.methods.consensus import sign_agreement
-from mergesmith.methods.spec import FRACTION, BasePolicy, MethodParams, MethodSpec, Param
+from mergesmith.methods.params import Params
+from mergesmith.methods.spec import FRACTION, BasePolicy, MethodSpec, Param
+from mergesmith.methods.steps import WholeTensor, fixed
 
 WEIGHT_EPS = 1e-6   # below this the weights' sum counts as zero, and so does the divisor
 
@@ -41,21 +46,21 @@ def energy_weights(deltas: torch.Tensor) -> torch.Tensor:
     return energy / total
 
 
-def sce(tensors, base_index, params: MethodParams, generator=None) -> torch.Tensor:
+def sce(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
     base = tensors[base_index]
     others = [x for i, x in enumerate(tensors) if i != base_index]
     if not others:
         return base
     deltas = torch.stack([x - base for x in others], dim=0)
-    if params.shared["select_topk"] < 1:
-        deltas = deltas * variance_mask(deltas, params.shared["select_topk"]).unsqueeze(0)
+    if params.select_topk < 1:
+        deltas = deltas * variance_mask(deltas, params.select_topk).unsqueeze(0)
     weights = energy_weights(deltas).reshape((-1,) + (1,) * base.dim())
     kept = weights * sign_agreement(deltas, "sum")
     return base + (deltas * kept).sum(dim=0) / torch.sum(kept, dim=0).clamp(min=WEIGHT_EPS)
 
 
 SPEC = MethodSpec(
-    name="sce", pretty_name="SCE", reference="https://arxiv.org/abs/2408.07990", fn=sce,
+    name="sce", pretty_name="SCE", reference="https://arxiv.org/abs/2408.07990", steps=fixed(WholeTensor(sce)),
     params=(
         Param("int8_mask", bool, default=False, doc="store the sign mask as int8 (no numeric effect)"),
         Param("select_topk", float, default=1.0, doc="fraction of highest-variance entries kept",

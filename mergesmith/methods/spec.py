@@ -1,16 +1,17 @@
-"""What a merge method declares: its parameters, its input contract, its pure function.
+"""What a merge method declares: its parameters, its input contract, its steps.
 
-A method function is ``fn(tensors, base_index, params, generator) -> Tensor``: tensors are
-already in the compute dtype, in recipe order; ``base_index`` points at the base model's
-tensor (or is None); ``generator`` is a per-tensor seeded ``torch.Generator`` for random
-methods and None otherwise. No IO, no device moves, no dtype changes beyond the method's own.
+The steps (methods/steps.py) see the inputs in the compute dtype, in recipe order; the
+context's ``base_index`` points at the base model's tensor (or is None) and its ``generator``
+is a per-tensor seeded ``torch.Generator`` for random methods, None otherwise. No IO, no device
+moves, no dtype changes beyond the method's own. The parameters arrive as the method's own
+frozen type (methods/params.py), generated from its ``Param`` declarations.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -18,7 +19,6 @@ from typing import (
     Annotated,
     Any,
     Literal,
-    Optional,
     Union,
     get_args,
     get_origin,
@@ -26,8 +26,9 @@ from typing import (
 
 from pydantic import TypeAdapter, ValidationError
 
-from mergesmith._torch import torch
 from mergesmith.errors import ConfigError
+from mergesmith.methods.params import Params, params_type
+from mergesmith.methods.steps import Steps
 
 
 class Scope(str, Enum):
@@ -145,32 +146,12 @@ def _alternatives(kind: Any) -> list[str]:
 
 
 @dataclass(frozen=True)
-class MethodParams:
-    """Resolved values for one output tensor: shared ones, and one mapping per input."""
-
-    shared: Mapping[str, Any]
-    per_input: tuple[Mapping[str, Any], ...]
-
-    def each(self, name: str, indices: Sequence[int]) -> list[Any]:
-        return [self.per_input[i][name] for i in indices]
-
-
-MethodFn = Callable[[Sequence["torch.Tensor"], int | None, MethodParams, Optional["torch.Generator"]], "torch.Tensor"]
-# A streamed method works over flat element ranges, so its memory is a few chunks, never the
-# tensor: ``stream(read, n, dtype, base_index, params, emit) -> bool``, where ``read(i, start,
-# stop)`` gives input i's elements [start, stop) in the compute dtype ``dtype`` and
-# ``emit(start, chunk)`` takes output elements in order and copies them before it returns
-# (a stream may reuse the chunk's memory). It returns False, before emitting
-# anything, to decline (the whole-tensor ``fn`` runs instead). Streaming changes no bit of the result.
-StreamFn = Callable[..., bool]
-
-
-@dataclass(frozen=True)
 class MethodSpec:
     name: str
     pretty_name: str
     reference: str
-    fn: MethodFn
+    # The steps for one tensor's parameters: statistics passes, then the combine (methods/steps.py).
+    steps: Steps
     params: tuple[Param, ...] = ()
     base: BasePolicy = BasePolicy.IGNORED
     min_inputs: int = 1
@@ -182,24 +163,14 @@ class MethodSpec:
     max_non_base: int | None = None
     # Cross-parameter checks for one job, run at plan time: raise ConfigError, warn on
     # suspicious values. ``where`` prefixes messages (recipe and tensor).
-    check: Callable[[MethodParams, str], None] | None = None
-    # ``fn`` applied to matching element ranges of the inputs gives those elements of the result.
-    elementwise: bool = False
-    stream: StreamFn | None = None
+    check: Callable[[Params, str], None] | None = None
+
+    @functools.cached_property
+    def params_type(self) -> type[Params]:
+        """The frozen type of this method's resolved parameters, generated from ``params`` (on
+        first use: a plan needs one method's, and ``mergesmith --help`` none)."""
+        names = lambda *scopes: [p.name for p in self.params if p.scope in scopes]
+        return params_type(self.name, names(Scope.SHARED), names(Scope.INPUT), names(Scope.NON_BASE))
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
-
-
-def in_memory(stream_fn: StreamFn, tensors, base_index, params: MethodParams) -> torch.Tensor | None:
-    """Run a streamed method over tensors already in memory (its whole-tensor form); None if it declines."""
-    flats = [t.reshape(-1) for t in tensors]
-    out = torch.empty_like(tensors[0])
-    flat_out = out.reshape(-1)
-
-    def emit(start: int, chunk: torch.Tensor) -> None:
-        flat_out[start : start + chunk.numel()] = chunk
-
-    if not stream_fn(lambda i, start, stop: flats[i][start:stop], flats[0].numel(), tensors[0].dtype, base_index, params, emit):
-        return None
-    return out

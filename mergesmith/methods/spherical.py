@@ -11,6 +11,8 @@
 - karcher (arXiv:2603.04972): the weighted Karcher (Fréchet) mean on the unit sphere by fixed-point
   iteration ``m ← exp_m(Σ α_i log_m(u_i))``, scaled by ``Σ α_i |x_i|``; equal weights.
 All in the compute dtype, as in mergekit (karcher takes norms in fp32, fp64 for fp64 inputs).
+Each is one whole-tensor step: their angles come from norms and dot products in torch's own
+summation order over the whole tensor (or per row or column), and karcher iterates.
 """
 
 from __future__ import annotations
@@ -19,14 +21,9 @@ import warnings
 
 from mergesmith._torch import torch
 from mergesmith.errors import ConfigError
-from mergesmith.methods.spec import (
-    BasePolicy,
-    MethodParams,
-    MethodSpec,
-    OptionalTensors,
-    Param,
-    Scope,
-)
+from mergesmith.methods.params import Params
+from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors, Param, Scope
+from mergesmith.methods.steps import WholeTensor, fixed
 
 COLINEAR_EPS = 1e-8   # nuslerp: lerp where 1 - cos²θ ≤ COLINEAR_EPS²
 NORM_FLOOR = 1e-7     # nuslerp: smallest norm a vector is divided by
@@ -51,19 +48,19 @@ def nuslerp_pair(t: float, a: torch.Tensor, b: torch.Tensor, *, flatten: bool, r
     return out.reshape(shape)
 
 
-def nuslerp(tensors, base_index, params: MethodParams, generator=None) -> torch.Tensor:
+def nuslerp(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
     others = [i for i in range(len(tensors)) if i != base_index]
-    w1, w2 = params.each("weight", others)
+    w1, w2 = (params.per_input[i].weight for i in others)
     t = 0.5 if abs(w1 + w2) < WEIGHT_EPS else w2 / (w1 + w2)
     a, b = (tensors[i] for i in others)
-    shape = {"flatten": params.shared["nuslerp_flatten"], "row_wise": params.shared["nuslerp_row_wise"]}
+    shape = {"flatten": params.nuslerp_flatten, "row_wise": params.nuslerp_row_wise}
     if base_index is None:
         return nuslerp_pair(t, a, b, **shape)
     base = tensors[base_index]
     return base + nuslerp_pair(t, a - base, b - base, **shape)
 
 
-def multislerp(tensors, base_index, params: MethodParams, generator=None) -> torch.Tensor:
+def multislerp(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
     others = [i for i in range(len(tensors)) if i != base_index]
     if len(others) == 1:
         return tensors[others[0]]
@@ -72,10 +69,10 @@ def multislerp(tensors, base_index, params: MethodParams, generator=None) -> tor
     if base is not None:
         points -= base
     flat = points.view(len(others), -1)
-    weights = torch.tensor(params.each("weight", others), dtype=points.dtype, device=points.device)
-    if params.shared["normalize_weights"]:
+    weights = torch.tensor([params.per_input[i].weight for i in others], dtype=points.dtype, device=points.device)
+    if params.normalize_weights:
         weights = weights / weights.sum()
-    eps = params.shared["eps"]
+    eps = params.eps
     norms = torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
     direction = _tangent_mean(flat / (norms + eps), weights, eps)
     if direction is None:
@@ -160,14 +157,14 @@ def karcher_mean(tensors: list[torch.Tensor], max_iter: int, tol: float) -> torc
     return sum(alpha * norm for alpha, norm in zip(alphas, norms)) * mean
 
 
-def karcher(tensors, base_index, params: MethodParams, generator=None) -> torch.Tensor:
-    return karcher_mean(list(tensors), params.shared["max_iter"], params.shared["tol"])
+def karcher(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
+    return karcher_mean(list(tensors), params.max_iter, params.tol)
 
 
 WEIGHT = Param("weight", float, Scope.NON_BASE, doc="coefficient of each model (all models without a base)")
 SPECS = (
     MethodSpec(
-        name="nuslerp", pretty_name="NuSLERP", reference="", fn=nuslerp,
+        name="nuslerp", pretty_name="NuSLERP", reference="", steps=fixed(WholeTensor(nuslerp)),
         params=(
             WEIGHT,
             Param("nuslerp_row_wise", bool, default=False, doc="one angle per column instead of per row"),
@@ -178,7 +175,7 @@ SPECS = (
     ),
     MethodSpec(
         name="multislerp", pretty_name="Multi-SLERP",
-        reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea", fn=multislerp,
+        reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea", steps=fixed(WholeTensor(multislerp)),
         params=(
             WEIGHT,
             Param("normalize_weights", bool, default=True, doc="divide weights by their sum"),
@@ -187,7 +184,7 @@ SPECS = (
         base=BasePolicy.OPTIONAL, min_non_base=1,
     ),
     MethodSpec(
-        name="karcher", pretty_name="Karcher Mean", reference="https://arxiv.org/abs/2603.04972", fn=karcher,
+        name="karcher", pretty_name="Karcher Mean", reference="https://arxiv.org/abs/2603.04972", steps=fixed(WholeTensor(karcher)),
         params=(
             Param("max_iter", int, default=10, doc="fixed-point iterations at most"),
             Param("tol", float, default=1e-5, doc="stop when the tangent step is shorter"),

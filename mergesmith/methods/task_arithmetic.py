@@ -11,6 +11,11 @@ where ``m_i`` is the TIES sign-agreement mask (all ones without consensus).
 - breadcrumbs / breadcrumbs_ties (arXiv:2312.06795): outlier sparsifier (+ consensus).
 - della_linear / della (arXiv:2406.11617): MagPrune sparsifier (+ consensus).
 Arithmetic happens in the compute dtype, as in mergekit.
+
+Steps: without a sparsifier, the combine over ranges (gta.py); with the magnitude sparsifier,
+first the threshold pass (threshold.py). The random sparsifiers draw their masks for the whole
+shape from the tensor's generator, breadcrumbs sorts the whole delta, and the L1 rescale and
+mergekit's tie rule need the whole delta too: those run as one whole-tensor step.
 """
 
 from __future__ import annotations
@@ -25,17 +30,11 @@ from pydantic import AfterValidator
 
 from mergesmith._torch import torch
 from mergesmith.methods import sparsify
-from mergesmith.methods.consensus import sign_agreement
-from mergesmith.methods.fused import fused_stream
-from mergesmith.methods.spec import (
-    FRACTION,
-    BasePolicy,
-    MethodParams,
-    MethodSpec,
-    Param,
-    Scope,
-    in_memory,
-)
+from mergesmith.methods.gta import SignConsensus, Sum, combine_deltas
+from mergesmith.methods.params import Params
+from mergesmith.methods.spec import FRACTION, BasePolicy, MethodSpec, Param, Scope
+from mergesmith.methods.steps import WholeTensor
+from mergesmith.methods.threshold import MagnitudeThreshold
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def _extra(sparsifier: Sparsifier, own) -> dict:
     return {p.name: own[p.name] for p in sparsifier.extra}
 
 
-def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Sparsifier | None, generator) -> torch.Tensor:
+def task_vectors(tensors, base_index, params: Params, sparsifier: Sparsifier | None, generator) -> torch.Tensor:
     """Stacked (sparsified) deltas of every non-base model against the base."""
     base = tensors[base_index]
     others = [i for i in range(len(tensors)) if i != base_index]
@@ -62,42 +61,35 @@ def task_vectors(tensors, base_index, params: MethodParams, sparsifier: Sparsifi
         delta = tensors[i] - base
         if sparsifier is not None:
             own = params.per_input[i]
-            delta = sparsifier.fn(delta, own["density"], params.shared["rescale"], generator, **_extra(sparsifier, own))
+            delta = sparsifier.fn(delta, own.density, params.rescale, generator, **_extra(sparsifier, own))
         deltas[row] = delta
     return deltas
 
 
 def generalized_task_arithmetic(
-    tensors, base_index, params: MethodParams, generator=None, *,
-    sparsifier: Sparsifier | None, consensus: str | None,
+    tensors, base_index, params: Params, generator=None, *, sparsifier: Sparsifier | None, consensus: str | None,
 ) -> torch.Tensor:
+    """The whole-tensor form: sparsify each whole delta, then the same combine as over ranges."""
     base = tensors[base_index]
     others = [i for i in range(len(tensors)) if i != base_index]
     if not others:
         return base
-    if sparsifier is None or sparsifier is MAGNITUDE:
-        stream = partial(fused_stream, magnitude=sparsifier is MAGNITUDE, consensus=consensus)
-        fused = in_memory(stream, tensors, base_index, params)
-        if fused is not None:
-            return fused
     deltas = task_vectors(tensors, base_index, params, sparsifier, generator)
-    weights = torch.tensor(params.each("weight", others), dtype=deltas.dtype, device=deltas.device)
-    weights = weights.reshape((-1,) + (1,) * base.dim())
-    deltas.mul_(weights)
-    if consensus is not None:
-        mask = sign_agreement(deltas, consensus)
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if params.shared["normalize"]:
-        mixed /= divisor
-    if params.shared["lambda"] != 1:
-        mixed *= params.shared["lambda"]
-    return (base + mixed).to(base.dtype)
+    weights = torch.tensor([params.per_input[i].weight for i in others], dtype=deltas.dtype, device=deltas.device)
+    return combine_deltas(base, deltas, weights, params, consensus is not None)
+
+
+def _steps(params: Params, *, sparsifier: Sparsifier | None, consensus: str | None):
+    """Over ranges where every kept entry is known from a threshold: no sparsifier, or the
+    magnitude one with its lowest-index tie rule and no L1 rescale (the rescale's sums and
+    mergekit's sort need the whole delta); one whole-tensor step otherwise."""
+    combine = Sum if consensus is None else SignConsensus
+    if sparsifier is None:
+        return (combine,)
+    trimmed = [own for own in params.per_input if "density" in own and own.density < 1]
+    if sparsifier is MAGNITUDE and not (trimmed and params.rescale) and all(own.tie_break == "index" for own in trimmed):
+        return (MagnitudeThreshold, combine)
+    return (WholeTensor(partial(generalized_task_arithmetic, sparsifier=sparsifier, consensus=consensus)),)
 
 
 def _negative_gamma(method: str) -> Callable[[float], float]:
@@ -111,10 +103,10 @@ def _negative_gamma(method: str) -> Callable[[float], float]:
     return check
 
 
-def _check_inputs(params: MethodParams, where: str, *, sparsifier: Sparsifier) -> None:
+def _check_inputs(params: Params, where: str, *, sparsifier: Sparsifier) -> None:
     for own in params.per_input:
         if "density" in own:   # the non-base inputs
-            sparsifier.check(own["density"], where, **_extra(sparsifier, own))
+            sparsifier.check(own.density, where, **_extra(sparsifier, own))
 
 
 MAGNITUDE = Sparsifier(sparsify.magnitude, extra=(
@@ -153,12 +145,10 @@ def _params(normalize: bool, rescale: bool, sparsifier: Sparsifier | None) -> tu
 def _spec(name, pretty, url, sparsifier: Sparsifier | None, consensus, normalize, rescale) -> MethodSpec:
     return MethodSpec(
         name=name, pretty_name=pretty, reference=url,
-        fn=partial(generalized_task_arithmetic, sparsifier=sparsifier, consensus=consensus),
+        steps=partial(_steps, sparsifier=sparsifier, consensus=consensus),
         params=_params(normalize, rescale, sparsifier), base=BasePolicy.REQUIRED,
         random=sparsifier is not None and sparsifier.random,
         check=partial(_check_inputs, sparsifier=sparsifier) if sparsifier is not None and sparsifier.check else None,
-        stream=partial(fused_stream, magnitude=sparsifier is MAGNITUDE, consensus=consensus)
-        if sparsifier is None or sparsifier is MAGNITUDE else None,
     )
 
 

@@ -1,8 +1,11 @@
 """Fused CPU kernels (C, built at install time when a compiler is there).
 
-Each function here has a pure-torch twin in mergesmith/methods that defines the numbers; the
-kernels must agree bit for bit (tests/methods/test_native.py). ``available(*tensors)`` says
-whether the kernels can take these tensors: contiguous, on the CPU, float32/bfloat16/float16.
+Each kernel implements one range of a method step (methods/steps.py): the TIES threshold
+pass (``histogram``, ``nth_equal``), the task-arithmetic combine (``gta``), slerp's norms and
+cosine (``norm2``, ``scaled_dot``, ``scaled_product``, ``widen``) and its blend (``lerp2``).
+The step picks the kernel when ``available(*tensors)`` says it can take the range's tensors
+(contiguous, on the CPU, float32/bfloat16/float16), torch otherwise; the torch code in the
+step defines the numbers and the kernels agree bit for bit (tests/methods/test_native.py).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ except ImportError:  # built without the extension: callers use the torch path
 
 # Keyed by dtype name, so importing this module does not import torch.
 _CODES = {"float32": 0, "bfloat16": 1, "float16": 2}
-BINS = 1 << 16
-_KEY_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
+BINS = 1 << 16       # histogram bins: one per 16-bit digit of a magnitude key
+MAX_MODELS = 64      # models the gta kernel takes at once (kernels.c)
+PROBE = 1 << 20      # elements of the longest probe of torch's summation order (slerp's chunk)
 
 
 def code(dtype) -> int | None:
@@ -35,18 +39,6 @@ def available(*tensors: torch.Tensor) -> bool:
     return code(dtype) is not None and all(
         t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() for t in tensors
     )
-
-
-# Elements per read while streaming, and histograms kept per group of elements: the tie scan
-# at the threshold then reads one group, and the histograms (512 KiB each) stay few.
-CHUNK = 1 << 20
-GROUP_MIN = 2 * CHUNK
-MAX_GROUPS = 64
-
-
-def _ranges(lo: int, hi: int):
-    for start in range(lo, hi, CHUNK):
-        yield start, min(hi, start + CHUNK)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -73,55 +65,23 @@ def _checked(n: int, *inputs: torch.Tensor | None, out: torch.Tensor | None = No
     return dt
 
 
-def magnitude_threshold_ranges(read_x, read_base, n: int, dtype: torch.dtype, k: int) -> tuple[int, int]:
-    """For ``v = x - base`` (or x when ``read_base`` is None), read range by range: the
-    magnitude key of the k-th largest |v|, and the index of the last entry equal to it that is
-    kept (lowest indices first), so that exactly k survive. Radix selection: one histogram pass
-    per 16-bit digit of the key, then a scan for the tie cutoff inside one group.
-    """
-    _checked(0, torch.empty(0, dtype=dtype))
-    dt = code(dtype)
-    group = -(-max(GROUP_MIN, -(-n // MAX_GROUPS)) // CHUNK) * CHUNK
-    groups = -(-n // group)
-
-    def pointers(start, stop):
-        """The range of x and of base (None without one); the caller keeps both alive while
-        the kernels read their memory."""
-        return read_x(start, stop), (read_base(start, stop) if read_base is not None else None)
-
-    prefix, above, hist = -1, 0, None
-    for shift in range(_KEY_BITS[str(dtype).removeprefix("torch.")] - 16, -1, -16):
-        hist = torch.zeros((groups, BINS), dtype=torch.int64)
-        for g in range(groups):
-            for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
-                x, base = pointers(start, stop)
-                _checked(stop - start, x, base)
-                _kernels.hist_delta(dt, _ptr(base), x.data_ptr(), stop - start, 1, shift, shift + 16, prefix, hist[g].data_ptr())
-        at_least = hist.sum(dim=0).flip(0).cumsum(0).flip(0)
-        digit = int(torch.nonzero(at_least + above >= k).max())
-        above += int(at_least[digit + 1]) if digit + 1 < BINS else 0
-        prefix = digit if prefix < 0 else (prefix << 16) | digit
-    need = k - above
-    per_group = hist[:, prefix & 0xFFFF]                     # ties at the threshold, per group
-    before = torch.cumsum(per_group, 0) - per_group
-    g = int(torch.nonzero(before < need).max())
-    need -= int(before[g])
-    for start, stop in _ranges(g * group, min(n, (g + 1) * group)):
-        x, base = pointers(start, stop)
-        _checked(stop - start, x, base)
-        found, seen = _kernels.nth_equal(dt, _ptr(base), x.data_ptr(), 0, stop - start, prefix, need)
-        if found >= 0:
-            return prefix, start + found
-        need -= seen
-    raise AssertionError("the histogram counted more ties than the scan found")
+def histogram(x: torch.Tensor, base: torch.Tensor | None, shift: int, prefix: int, hist: torch.Tensor) -> torch.Tensor:
+    """Add to ``hist`` (int64, BINS) the counts of the 16-bit digit ``(key >> shift) & 0xFFFF`` of
+    the magnitude keys of ``x - base`` (x without a base), counting only keys whose higher bits
+    ``key >> (shift + 16)`` equal ``prefix`` when ``prefix >= 0``. One range of the TIES threshold pass."""
+    dt = _checked(x.numel(), x, base)
+    if hist.dtype != torch.int64 or not hist.is_contiguous() or hist.numel() != BINS or hist.device.type != "cpu":
+        raise ValueError(f"native kernel histogram given {hist.numel()} {hist.dtype} counts; it needs a contiguous "
+                         f"int64 CPU tensor of {BINS}")
+    _kernels.hist_delta(dt, _ptr(base), x.data_ptr(), x.numel(), 1, shift, shift + 16, prefix, hist.data_ptr())
+    return hist
 
 
-def magnitude_threshold(x: torch.Tensor, base: torch.Tensor | None, k: int) -> tuple[int, int]:
-    """``magnitude_threshold_ranges`` over tensors in memory."""
-    fx = x.reshape(-1)
-    fb = base.reshape(-1) if base is not None else None
-    read_base = (lambda start, stop: fb[start:stop]) if fb is not None else None
-    return magnitude_threshold_ranges(lambda start, stop: fx[start:stop], read_base, fx.numel(), x.dtype, k)
+def nth_equal(x: torch.Tensor, base: torch.Tensor | None, key: int, m: int) -> tuple[int, int]:
+    """The index in ``x`` of the m-th (1-based) entry whose magnitude key of ``x - base`` is
+    ``key`` (-1 if there is none), and how many such entries the scan saw (the tie scan)."""
+    dt = _checked(x.numel(), x, base)
+    return _kernels.nth_equal(dt, _ptr(base), x.data_ptr(), 0, x.numel(), key, m)
 
 
 def gta(
@@ -173,7 +133,7 @@ def norm_lanes() -> int | None:
     if _kernels is None or not _order_tested():
         return None
     gen = torch.Generator().manual_seed(0)
-    probes = [(torch.randn(CHUNK + 13, generator=gen) * scale).to(dtype)
+    probes = [(torch.randn(PROBE + 13, generator=gen) * scale).to(dtype)
               for dtype, scale in ((torch.bfloat16, 3.0), (torch.float16, 0.25))]
     expected = [torch.linalg.vector_norm(p.float()).item() for p in probes]
     for lanes in (8, 16):
@@ -211,7 +171,7 @@ def dot_lanes() -> int | None:
         return None
     gen = torch.Generator().manual_seed(1)
     probes = []
-    for n, dtype in ((CHUNK, torch.bfloat16), (CHUNK - 77, torch.float16), (40_000 + 3, torch.bfloat16), (999, torch.float32)):
+    for n, dtype in ((PROBE, torch.bfloat16), (PROBE - 77, torch.float16), (40_000 + 3, torch.bfloat16), (999, torch.float32)):
         # Magnitudes spread over decades, so that different summation orders round differently.
         a = (torch.randn(n, generator=gen) * torch.rand(n, generator=gen) * 30).to(dtype)
         b = (a.float() + torch.randn(n, generator=gen)).to(dtype)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mergesmith.arch.spec import ArchSpec
-from mergesmith.methods.spec import MethodParams
+from mergesmith.methods.params import Params
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class TensorJob:
     sources: tuple[TensorSource, ...]
     base_index: int | None
     method: str
-    params: MethodParams
+    params: Params   # the method's own frozen type (methods/params.py)
     shape: tuple[int, ...]
     dtype: str       # compute dtype: inputs are cast to it before the method runs
     out_dtype: str   # dtype written to the output file

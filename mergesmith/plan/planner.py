@@ -25,14 +25,9 @@ from mergesmith.errors import (
     ShapeMismatchError,
 )
 from mergesmith.io.header import ModelHeader, headers_of
+from mergesmith.methods.params import Params
 from mergesmith.methods.registry import get_method
-from mergesmith.methods.spec import (
-    BasePolicy,
-    MethodParams,
-    MethodSpec,
-    OptionalTensors,
-    Scope,
-)
+from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors, Scope
 from mergesmith.plan.coverage import check_coverage, layer_weights, post_weights
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
 from mergesmith.plan.recipe_checks import check_filters, check_parameters
@@ -60,7 +55,7 @@ def _scopes(ctx: _Context, out_slice: OutputSlice, model: str | None):
     yield ctx.recipe.parameters
 
 
-def _resolve_params(ctx, out_slice, base_index, out_name, in_names, t) -> MethodParams:
+def _resolve_params(ctx, out_slice, base_index, out_name, in_names, t) -> Params:
     method = ctx.method
     shared = {}
     for p in method.params:
@@ -73,7 +68,7 @@ def _resolve_params(ctx, out_slice, base_index, out_name, in_names, t) -> Method
             if p.scope == Scope.INPUT or (p.scope == Scope.NON_BASE and i != base_index):
                 values[p.name] = _one(ctx, p, _scopes(ctx, out_slice, src.model), name, t, src.model)
         per_input.append(values)
-    return MethodParams(shared=shared, per_input=tuple(per_input))
+    return method.params_type.build(shared, per_input, base_index)
 
 
 def _one(ctx, param, scopes, tensor_name, t, model):
@@ -233,7 +228,7 @@ def _partial_inputs(ctx, out_slice, present: list[int], where: str):
 def _passthrough_job(ctx, model: ModelHeader, name: str, weight_out: WeightSpec, layer) -> TensorJob:
     info = model.tensors[name]
     compute, out = _dtype(ctx, [info])
-    params = MethodParams(shared={}, per_input=({"scale": None},))
+    params = get_method("passthrough").params_type.build({}, [{"scale": None}], None)
     return TensorJob(weight_out.name, (TensorSource(model.key, name),), None, "passthrough", params,
                      info.shape, compute, out, layer)
 

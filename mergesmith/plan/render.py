@@ -15,8 +15,9 @@ def _fmt(value: Any) -> str:
 
 
 def _params_text(job: TensorJob) -> str:
-    parts = [f"{k}={_fmt(v)}" for k, v in job.params.shared.items()]
-    for source, values in zip(job.sources, job.params.per_input):
+    resolved = job.params.as_dict()
+    parts = [f"{k}={_fmt(v)}" for k, v in resolved["shared"].items()]
+    for source, values in zip(job.sources, resolved["per_input"]):
         if values:
             inner = ",".join(f"{k}={_fmt(v)}" for k, v in values.items())
             parts.append(f"{source.model}[{inner}]")
@@ -82,11 +83,11 @@ def plan_to_dict(plan: Plan) -> dict:
                 "output": job.output, "method": job.method, "shape": list(job.shape),
                 "dtype": job.dtype, "out_dtype": job.out_dtype, "layer": job.layer,
                 "base_index": job.base_index,
-                "inputs": [{"model": s.model, "tensor": s.name, **job.params.per_input[i],
+                "inputs": [{"model": s.model, "tensor": s.name, **job.params.as_dict()["per_input"][i],
                             **({"rows": {"input": s.rows.input_rows, "size": s.rows.size, **row_counts(s.rows)}}
                                if s.rows else {})}
                            for i, s in enumerate(job.sources)],
-                "parameters": dict(job.params.shared),
+                "parameters": job.params.as_dict()["shared"],
             }
             for job in plan.jobs
         ],

@@ -4,31 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from calls import call
 
 from mergesmith.errors import ConfigError
 from mergesmith.execute.runner import generator_for
-from mergesmith.methods.registry import METHODS, get_method
+from mergesmith.methods.registry import get_method
 from mergesmith.methods.sparsify import magnitude, random
-from mergesmith.methods.spec import MethodParams
 
 
 def _rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def gta_params(method, n_models, weights, densities, **shared):
-    spec = METHODS[method]
-    values = {p.name: p.default for p in spec.params if p.scope.value == "shared"}
-    values.update(shared)
-    per_input = [{}] + [{"weight": w, "density": d} for w, d in zip(weights, densities)]
-    return MethodParams(values, tuple(per_input[:n_models]))
+def gta(method, tensors, weights, densities, **shared):
+    per = {"weight": dict(enumerate(weights, 1)), "density": dict(enumerate(densities, 1))}
+    return call(method, tensors, 0, shared, per)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_slerp_endpoints_are_the_inputs(dtype):
     a, b = _rand(8, 16, seed=1, dtype=dtype), _rand(8, 16, seed=2, dtype=dtype)
-    fn = METHODS["slerp"].fn
-    at = lambda t: fn([a, b], 0, MethodParams({"t": t}, ({}, {})), None)
+    at = lambda t: call("slerp", [a, b], 0, {"t": t})
     assert torch.allclose(at(0.0).float(), a.float(), atol=1e-2 if dtype != torch.float32 else 1e-6)
     assert torch.allclose(at(1.0).float(), b.float(), atol=1e-2 if dtype != torch.float32 else 1e-6)
     assert at(0.5).dtype == dtype
@@ -37,26 +33,26 @@ def test_slerp_endpoints_are_the_inputs(dtype):
 def test_slerp_keeps_norm_of_orthogonal_unit_vectors():
     a = torch.tensor([1.0, 0.0])
     b = torch.tensor([0.0, 1.0])
-    mid = METHODS["slerp"].fn([a, b], 0, MethodParams({"t": 0.5}, ({}, {})), None)
+    mid = call("slerp", [a, b], 0, {"t": 0.5})
     assert torch.allclose(mid, torch.tensor([2**-0.5, 2**-0.5]))  # lerp would give norm 0.707
 
 
 def test_slerp_base_index_selects_t0_side():
     a, b = _rand(4, 4, seed=1), _rand(4, 4, seed=2)
-    out = METHODS["slerp"].fn([b, a], 1, MethodParams({"t": 0.0}, ({}, {})), None)
+    out = call("slerp", [b, a], 1, {"t": 0.0})
     assert torch.allclose(out, a)
 
 
 def test_linear_one_hot_weight_returns_that_model():
     a, b = _rand(5, 7, seed=1), _rand(5, 7, seed=2)
-    out = METHODS["linear"].fn([a, b], None, MethodParams({"normalize": True}, ({"weight": 1.0}, {"weight": 0.0})), None)
+    out = call("linear", [a, b], None, {"normalize": True}, {"weight": {0: 1.0, 1: 0.0}})
     assert torch.equal(out, a)
 
 
 def test_ties_density_one_single_model_is_task_arithmetic():
     base, ft = _rand(6, 6, seed=1), _rand(6, 6, seed=2)
-    ties = METHODS["ties"].fn([base, ft], 0, gta_params("ties", 2, [0.7], [1.0], normalize=False), None)
-    ta = METHODS["task_arithmetic"].fn([base, ft], 0, gta_params("task_arithmetic", 2, [0.7], [1.0]), None)
+    ties = gta("ties", [base, ft], [0.7], [1.0], normalize=False)
+    ta = gta("task_arithmetic", [base, ft], [0.7], [1.0])
     assert torch.equal(ties, ta)
     assert torch.allclose(ta, base + 0.7 * (ft - base))
 
@@ -65,7 +61,7 @@ def test_ties_sign_election_drops_disagreeing_entries():
     base = torch.zeros(3)
     a = torch.tensor([1.0, 2.0, -1.0])
     b = torch.tensor([-3.0, 1.0, -1.0])
-    out = METHODS["ties"].fn([base, a, b], 0, gta_params("ties", 3, [1.0, 1.0], [1.0, 1.0]), None)
+    out = gta("ties", [base, a, b], [1.0, 1.0], [1.0, 1.0])
     # entry 0: sum -2 elects '-': only b counts (-3/1); entry 1: both +, mean 1.5; entry 2: both -, mean -1
     assert torch.allclose(out, torch.tensor([-3.0, 1.5, -1.0]))
 
@@ -98,5 +94,5 @@ def test_unknown_method_suggests_the_nearest():
 def test_slerp_falls_back_to_lerp_for_collinear_inputs():
     a = _rand(16, seed=4)
     b = 2 * a  # cos θ = 1: slerp is undefined, lerp is the answer
-    out = METHODS["slerp"].fn([a, b], 0, MethodParams({"t": 0.25}, ({}, {})), None)
+    out = call("slerp", [a, b], 0, {"t": 0.25})
     assert torch.allclose(out, 0.75 * a + 0.25 * b)

@@ -7,27 +7,18 @@ import warnings
 
 import pytest
 import torch
+from calls import call, params_for
 
 from mergesmith.errors import ConfigError
 from mergesmith.methods import sparsify
 from mergesmith.methods.registry import METHODS
-from mergesmith.methods.spec import MethodParams, Scope
 
 
 def _rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def run(method: str, tensors, base_index=None, shared=None, per=None, generator=None) -> torch.Tensor:
-    """Call a method with its defaults, ``shared`` overrides and ``per[name][input index]``."""
-    spec, shared, per = METHODS[method], shared or {}, per or {}
-    values = {p.name: shared.get(p.name, p.default) for p in spec.params if p.scope == Scope.SHARED}
-    per_input = tuple(
-        {p.name: per.get(p.name, {}).get(i, p.default) for p in spec.params
-         if p.scope == Scope.INPUT or (p.scope == Scope.NON_BASE and i != base_index)}
-        for i in range(len(tensors))
-    )
-    return spec.fn(list(tensors), base_index, MethodParams(values, per_input), generator)
+run = call   # a method with its defaults, ``shared`` overrides and ``per[name][input index]``
 
 
 # --- model_stock -------------------------------------------------------------------------
@@ -214,8 +205,8 @@ def test_paper_rescale_only_for_random_sparsifiers():
 def test_della_epsilon_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match=r"della: density 0.2 with epsilon 0.3 .* choose \|epsilon\| < 0.2"):
         sparsify.magprune(torch.ones(4, 4), 0.2, True, torch.Generator(), epsilon=0.3)
-    params = MethodParams({}, ({}, {"density": 0.9, "epsilon": 0.15}))
+    params = params_for("della", 2, 0, per={"weight": {1: 1.0}, "density": {1: 0.9}, "epsilon": {1: 0.15}})
     with pytest.raises(ConfigError, match=r"recipe.yml: x: della: density 0.9 with epsilon 0.15"):
         METHODS["della"].check(params, "recipe.yml: x: ")
-    METHODS["della"].check(MethodParams({}, ({}, {"density": 1.0, "epsilon": 0.15})), "")   # density 1: no draw
+    METHODS["della"].check(params_for("della", 2, 0, per={"weight": {1: 1.0}, "density": {1: 1.0}}), "")   # density 1: no draw
     assert math.isclose(METHODS["della"].param("epsilon").default, 0.15)

@@ -22,12 +22,12 @@ def test_negative_gamma_warns_at_plan_time(llama_family):
     recipe = _recipe(llama_family[0], llama_family[1:], "breadcrumbs", "{weight: 0.5, density: 0.5, gamma: -0.02}")
     with pytest.warns(UserWarning, match="breadcrumbs: parameter gamma = -0.02 is negative"):
         plan = plan_recipe(recipe)
-    assert {job.params.per_input[1]["gamma"] for job in plan.jobs} == {-0.02}
+    assert {job.params.per_input[1].gamma for job in plan.jobs} == {-0.02}
 
 
 def test_rescale_paper_is_planned_for_dare_and_refused_for_ties(llama_family):
     plan = plan_recipe(_recipe(llama_family[0], llama_family[1:], "dare_ties", "{weight: 0.5, density: 0.5}", "parameters: {rescale: paper}\n"))
-    assert {job.params.shared["rescale"] for job in plan.jobs} == {"paper"}
+    assert {job.params.rescale for job in plan.jobs} == {"paper"}
     with pytest.raises(ConfigError, match="parameter 'rescale' = 'paper' is not true or false"):
         plan_recipe(_recipe(llama_family[0], llama_family[1:], "ties", "{weight: 0.5, density: 0.5}", "parameters: {rescale: paper}\n"))
 

@@ -1,4 +1,5 @@
-"""Differential tests, method by method: mergesmith's pure functions against mergekit 0.1.5's
+"""Differential tests, method by method: mergesmith's methods (their steps, run as a merge runs
+them, on tensors in memory) against mergekit 0.1.5's
 merge methods (its in-process ``merge_tensors``) on pico tensors, in fp32, bf16 and fp16.
 
 Cheaper than whole merges (no mergekit start-up), so every parameter variant and input form
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from calls import call
 from reference import compare, load_dir, ulp_distance
 
 from mergesmith.methods import sparsify
 from mergesmith.methods.registry import METHODS
-from mergesmith.methods.spec import MethodParams, Scope
 
 pytestmark = pytest.mark.mergekit
 
@@ -48,20 +49,6 @@ def both_families(pico, qwen2_family) -> dict[str, list[torch.Tensor]]:
             **{f"qwen2:{name}": [m[name] for m in models] for name in QWEN2_NAMES}}
 
 
-def our_params(method: str, n: int, base_index, shared: dict, per: dict) -> MethodParams:
-    """Defaults from our registry, overridden by ``shared`` and ``per[name][input index]``."""
-    spec = METHODS[method]
-    values = {p.name: shared.get(p.name, p.default) for p in spec.params if p.scope == Scope.SHARED}
-    per_input = []
-    for i in range(n):
-        own = {}
-        for p in spec.params:
-            if p.scope == Scope.INPUT or (p.scope == Scope.NON_BASE and i != base_index):
-                own[p.name] = per.get(p.name, {}).get(i, p.default)
-        per_input.append(own)
-    return MethodParams(values, tuple(per_input))
-
-
 def theirs(method: str, tensors, base_index, shared: dict, per: dict) -> torch.Tensor:
     from mergekit.merge_methods.api import merge_tensors
 
@@ -70,9 +57,8 @@ def theirs(method: str, tensors, base_index, shared: dict, per: dict) -> torch.T
 
 
 def ours(method: str, tensors, base_index, shared: dict, per: dict) -> torch.Tensor:
-    spec = METHODS[method]
-    generator = torch.Generator().manual_seed(SEED) if spec.random else None
-    return spec.fn(list(tensors), base_index, our_params(method, len(tensors), base_index, shared, per), generator)
+    generator = torch.Generator().manual_seed(SEED) if METHODS[method].random else None
+    return call(method, tensors, base_index, shared, per, generator)
 
 
 W2 = {"weight": {1: 0.6, 2: 0.4}}

@@ -9,11 +9,13 @@ import sys
 
 import pytest
 import torch
+from calls import call
 
 from mergesmith import native
+from mergesmith.methods import threshold as trim
 from mergesmith.methods.consensus import sign_agreement
-from mergesmith.methods.slerp import slerp
-from mergesmith.methods.spec import MethodParams
+from mergesmith.methods.steps import spans
+from mergesmith.methods.threshold import RadixSelect
 from mergesmith.methods.topk import top_k_mask
 
 needs_kernels = pytest.mark.skipif(not native.available(torch.zeros(1)), reason="C kernels not built")
@@ -28,6 +30,17 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+def magnitude_threshold(x: torch.Tensor, base: torch.Tensor, k: int, chunk: int = 1 << 20) -> tuple[int, int]:
+    """The TIES threshold pass's selection, fed ranges of ``chunk`` elements as the executor does."""
+    select = RadixSelect(x.numel(), x.dtype, k, chunk)
+    while True:
+        lo, hi = select.scan or (0, x.numel())
+        for start, stop in spans(lo, hi, chunk):
+            select.add(start, x[start:stop], base[start:stop])
+        if not select.next_sweep():
+            return select.result()
 
 
 def _reference(base, xs, weights, density, consensus, normalize, lam):
@@ -63,7 +76,7 @@ def test_gta_kernel_is_bit_exact(dtype):
         xs = [(base.float() + 0.02 * torch.randn(base.shape, generator=gen)).to(dtype) for _ in range(n_models)]
         weights = [0.6, 0.9, 0.35][:n_models]
         thresholds = [
-            native.magnitude_threshold(x, base, max(1, int(density * x.numel()))) if density < 1 else (-1, -1) for x in xs
+            magnitude_threshold(x, base, max(1, int(density * x.numel()))) if density < 1 else (-1, -1) for x in xs
         ]
         w = torch.tensor(weights, dtype=dtype)
         total = float(w.sum())
@@ -72,22 +85,31 @@ def test_gta_kernel_is_bit_exact(dtype):
         assert torch.equal(_bits(fast), _bits(slow)), (n_models, consensus, normalize, lam, density)
 
 
-@needs_kernels
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_threshold_matches_top_k_mask_including_ties(dtype):
+COUNTERS = [pytest.param(dtype, True, marks=needs_kernels, id=f"C-{dtype}") for dtype in DTYPES] + [
+    pytest.param(dtype, False, id=f"torch-{dtype}") for dtype in (*DTYPES, torch.float64)]   # the kernels take no float64
+
+
+@pytest.mark.parametrize("dtype, kernels", COUNTERS)
+def test_threshold_matches_top_k_mask_including_ties(dtype, kernels, monkeypatch):
+    """The threshold pass keeps exactly top_k_mask's entries, counted by the kernels or by torch,
+    in one range or in odd ranges whose groups put the tie cutoff in a later group."""
+    if not kernels:
+        monkeypatch.setattr(native, "_kernels", None)
+    monkeypatch.setattr(trim, "GROUP_MIN", 30_011)   # small groups: the tie scan reads a later one
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(200_003, generator=gen).to(dtype)
     x = base.clone()
     x[::3] = (base[::3].float() + 0.01).to(dtype)   # many equal deltas: a large tie block
     delta = x - base
     for k in (1, 1000, 66_000, 150_000):
-        key, cutoff = native.magnitude_threshold(x, base, k)
         mask = top_k_mask(delta, k)
         kept_idx = mask.nonzero().reshape(-1)
         mag = delta.abs()
         threshold = mag[mask].min()
         ties_kept = kept_idx[mag[kept_idx] == threshold]
-        assert int(ties_kept.max()) == cutoff
+        for chunk in (1 << 20, 7_001):
+            key, cutoff = magnitude_threshold(x, base, k, chunk)
+            assert int(ties_kept.max()) == cutoff, (k, chunk)
 
 
 @needs_kernels
@@ -180,11 +202,10 @@ def test_slerp_without_a_kernel_gives_the_same_bits(monkeypatch, disabled):
     gen = torch.Generator().manual_seed(4)
     a = torch.randn(3 << 20, generator=gen).to(torch.bfloat16)   # several 2^20-element chunks
     b = (a.float() + 0.3 * torch.randn(a.shape, generator=gen)).to(torch.bfloat16)
-    params = MethodParams(shared={"t": 0.3}, per_input=({}, {}))
-    fast = slerp([a, b], 0, params)
+    fast = call("slerp", [a, b], 0, {"t": 0.3})
     for name in disabled:
         monkeypatch.setattr(native, name, lambda *args: None)
-    assert torch.equal(_bits(slerp([a, b], 0, params)), _bits(fast))
+    assert torch.equal(_bits(call("slerp", [a, b], 0, {"t": 0.3})), _bits(fast))
 
 
 @pytest.mark.skipif(native._kernels is None, reason="built without the C extension")
@@ -196,6 +217,8 @@ def test_slerp_without_a_kernel_gives_the_same_bits(monkeypatch, disabled):
     lambda a, b, short: native.scaled_product(a, b[::2], 1.0, 1.0, torch.empty(a.numel())),  # strided
     lambda a, b, short: native.gta(a, [b], [(-1, -1)], torch.ones(2), False, False, 1.0, 1.0),  # 2 weights, 1 model
     lambda a, b, short: native.lerp2(a.to(torch.int32), b.to(torch.int32), 0.5, 0.5),  # dtype the kernels lack
+    lambda a, b, short: native.histogram(a, b, 0, -1, torch.zeros(10, dtype=torch.int64)),   # too few bins
+    lambda a, b, short: native.nth_equal(a, b[:-1], 0, 1),                          # base shorter than x
 ])
 def test_kernels_refuse_what_would_read_or_write_past_a_buffer(call):
     a = torch.randn(1000).to(torch.bfloat16)

@@ -7,13 +7,12 @@ tolerances are still 5+ standard deviations of the quantity tested.
 from __future__ import annotations
 
 import torch
+from calls import call
 from reference import load_dir
 
 import mergesmith
 from mergesmith.execute.runner import generator_for
 from mergesmith.methods import sparsify
-from mergesmith.methods.registry import METHODS
-from mergesmith.methods.spec import MethodParams
 
 
 def _rand(*shape, seed=0):
@@ -101,18 +100,12 @@ def test_dare_paper_rescale_divides_by_density_and_true_keeps_l1():
 def test_density_one_della_is_ties_and_della_linear_is_task_arithmetic():
     base, a, b = _rand(16, 16, seed=5), _rand(16, 16, seed=6), _rand(16, 16, seed=7)
 
-    def params(method, **shared):
-        spec = METHODS[method]
-        values = {p.name: p.default for p in spec.params if p.scope.value == "shared"}
-        values.update(shared)
-        own = lambda w: {"weight": w, "density": 1.0, "epsilon": 0.15}
-        return MethodParams(values, ({}, own(0.7), own(0.4)))
-
-    della = METHODS["della"].fn([base, a, b], 0, params("della"), _gen(0))
-    ties = METHODS["ties"].fn([base, a, b], 0, params("ties"), None)
+    per = {"weight": {1: 0.7, 2: 0.4}, "density": {1: 1.0, 2: 1.0}}
+    della = call("della", [base, a, b], 0, {}, per, _gen(0))
+    ties = call("ties", [base, a, b], 0, {}, per)
     assert torch.equal(della, ties)
-    linear = METHODS["della_linear"].fn([base, a, b], 0, params("della_linear"), _gen(0))
-    arithmetic = METHODS["task_arithmetic"].fn([base, a, b], 0, params("task_arithmetic"), None)
+    linear = call("della_linear", [base, a, b], 0, {}, per, _gen(0))
+    arithmetic = call("task_arithmetic", [base, a, b], 0, {}, per)
     assert torch.equal(linear, arithmetic)
 
 
