@@ -214,7 +214,7 @@ def _cached_weights(cache: Path) -> list[Path]:
 def test_plan_over_hub_ids_reads_headers_not_weights(hub, wide_family, tmp_path, capsys):
     hub.add("org/wide", wide_family[0])
     hub.add("org/wide-ft", wide_family[1])
-    code, out, err = cli(capsys, "plan", linear(tmp_path, "org/wide", "org/wide-ft"))
+    code, out, err = cli(capsys, "plan", linear(tmp_path, "org/wide", "org/wide-ft"), "--tensors")
     assert code == 0, err
     served, weights = sum(hub.served.values()), hub.weight_bytes("org/wide", "org/wide-ft")
     print(f"\nplan over 2 hub ids: {served} bytes served of {weights} weight bytes ({100 * served / weights:.2f}%)")
