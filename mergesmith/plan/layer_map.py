@@ -34,10 +34,7 @@ def _number(value) -> str:
 
 
 def _resolved(job: TensorJob) -> tuple[dict, list[dict]]:
-    params = job.params
-    if not hasattr(params, "as_dict"):   # MethodParams before the typed parameters
-        return dict(params.shared), [dict(own) for own in params.per_input]
-    resolved = params.as_dict()
+    resolved = job.params.as_dict()
     return resolved["shared"], resolved["per_input"]
 
 
