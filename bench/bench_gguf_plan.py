@@ -89,16 +89,24 @@ def timed(recipes: dict[str, tuple[Path, str]], repeat: int, how: str) -> dict[s
 
 
 def report(samples: dict[str, list[measure.Sample]]) -> None:
-    med = {label: (statistics.median(s.wall_s for s in runs), statistics.median(s.cpu_s for s in runs),
-                   max(s.peak_rss_bytes for s in runs)) for label, runs in samples.items()}
+    med = {
+        label: (
+            statistics.median(s.wall_s for s in runs),
+            statistics.median(s.cpu_s for s in runs),
+            max(s.peak_rss_bytes for s in runs),
+        )
+        for label, runs in samples.items()
+    }
     print(f"{'input':<12} {'wall s (median)':>16} {'cpu s (median)':>15} {'peak RSS MiB (max)':>19}")
     for label, (wall, cpu, rss) in med.items():
         print(f"{label:<12} {wall:>16.2f} {cpu:>15.2f} {rss / MIB:>19.0f}")
     ratio = med["gguf"][0] / med["safetensors"][0]
     rss_ratio = med["gguf"][2] / med["safetensors"][2]
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
-    print(f"gguf / safetensors: wall {ratio:.2f}x, peak RSS {rss_ratio:.2f}x "
-          f"(target: wall <= {TARGET_RATIO:.0f}x) {verdict}")
+    print(
+        f"gguf / safetensors: wall {ratio:.2f}x, peak RSS {rss_ratio:.2f}x "
+        f"(target: wall <= {TARGET_RATIO:.0f}x) {verdict}"
+    )
 
 
 def main() -> int:

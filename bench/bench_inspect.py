@@ -39,9 +39,11 @@ PY = shlex.quote(sys.executable)
 RSS_MAX, FLOOR_MAX = 1e9, 5.0
 SAMPLE = "model.layers.0.mlp.down_proj.weight"
 # Until `inspect` is registered in mergesmith/cli/main.py: the same handler through its own parser.
-_CHILD = ("import argparse, sys; from mergesmith.cli import inspect_cmd; p = argparse.ArgumentParser(); "
-          "inspect_cmd.add_parser(p.add_subparsers()); a = p.parse_args(['inspect', *sys.argv[1:]]); "
-          "sys.exit(a.handler(a))")
+_CHILD = (
+    "import argparse, sys; from mergesmith.cli import inspect_cmd; p = argparse.ArgumentParser(); "
+    "inspect_cmd.add_parser(p.add_subparsers()); a = p.parse_args(['inspect', *sys.argv[1:]]); "
+    "sys.exit(a.handler(a))"
+)
 
 
 def inspect_command() -> str:
@@ -56,8 +58,10 @@ def jobs(pair: synthetic.Pair, out: Path) -> dict[str, str]:
     q = lambda p: shlex.quote(str(p))
     floor = out / "floor"
     floor.mkdir(parents=True, exist_ok=True)
-    return {"floor": f"cp -r --reflink=never {q(pair.a)} {q(pair.b)} {q(floor)} && sync",
-            "inspect": f"{inspect_command()} {q(pair.b)} --base {q(pair.a)} --json {q(out / 'inspect.json')} --quiet"}
+    return {
+        "floor": f"cp -r --reflink=never {q(pair.a)} {q(pair.b)} {q(floor)} && sync",
+        "inspect": f"{inspect_command()} {q(pair.b)} --base {q(pair.a)} --json {q(out / 'inspect.json')} --quiet",
+    }
 
 
 def warm(pair: synthetic.Pair) -> None:
@@ -88,11 +92,22 @@ def check(pair: synthetic.Pair, out: Path) -> list[tuple[str, bool, str]]:
     energy = float(s[: data["top_k"]].square().sum() / s.square().sum())
     names = set(_names(pair.a))
     return [
-        ("every tensor of A has a row", {r["name"] for r in data["rows"]} == names, f"{len(data['rows'])} of {len(names)}"),
-        (f"{SAMPLE} delta norm", abs(row["delta_norm"][0] - norm) < 1e-5 * norm, f"{row['delta_norm'][0]:.6g} vs {norm:.6g}"),
+        (
+            "every tensor of A has a row",
+            {r["name"] for r in data["rows"]} == names,
+            f"{len(data['rows'])} of {len(names)}",
+        ),
+        (
+            f"{SAMPLE} delta norm",
+            abs(row["delta_norm"][0] - norm) < 1e-5 * norm,
+            f"{row['delta_norm'][0]:.6g} vs {norm:.6g}",
+        ),
         # B - A is pure noise: a flat spectrum, the sketch's worst case (stats.topk_energy)
-        (f"{SAMPLE} top-k energy: a lower bound, at least 70% of exact on noise",
-         energy * 0.7 <= row["topk_energy"][0] <= energy + 1e-6, f"{row['topk_energy'][0]:.4g} vs exact {energy:.4g}"),
+        (
+            f"{SAMPLE} top-k energy: a lower bound, at least 70% of exact on noise",
+            energy * 0.7 <= row["topk_energy"][0] <= energy + 1e-6,
+            f"{row['topk_energy'][0]:.4g} vs exact {energy:.4g}",
+        ),
         (f"{SAMPLE} sign agreement with itself", row["sign_agreement"] == [[1.0]], str(row["sign_agreement"])),
     ]
 
@@ -134,15 +149,23 @@ def main(argv=None) -> int:
 
 def render(shape: str, samples: dict, checks: list) -> str:
     floor, run = samples["floor"], samples["inspect"]
-    lines = [f"shape {shape}, one run each ({measure.probe()})", f"{'job':<10}{'wall s':>10}{'cpu s':>10}{'peak RSS GB':>14}"]
-    lines += [f"{name:<10}{s.wall_s:>10.2f}{s.cpu_s:>10.1f}{s.peak_rss_bytes / 1e9:>14.3f}" for name, s in samples.items()]
+    lines = [
+        f"shape {shape}, one run each ({measure.probe()})",
+        f"{'job':<10}{'wall s':>10}{'cpu s':>10}{'peak RSS GB':>14}",
+    ]
+    lines += [
+        f"{name:<10}{s.wall_s:>10.2f}{s.cpu_s:>10.1f}{s.peak_rss_bytes / 1e9:>14.3f}" for name, s in samples.items()
+    ]
     ratio = run.wall_s / floor.wall_s
-    if shape == "pico":   # start-up dominated: the targets are for real sizes
+    if shape == "pico":  # start-up dominated: the targets are for real sizes
         lines += ["", f"inspect / floor wall: {ratio:.2f}x (pico: no target)"]
     else:
-        lines += ["", f"inspect / floor wall: {ratio:.2f}x (target <= {FLOOR_MAX:g}x): {'PASS' if ratio <= FLOOR_MAX else 'FAIL'}",
-                  f"inspect peak RSS: {run.peak_rss_bytes / 1e9:.3f} GB (target < 1 GB): "
-                  f"{'PASS' if run.peak_rss_bytes < RSS_MAX else 'FAIL'}"]
+        lines += [
+            "",
+            f"inspect / floor wall: {ratio:.2f}x (target <= {FLOOR_MAX:g}x): {'PASS' if ratio <= FLOOR_MAX else 'FAIL'}",
+            f"inspect peak RSS: {run.peak_rss_bytes / 1e9:.3f} GB (target < 1 GB): "
+            f"{'PASS' if run.peak_rss_bytes < RSS_MAX else 'FAIL'}",
+        ]
     lines += [f"check {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in checks]
     return "\n".join(lines)
 

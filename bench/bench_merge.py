@@ -68,11 +68,15 @@ class Job:
 def recipe(method: str, pair: synthetic.Pair) -> str:
     a, b = json.dumps(str(pair.a)), json.dumps(str(pair.b))
     if method == "slerp":
-        return (f"models:\n  - model: {a}\n  - model: {b}\nmerge_method: slerp\nbase_model: {a}\n"
-                f"parameters:\n  t: {outputs.SLERP_T}\ndtype: bfloat16\n")
-    return (f"models:\n  - model: {b}\n    parameters:\n      density: {outputs.TIES_DENSITY}\n"
-            f"      weight: 0.5\nmerge_method: ties\nbase_model: {a}\n"
-            f"parameters:\n  normalize: true\n  int8_mask: true\ndtype: bfloat16\n")
+        return (
+            f"models:\n  - model: {a}\n  - model: {b}\nmerge_method: slerp\nbase_model: {a}\n"
+            f"parameters:\n  t: {outputs.SLERP_T}\ndtype: bfloat16\n"
+        )
+    return (
+        f"models:\n  - model: {b}\n    parameters:\n      density: {outputs.TIES_DENSITY}\n"
+        f"      weight: 0.5\nmerge_method: ties\nbase_model: {a}\n"
+        f"parameters:\n  normalize: true\n  int8_mask: true\ndtype: bfloat16\n"
+    )
 
 
 def write_recipes(shape: str, pair: synthetic.Pair) -> dict[str, Path]:
@@ -87,25 +91,47 @@ def write_recipes(shape: str, pair: synthetic.Pair) -> dict[str, Path]:
 def merge_jobs(shape: str, pair: synthetic.Pair, recipes: dict[str, Path], mergekit: bool) -> list[Job]:
     def q(p: Path) -> str:
         return shlex.quote(str(p))
+
     floor_out = OUT / shape / "floor"
     jobs = [Job(shape, "floor", f"cp -r --reflink=never {q(pair.a)} {q(floor_out)} && sync", floor_out)]
     for method in MERGE_METHODS:
         out = OUT / shape / f"mergesmith-{method}"
-        jobs.append(Job(shape, f"mergesmith {method}", f"{PY} -m mergesmith merge {q(recipes[method])} "
-                        f"{q(out)} --quiet --force && sync", out, method))
+        jobs.append(
+            Job(
+                shape,
+                f"mergesmith {method}",
+                f"{PY} -m mergesmith merge {q(recipes[method])} {q(out)} --quiet --force && sync",
+                out,
+                method,
+            )
+        )
     for method in MERGE_METHODS if mergekit else ():
         out = OUT / shape / f"mergekit-{method}"
-        jobs.append(Job(shape, f"mergekit {method}", f"{q(MERGEKIT)} {q(recipes[method])} {q(out)} "
-                        "--no-cuda --quiet && sync", out, method))
+        jobs.append(
+            Job(
+                shape,
+                f"mergekit {method}",
+                f"{q(MERGEKIT)} {q(recipes[method])} {q(out)} --no-cuda --quiet && sync",
+                out,
+                method,
+            )
+        )
     return jobs
 
 
 def cli_jobs(plan_recipe: Path, pico_recipe: Path) -> list[Job]:
     pico_out = OUT / "pico" / "cli-merge"
-    return [Job("cli", "mergesmith --help", f"{PY} -m mergesmith --help"),
-            Job("cli", "mergesmith plan", f"{PY} -m mergesmith plan {shlex.quote(str(plan_recipe))}"),
-            Job("cli", "pico ties merge", f"{PY} -m mergesmith merge {shlex.quote(str(pico_recipe))} "
-                f"{shlex.quote(str(pico_out))} --quiet --force && sync", pico_out)]
+    return [
+        Job("cli", "mergesmith --help", f"{PY} -m mergesmith --help"),
+        Job("cli", "mergesmith plan", f"{PY} -m mergesmith plan {shlex.quote(str(plan_recipe))}"),
+        Job(
+            "cli",
+            "pico ties merge",
+            f"{PY} -m mergesmith merge {shlex.quote(str(pico_recipe))} "
+            f"{shlex.quote(str(pico_out))} --quiet --force && sync",
+            pico_out,
+        ),
+    ]
 
 
 def warm_page_cache(pair: synthetic.Pair) -> None:
@@ -139,8 +165,10 @@ def run_all(jobs: list[Job], repeat: int, how: str, layers: dict[str, int]) -> t
                 if job.out:
                     shutil.rmtree(job.out, ignore_errors=True)
             samples[(job.shape, job.name)].append(sample)
-            log(f"  [{round_ + 1}/{repeat}] {job.shape} {job.name}: {sample.wall_s:.2f} s, "
-                f"{sample.peak_rss_bytes / report.GB:.2f} GB")
+            log(
+                f"  [{round_ + 1}/{repeat}] {job.shape} {job.name}: {sample.wall_s:.2f} s, "
+                f"{sample.peak_rss_bytes / report.GB:.2f} GB"
+            )
     return samples, snapshots
 
 
@@ -149,8 +177,12 @@ def checks_for(shape: str, pair: synthetic.Pair, snapshots: dict) -> list[output
     a, b = outputs.snapshot(pair.a, layers), outputs.snapshot(pair.b, layers)
     found = []
     for method in MERGE_METHODS:
-        found += [outputs.Check(f"{shape} {c.name}", c.passed, c.detail) for c in outputs.check_merge(
-            method, snapshots[(shape, f"mergesmith {method}")], a, b, snapshots.get((shape, f"mergekit {method}")))]
+        found += [
+            outputs.Check(f"{shape} {c.name}", c.passed, c.detail)
+            for c in outputs.check_merge(
+                method, snapshots[(shape, f"mergesmith {method}")], a, b, snapshots.get((shape, f"mergekit {method}"))
+            )
+        ]
     return found
 
 
@@ -158,8 +190,13 @@ def versions(mergekit: bool) -> str:
     from importlib.metadata import version
 
     import torch
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
     mk = f", mergekit {version('mergekit')}" if mergekit else ""
     return f"mergesmith {commit}, torch {torch.__version__}{mk}"
 
@@ -170,12 +207,20 @@ def log(message: str) -> None:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", choices=("pico", "1b", "3b", "both"), default="1b",
-                        help="model shape to merge; both = 1b and 3b (default 1b)")
+    parser.add_argument(
+        "--shape",
+        choices=("pico", "1b", "3b", "both"),
+        default="1b",
+        help="model shape to merge; both = 1b and 3b (default 1b)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per job; median and range reported")
     parser.add_argument("--skip-mergekit", action="store_true", help="do not run mergekit")
-    parser.add_argument("--mergekit-shapes", nargs="+", choices=("1b", "3b"),
-                        help="shapes mergekit runs on (default: every shape benchmarked; its targets are on 1b)")
+    parser.add_argument(
+        "--mergekit-shapes",
+        nargs="+",
+        choices=("1b", "3b"),
+        help="shapes mergekit runs on (default: every shape benchmarked; its targets are on 1b)",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write a Markdown table here (for the README)")
     args = parser.parse_args(argv)
@@ -197,8 +242,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except measure.JobFailed as failure:
         log(f"job failed: {failure}")
         return 1
-    context = {"machine": report.machine(), "versions": versions(mergekit), "repeat": args.repeat,
-               "probe": how, "shapes": shapes}
+    context = {
+        "machine": report.machine(),
+        "versions": versions(mergekit),
+        "repeat": args.repeat,
+        "probe": how,
+        "shapes": shapes,
+    }
     verdict = report.evaluate(stats, shapes)
     print(report.text(stats, verdict, checks))
     save(args, stats, verdict, checks, context)

@@ -47,8 +47,11 @@ def sampled_names(layers: int) -> tuple[list[str], list[str]]:
     formula check there would measure rounding, not the merge.
     """
     last, mid = layers - 1, layers // 2
-    matrices = ["model.layers.0.self_attn.k_proj.weight", f"model.layers.{mid}.self_attn.q_proj.weight",
-                f"model.layers.{last}.mlp.down_proj.weight"]
+    matrices = [
+        "model.layers.0.self_attn.k_proj.weight",
+        f"model.layers.{mid}.self_attn.q_proj.weight",
+        f"model.layers.{last}.mlp.down_proj.weight",
+    ]
     return matrices, ["model.norm.weight", f"model.layers.{mid}.input_layernorm.weight"]
 
 
@@ -99,23 +102,34 @@ def formula_error(method: str, out: torch.Tensor, a: torch.Tensor, b: torch.Tens
 
 def ulp_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Elementwise distance in bf16 ulps (bit patterns mapped onto a monotone integer line)."""
+
     def line(t: torch.Tensor) -> torch.Tensor:
         bits = t.to(torch.bfloat16).view(torch.int16).to(torch.int32)
         return torch.where(bits < 0, -(bits & 0x7FFF), bits)
+
     return (line(x) - line(y)).abs()
 
 
-def check_merge(method: str, ours: Snapshot, a: Snapshot, b: Snapshot,
-                mergekit: Optional[Snapshot]) -> list[Check]:
+def check_merge(method: str, ours: Snapshot, a: Snapshot, b: Snapshot, mergekit: Optional[Snapshot]) -> list[Check]:
     bad = sorted(n for n, d in ours.names.items() if d != "BF16")
     complete = set(ours.names) == set(a.names) and not bad
-    checks = [Check(f"{method}: tensor names and bf16", complete,
-                    f"{len(ours.names)} tensors, {len(a.names)} in input, non-bf16: {bad[:3]}")]
+    checks = [
+        Check(
+            f"{method}: tensor names and bf16",
+            complete,
+            f"{len(ours.names)} tensors, {len(a.names)} in input, non-bf16: {bad[:3]}",
+        )
+    ]
     matrices = [n for n, t in a.tensors.items() if t.dim() == 2]
     errors = {n: formula_error(method, ours.tensors[n], a.tensors[n], b.tensors[n]) for n in matrices}
     worst = max(errors.values())
-    checks.append(Check(f"{method}: matches formula", worst <= FORMULA_TOLERANCE,
-                        f"max relative error {worst:.4f} (limit {FORMULA_TOLERANCE}) over {len(errors)} matrices"))
+    checks.append(
+        Check(
+            f"{method}: matches formula",
+            worst <= FORMULA_TOLERANCE,
+            f"max relative error {worst:.4f} (limit {FORMULA_TOLERANCE}) over {len(errors)} matrices",
+        )
+    )
     if mergekit is not None:
         checks.append(_against_mergekit(method, ours, mergekit, a, b))
     return checks
@@ -142,8 +156,10 @@ def _against_mergekit(method: str, ours: Snapshot, theirs: Snapshot, a: Snapshot
         within_one += int((d == 1).sum())
         worse += int((d > 1).sum())
         worst = max(worst, int(d.max()))
-    detail = (f"{len(ours.tensors)} tensors: {exact} elements exact, {within_one} within 1 ulp, "
-              f"{worse} further (max {worst} ulp)")
+    detail = (
+        f"{len(ours.tensors)} tensors: {exact} elements exact, {within_one} within 1 ulp, "
+        f"{worse} further (max {worst} ulp)"
+    )
     if method == "ties":
         detail += f"; {at_ties} differ only at threshold ties (tie rule, see README)"
     return Check(f"{method}: agrees with mergekit", worse == 0, detail)

@@ -1,8 +1,8 @@
 """Summaries, ratios, targets and the three renderings (terminal, JSON, Markdown) of a run.
 
-    Stats.of(samples)                    median / min / max wall, median CPU, max peak RSS
-    evaluate(stats, checks) -> Verdict   ratios and PASS/FAIL per target
-    text(...) / markdown(...) / as_json(...)
+Stats.of(samples)                    median / min / max wall, median CPU, max peak RSS
+evaluate(stats, checks) -> Verdict   ratios and PASS/FAIL per target
+text(...) / markdown(...) / as_json(...)
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ class Stats:
 
     @classmethod
     def of(cls, samples: list[Sample]) -> Stats:
-        return cls(tuple(s.wall_s for s in samples), statistics.median(s.cpu_s for s in samples),
-                   max(s.peak_rss_bytes for s in samples))
+        return cls(
+            tuple(s.wall_s for s in samples),
+            statistics.median(s.cpu_s for s in samples),
+            max(s.peak_rss_bytes for s in samples),
+        )
 
     @property
     def wall(self) -> float:
@@ -65,6 +68,7 @@ Key = tuple[str, str]  # (shape, job)
 def _ratios(stats: dict[Key, Stats], shape: str) -> dict[str, float]:
     def get(job: str) -> Optional[Stats]:
         return stats.get((shape, job))
+
     out = {}
     floor = get("floor")
     for method in ("slerp", "ties"):
@@ -92,8 +96,9 @@ def _shape_targets(stats: dict[Key, Stats], ratios: dict[str, float], shape: str
     for method, limit in (("slerp", SLERP_SPEEDUP_MIN), ("ties", TIES_SPEEDUP_MIN)):
         speedup = ratios.get(f"{shape} {method}: mergekit / mergesmith (speedup)")
         if speedup is not None:
-            targets.append(Target(f"{shape} {method} speedup over mergekit", f"{speedup:.2f}x",
-                                  f">= {limit:g}x", speedup >= limit))
+            targets.append(
+                Target(f"{shape} {method} speedup over mergekit", f"{speedup:.2f}x", f">= {limit:g}x", speedup >= limit)
+            )
     rss = [stats[(shape, f"mergesmith {m}")].peak_rss_bytes for m in ("slerp", "ties")]
     targets.append(_at_most(f"{shape} mergesmith peak RSS", max(rss) / GB, RSS_MAX / GB, " GB"))
     return targets
@@ -107,11 +112,17 @@ def evaluate(stats: dict[Key, Stats], shapes: list[str]) -> Verdict:
         if shape in SCALED_SHAPES:
             targets += _shape_targets(stats, ratios, shape)
     if all(s in shapes for s in SCALED_SHAPES):
+
         def peak(shape: str) -> int:
             return max(stats[(shape, f"mergesmith {m}")].peak_rss_bytes for m in ("slerp", "ties"))
+
         ratios["peak RSS 3b / 1b"] = peak("3b") / peak("1b")
         targets.append(_at_most("peak RSS growth 1b -> 3b", ratios["peak RSS 3b / 1b"], RSS_GROWTH_MAX))
-    for job, limit in (("mergesmith --help", CLI_MAX_S), ("mergesmith plan", CLI_MAX_S), ("pico ties merge", PICO_MERGE_MAX_S)):
+    for job, limit in (
+        ("mergesmith --help", CLI_MAX_S),
+        ("mergesmith plan", CLI_MAX_S),
+        ("pico ties merge", PICO_MERGE_MAX_S),
+    ):
         if ("cli", job) in stats:
             targets.append(_at_most(job, stats[("cli", job)].wall, limit, " s"))
     return Verdict(ratios, targets)
@@ -123,13 +134,27 @@ def machine() -> dict[str, object]:
         models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         cpu = models[0] if models else cpu
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"date": date.today().isoformat(), "cores": os.cpu_count(), "ram_gib": round(ram / 2**30, 1),
-            "cpu": cpu, "os": platform.platform(), "python": platform.python_version()}
+    return {
+        "date": date.today().isoformat(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(ram / 2**30, 1),
+        "cpu": cpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def _rows(stats: dict[Key, Stats]) -> list[tuple[str, ...]]:
-    return [(shape, job, f"{s.wall:.2f} ({min(s.walls):.2f}-{max(s.walls):.2f})", f"{s.cpu_s:.1f}",
-             f"{s.peak_rss_bytes / GB:.2f}") for (shape, job), s in stats.items()]
+    return [
+        (
+            shape,
+            job,
+            f"{s.wall:.2f} ({min(s.walls):.2f}-{max(s.walls):.2f})",
+            f"{s.cpu_s:.1f}",
+            f"{s.peak_rss_bytes / GB:.2f}",
+        )
+        for (shape, job), s in stats.items()
+    ]
 
 
 HEADER = ("shape", "job", "wall s, median (min-max)", "CPU s", "peak RSS GB")
@@ -140,22 +165,25 @@ def text(stats: dict[Key, Stats], verdict: Verdict, checks: list) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines += ["", "ratios:"] + [f"  {k}: {v:.2f}" for k, v in verdict.ratios.items()]
-    lines += ["", "targets:"] + [f"  {'PASS' if t.passed else 'FAIL'}  {t.name}: {t.measured} (target {t.limit})"
-                                 for t in verdict.targets]
+    lines += ["", "targets:"] + [
+        f"  {'PASS' if t.passed else 'FAIL'}  {t.name}: {t.measured} (target {t.limit})" for t in verdict.targets
+    ]
     lines += ["", "correctness:"] + [f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}" for c in checks]
     return "\n".join(lines)
 
 
 def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def markdown(stats: dict[Key, Stats], verdict: Verdict, checks: list, context: dict) -> str:
     m = context["machine"]
-    lines = [f"Measured {m['date']} on {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['cpu']} "
-             f"({context['versions']}); {context['repeat']} runs per job, warm page cache, every "
-             f"merge command ends with `sync`; floor = `cp -r` of model A. Peak RSS: {context['probe']}.", ""]
+    lines = [
+        f"Measured {m['date']} on {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['cpu']} "
+        f"({context['versions']}); {context['repeat']} runs per job, warm page cache, every "
+        f"merge command ends with `sync`; floor = `cp -r` of model A. Peak RSS: {context['probe']}.",
+        "",
+    ]
     lines += _md_table(HEADER, _rows(stats)) + [""]
     target_rows = [(t.name, t.measured, t.limit, "PASS" if t.passed else "FAIL") for t in verdict.targets]
     target_rows += [(c.name, c.detail, "", "PASS" if c.passed else "FAIL") for c in checks]
@@ -164,5 +192,10 @@ def markdown(stats: dict[Key, Stats], verdict: Verdict, checks: list, context: d
 
 def as_json(stats: dict[Key, Stats], verdict: Verdict, checks: list, context: dict) -> dict:
     jobs = [{"shape": shape, "job": job, "wall_s_median": s.wall, **asdict(s)} for (shape, job), s in stats.items()]
-    return {**context, "jobs": jobs, "ratios": verdict.ratios,
-            "targets": [asdict(t) for t in verdict.targets], "checks": [asdict(c) for c in checks]}
+    return {
+        **context,
+        "jobs": jobs,
+        "ratios": verdict.ratios,
+        "targets": [asdict(t) for t in verdict.targets],
+        "checks": [asdict(c) for c in checks],
+    }

@@ -79,13 +79,25 @@ def tensor_shapes(s: Shape) -> dict[str, tuple[int, ...]]:
 
 def llama_config(s: Shape) -> dict:
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": s.hidden, "intermediate_size": s.intermediate,
-        "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
-        "num_key_value_heads": s.kv_heads, "vocab_size": s.vocab, "hidden_act": "silu",
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "initializer_range": WEIGHT_STD, "attention_bias": False, "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16", "dtype": "bfloat16",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": s.hidden,
+        "intermediate_size": s.intermediate,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "vocab_size": s.vocab,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "initializer_range": WEIGHT_STD,
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "bfloat16",
+        "dtype": "bfloat16",
     }
 
 
@@ -161,8 +173,14 @@ def write_pair(shape: Shape, a_dir: Path, b_dir: Path) -> None:
 
 
 def marker_params(shape: Shape) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "shape": asdict(shape), "seed": SEED,
-            "weight_std": WEIGHT_STD, "noise": NOISE, "shard_bytes": SHARD_BYTES}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "shape": asdict(shape),
+        "seed": SEED,
+        "weight_std": WEIGHT_STD,
+        "noise": NOISE,
+        "shard_bytes": SHARD_BYTES,
+    }
 
 
 def ensure_pair(shape_name: str, root: Path) -> tuple[Pair, bool]:

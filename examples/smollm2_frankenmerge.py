@@ -63,12 +63,14 @@ def generate(model_dir: Path, gguf_file: str | None = None) -> str:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **extra)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, **extra)
     inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-        return_tensors="pt", return_dict=True,
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
-    new = output[0, inputs["input_ids"].shape[1]:]
+    new = output[0, inputs["input_ids"].shape[1] :]
     return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
@@ -88,8 +90,10 @@ def main() -> None:
     start = time.perf_counter()
     plan = api.merge(text, OUT, force=True, progress=True)
     print(f"merged in {time.perf_counter() - start:.1f} s -> {OUT}")
-    print(f"plan: {len(plan.jobs)} tensors, {plan.num_layers} layers "
-          f"(architecture {plan.arch.family}); recipe: {recipe_file}")
+    print(
+        f"plan: {len(plan.jobs)} tensors, {plan.num_layers} layers "
+        f"(architecture {plan.arch.family}); recipe: {recipe_file}"
+    )
     for warning in plan.warnings:
         print(f"warning: {warning}")
 

@@ -39,8 +39,8 @@ DEFAULT_LORA_CACHE = Path("~/.cache/mergesmith/lora")
 @dataclass(frozen=True)
 class RecipeSource:
     recipe: Recipe
-    text: str            # the YAML as the user wrote it, kept for the card
-    name: str            # file name or "<recipe>", for messages
+    text: str  # the YAML as the user wrote it, kept for the card
+    name: str  # file name or "<recipe>", for messages
     base_dir: Path | None
     # Set by multi-stage lineages (mergesmith/lineage/): a card of their own, and files (the
     # stage record) written into the staging directory, so a complete output always has them.
@@ -84,9 +84,17 @@ def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
 
 
 def merge(
-    recipe, out: str | Path, *, force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE,
-    seed: int = 0, allow_pickle: bool = False, progress: bool = False, workers: int = 2,
-    lora_cache: str | Path | None = DEFAULT_LORA_CACHE, device: str = "cpu",
+    recipe,
+    out: str | Path,
+    *,
+    force: bool = False,
+    shard_size: str = DEFAULT_SHARD_SIZE,
+    seed: int = 0,
+    allow_pickle: bool = False,
+    progress: bool = False,
+    workers: int = 2,
+    lora_cache: str | Path | None = DEFAULT_LORA_CACHE,
+    device: str = "cpu",
     status: Callable[[str], None] | None = None,
 ) -> Plan:
     """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically.
@@ -118,7 +126,7 @@ def merge(
     say("opening the inputs and folding adapters" if adapters else "opening the inputs")
     models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
-        with warnings.catch_warnings():   # said once already, by the first plan
+        with warnings.catch_warnings():  # said once already, by the first plan
             warnings.simplefilter("ignore")
             the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
         with staged_directory(out, force) as staging, _write_errors(out, staging):
@@ -139,7 +147,7 @@ def merge(
 def _header_checks(src: RecipeSource, keys: list[str], out: Path, seed: int, allow_pickle: bool) -> str | None:
     """Every check that headers allow, before any weight is fetched; the chat template to write."""
     headers = open_headers(keys, base_dir=src.base_dir, allow_pickle=allow_pickle)
-    check_not_input(out, [(f"model '{k}'", m.path) for k, m in headers.items()])   # Hub snapshots too
+    check_not_input(out, [(f"model '{k}'", m.path) for k, m in headers.items()])  # Hub snapshots too
     the_plan = build_plan(src.recipe, headers, source=src.name, seed=seed)
     check_tokenizer_files(headers[the_plan.tokenizer_donor])
     if not src.recipe.chat_template:
@@ -157,8 +165,11 @@ def _write_errors(out: Path, staging: Path):
         reason = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
         if exc.filename and not Path(exc.filename).is_relative_to(staging):
             raise InputFormatError(f"{exc.filename}: cannot read it: {reason}") from None
-        fix = {errno.ENOSPC: "free space there", errno.EFBIG: "raise the file-size limit or lower shard_size",
-               errno.EDQUOT: "raise the quota there"}.get(exc.errno, "check the disk and retry")
+        fix = {
+            errno.ENOSPC: "free space there",
+            errno.EFBIG: "raise the file-size limit or lower shard_size",
+            errno.EDQUOT: "raise the quota there",
+        }.get(exc.errno, "check the disk and retry")
         raise OutputWriteError(f"cannot write {out}: {reason}; {fix}; the incomplete output was removed") from None
 
 
@@ -189,6 +200,8 @@ def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: st
     if template:
         write_chat_template(template, staging)
     (staging / "mergesmith_config.yml").write_text(src.text)
-    (staging / "README.md").write_text(src.card if src.card is not None else model_card(src.recipe, src.text, name, base_dir=src.base_dir))
+    (staging / "README.md").write_text(
+        src.card if src.card is not None else model_card(src.recipe, src.text, name, base_dir=src.base_dir)
+    )
     for file_name, content in src.extra_files:
         (staging / file_name).write_text(content)

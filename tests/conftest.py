@@ -65,8 +65,13 @@ def llama48(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def families(llama_family, mistral_family, qwen2_family, phi2_family, gemma3_family) -> dict[str, list[Path]]:
     """Every family by kind, for tests parametrized over pico.KINDS."""
-    return {"llama": llama_family, "mistral": mistral_family, "qwen2": qwen2_family,
-            "phi2": phi2_family, "gemma3": gemma3_family}
+    return {
+        "llama": llama_family,
+        "mistral": mistral_family,
+        "qwen2": qwen2_family,
+        "phi2": phi2_family,
+        "gemma3": gemma3_family,
+    }
 
 
 _PARITY: list = []

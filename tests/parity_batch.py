@@ -39,8 +39,8 @@ def selected_cases(request: pytest.FixtureRequest, argname: str = "case") -> lis
 
 @dataclass(frozen=True)
 class MergekitReference:
-    outputs: Mapping[str, Path]     # case id -> mergekit's output directory
-    failures: Mapping[str, str]     # case id -> mergekit's error, for the cases it refused
+    outputs: Mapping[str, Path]  # case id -> mergekit's output directory
+    failures: Mapping[str, str]  # case id -> mergekit's error, for the cases it refused
 
     def load(self, case: str) -> dict[str, torch.Tensor]:
         """mergekit's tensors for ``case``; fails the calling test when mergekit refused it."""

@@ -23,10 +23,10 @@ OTHER = "other"
 
 @dataclass(frozen=True)
 class Attribution:
-    method: str                  # a registry name, or OTHER
-    families: tuple[str, ...]    # the pico families the inputs came from ("" when not named)
-    function_level: bool         # a pure-function comparison, not a whole merge
-    tie_rule: bool               # under the default tie rule: differences at threshold ties expected
+    method: str  # a registry name, or OTHER
+    families: tuple[str, ...]  # the pico families the inputs came from ("" when not named)
+    function_level: bool  # a pure-function comparison, not a whole merge
+    tie_rule: bool  # under the default tie rule: differences at threshold ties expected
 
 
 def attribute(label: str) -> Attribution:
@@ -44,7 +44,7 @@ def attribute(label: str) -> Attribution:
 
 
 def _zero() -> list[int]:
-    return [0, 0, 0, 0, 0]    # merges, tie-rule merges, exact, within 1 ulp, differing/missing/extra
+    return [0, 0, 0, 0, 0]  # merges, tie-rule merges, exact, within 1 ulp, differing/missing/extra
 
 
 def per_method_lines(entries) -> list[str]:
@@ -62,17 +62,21 @@ def per_method_lines(entries) -> list[str]:
         if not who.function_level:
             families[who.method].update(who.families)
     order = [m for m in (*METHODS, OTHER) if m in merges or m in fns]
-    lines = [f"{'method':<17}{'merges':>7}{'tensors':>8}{'exact':>7}{'1 ulp':>6}{'diff':>5}{'tie rule':>9}  "
-             f"{'families':<40}{'fn cases':>9}{'exact':>7}{'1 ulp':>6}{'diff':>5}"]
+    lines = [
+        f"{'method':<17}{'merges':>7}{'tensors':>8}{'exact':>7}{'1 ulp':>6}{'diff':>5}{'tie rule':>9}  "
+        f"{'families':<40}{'fn cases':>9}{'exact':>7}{'1 ulp':>6}{'diff':>5}"
+    ]
     for method in order:
         m, f = merges[method], fns[method]
-        lines.append(f"{method:<17}{m[0]:>7}{sum(m[2:]):>8}{m[2]:>7}{m[3]:>6}{m[4]:>5}{m[1]:>9}  "
-                     f"{', '.join(sorted(families[method])):<40}{f[0]:>9}{f[2]:>7}{f[3]:>6}{f[4]:>5}")
+        lines.append(
+            f"{method:<17}{m[0]:>7}{sum(m[2:]):>8}{m[2]:>7}{m[3]:>6}{m[4]:>5}{m[1]:>9}  "
+            f"{', '.join(sorted(families[method])):<40}{f[0]:>9}{f[2]:>7}{f[3]:>6}{f[4]:>5}"
+        )
     return lines
 
 
 def missing_coverage(entries, required=("llama", "qwen2")) -> list[str]:
-    """"method on family" for each registry method without a whole merge on a ``required`` family."""
+    """ "method on family" for each registry method without a whole merge on a ``required`` family."""
     seen = set()
     for label, _ in entries:
         who = attribute(label)

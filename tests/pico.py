@@ -60,9 +60,16 @@ def pico_config(kind: str, num_layers: int | None = None):
 
     layers = DEFAULT_LAYERS if num_layers is None else num_layers
     common = dict(
-        vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, max_position_embeddings=256,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        max_position_embeddings=256,
     )
     if kind == "llama":
         return LlamaConfig(**common, head_dim=HEAD_DIM, tie_word_embeddings=False)
@@ -74,8 +81,12 @@ def pico_config(kind: str, num_layers: int | None = None):
         return PhiConfig(**common, tie_word_embeddings=False)
     if kind == "gemma3":
         return Gemma3TextConfig(
-            **common, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, tie_word_embeddings=True,
-            sliding_window=GEMMA3_SLIDING_WINDOW, layer_types=gemma3_layer_types(layers),
+            **common,
+            head_dim=HEAD_DIM,
+            query_pre_attn_scalar=HEAD_DIM,
+            tie_word_embeddings=True,
+            sliding_window=GEMMA3_SLIDING_WINDOW,
+            layer_types=gemma3_layer_types(layers),
         )
     raise ValueError(f"unknown pico kind {kind!r}; choose one of {', '.join(KINDS)}")
 
@@ -107,7 +118,9 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer=trainer)
@@ -118,8 +131,12 @@ def build_tokenizer():
     if tok.get_vocab_size() > VOCAB_SIZE:  # config vocab below tokenizer size breaks embeddings
         raise AssertionError(f"pico tokenizer has {tok.get_vocab_size()} tokens > {VOCAB_SIZE}")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=SPECIAL_TOKENS[UNK_ID], bos_token=bos,
-        eos_token=SPECIAL_TOKENS[EOS_ID], pad_token=SPECIAL_TOKENS[PAD_ID], chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok,
+        unk_token=SPECIAL_TOKENS[UNK_ID],
+        bos_token=bos,
+        eos_token=SPECIAL_TOKENS[EOS_ID],
+        pad_token=SPECIAL_TOKENS[PAD_ID],
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -162,8 +179,15 @@ def save_model(model, path: Path, *, shards: int = 1, dtype: torch.dtype = torch
     return path
 
 
-def make_pico(kind: str, path: Path, *, seed: int, num_layers: int | None = None, shards: int = 1,
-              dtype: torch.dtype = torch.float32) -> Path:
+def make_pico(
+    kind: str,
+    path: Path,
+    *,
+    seed: int,
+    num_layers: int | None = None,
+    shards: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Build, initialise from ``seed`` and save one pico model of ``kind`` into ``path``."""
     return save_model(build_model(kind, seed=seed, num_layers=num_layers), path, shards=shards, dtype=dtype)
 

@@ -31,8 +31,10 @@ NAN_DISTANCE = torch.iinfo(torch.int64).max
 
 # Float dtype -> the signed integer dtype of the same width, for viewing bit patterns.
 _INT_VIEW = {
-    torch.float64: torch.int64, torch.float32: torch.int32,
-    torch.float16: torch.int16, torch.bfloat16: torch.int16,
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
 }
 
 
@@ -52,8 +54,10 @@ def require_mergekit() -> Path:
 
     installed = version("mergekit")
     if installed != MERGEKIT_VERSION:
-        pytest.skip(f"differential tests need mergekit=={MERGEKIT_VERSION}, found {installed} "
-                    f"({getattr(mergekit, '__file__', '?')})")
+        pytest.skip(
+            f"differential tests need mergekit=={MERGEKIT_VERSION}, found {installed} "
+            f"({getattr(mergekit, '__file__', '?')})"
+        )
     script = mergekit_script()
     if not script.is_file():
         pytest.skip(f"mergekit is importable but {script} is missing; reinstall mergekit into this venv")
@@ -184,5 +188,11 @@ def compare(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> Pari
         else:
             differing.append(name)
             reasons[name] = reason
-    return Parity(exact=exact, within_ulp=within, differing=differing,
-                  missing=sorted(set(ref) - set(ours)), extra=sorted(set(ours) - set(ref)), reasons=reasons)
+    return Parity(
+        exact=exact,
+        within_ulp=within,
+        differing=differing,
+        missing=sorted(set(ref) - set(ours)),
+        extra=sorted(set(ours) - set(ref)),
+        reasons=reasons,
+    )

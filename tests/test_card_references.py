@@ -31,7 +31,7 @@ def _front(card: str) -> dict:
 
 
 def _section(card: str, heading: str, until: str) -> str:
-    return card[card.index(heading):card.index(until)]
+    return card[card.index(heading) : card.index(until)]
 
 
 def test_front_matter_lists_each_model_once_without_revision_or_adapter():
@@ -50,26 +50,39 @@ def test_adapters_and_revisions_are_named_in_the_text():
     method = _section(card, "### Merge Method", "### Models Merged")
     assert "using [org/base@v1](https://huggingface.co/org/base/tree/v1) as a base" in method
     models = _section(card, "### Models Merged", "### Configuration")
-    assert ("* [org/chat](https://huggingface.co/org/chat) with the LoRA adapter "
-            "[org/chat-lora@r2](https://huggingface.co/org/chat-lora/tree/r2) merged in\n") in models
+    assert (
+        "* [org/chat](https://huggingface.co/org/chat) with the LoRA adapter "
+        "[org/chat-lora@r2](https://huggingface.co/org/chat-lora/tree/r2) merged in\n"
+    ) in models
     assert "* local-ft with the LoRA adapter math merged in\n" in models
     assert "* [org/chat](https://huggingface.co/org/chat)\n" in models
-    assert "+" not in models   # no combined base+adapter strings left in the text
+    assert "+" not in models  # no combined base+adapter strings left in the text
 
 
 def test_lineage_front_matter_skips_stages_read_with_an_adapter():
-    final = parse_recipe({"merge_method": "linear", "models": [
-        {"model": "C+org/style-lora", "parameters": {"weight": 0.5}},
-        {"model": "org/other@main", "parameters": {"weight": 0.5}},
-    ]})
-    steps = [("C", "slerp", ("org/a", "org/b+org/b-lora")),
-             ("final merge", "linear", ("C+org/style-lora", "org/other@main"))]
+    final = parse_recipe(
+        {
+            "merge_method": "linear",
+            "models": [
+                {"model": "C+org/style-lora", "parameters": {"weight": 0.5}},
+                {"model": "org/other@main", "parameters": {"weight": 0.5}},
+            ],
+        }
+    )
+    steps = [
+        ("C", "slerp", ("org/a", "org/b+org/b-lora")),
+        ("final merge", "linear", ("C+org/style-lora", "org/other@main")),
+    ]
     card = model_card(final, "lineage text", "out", lineage=steps)
     assert _front(card)["base_model"] == ["org/a", "org/b", "org/other"]
     assert _front(card)["tags"] == ["mergesmith", "merge", "slerp", "linear"]
     lineage = _section(card, "### Lineage", "### Configuration")
     hub = "https://huggingface.co"
-    assert (f"1. C: [SLERP](https://en.wikipedia.org/wiki/Slerp) of [org/a]({hub}/org/a), [org/b]({hub}/org/b) "
-            f"with the LoRA adapter [org/b-lora]({hub}/org/b-lora) merged in\n") in lineage
-    assert (f"2. final merge: [Linear](https://arxiv.org/abs/2203.05482) of C with the LoRA adapter "
-            f"[org/style-lora]({hub}/org/style-lora) merged in, [org/other@main]({hub}/org/other/tree/main)\n") in lineage
+    assert (
+        f"1. C: [SLERP](https://en.wikipedia.org/wiki/Slerp) of [org/a]({hub}/org/a), [org/b]({hub}/org/b) "
+        f"with the LoRA adapter [org/b-lora]({hub}/org/b-lora) merged in\n"
+    ) in lineage
+    assert (
+        f"2. final merge: [Linear](https://arxiv.org/abs/2203.05482) of C with the LoRA adapter "
+        f"[org/style-lora]({hub}/org/style-lora) merged in, [org/other@main]({hub}/org/other/tree/main)\n"
+    ) in lineage

@@ -68,13 +68,23 @@ def _bad_text(tmp_path: Path, case: str) -> tuple[list, list[str]]:
     if case == "answer out of range":
         file.write_text('{"question": "q", "choices": ["a", "b"], "answer": 2}\n')
         return ["--tasks", file], [f"task file {file} line 1", "'answer' is 2", "(0..1)"]
-    file.write_text("\n\n")   # empty task file
+    file.write_text("\n\n")  # empty task file
     return ["--tasks", file], [f"task file {file} has no items", "one JSON object per line"]
 
 
-@pytest.mark.parametrize("case", ["text not utf-8", "empty text", "text is a directory", "task not utf-8",
-                                  "task line not json", "task line missing a field", "answer out of range",
-                                  "empty task file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "text not utf-8",
+        "empty text",
+        "text is a directory",
+        "task not utf-8",
+        "task line not json",
+        "task line missing a field",
+        "answer out of range",
+        "empty task file",
+    ],
+)
 def test_eval_bad_text_or_task_file(capsys, tmp_path, llama_family, case):
     args, fragments = _bad_text(tmp_path, case)
     before = digest(tmp_path, llama_family[0])
@@ -97,12 +107,14 @@ def _broken_model(model: Path, case: str) -> list[str]:
     if case == "tensor of the wrong shape":
         rewrite_tensors(model, lambda t: t.update({"model.norm.weight": t["model.norm.weight"][:32].clone()}))
         return [f"model '{model}'", "tensor model.norm.weight has shape [32]", "[64] by its config.json"]
-    rewrite_tensors(model, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))   # missing tensor
+    rewrite_tensors(model, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))  # missing tensor
     return [f"model '{model}'", "no tensor model.layers.1.mlp.up_proj.weight", "incomplete"]
 
 
-@pytest.mark.parametrize("case", ["config not json", "config not an object", "truncated safetensors",
-                                  "tensor of the wrong shape", "missing tensor"])
+@pytest.mark.parametrize(
+    "case",
+    ["config not json", "config not an object", "truncated safetensors", "tensor of the wrong shape", "missing tensor"],
+)
 def test_eval_broken_model_is_one_line(capsys, tmp_path, llama_family, eval_text, case):
     model = shutil.copytree(llama_family[0], tmp_path / "model")
     fragments = _broken_model(model, case)
@@ -125,7 +137,9 @@ def test_eval_json_target_is_checked_before_scoring(capsys, monkeypatch, tmp_pat
     monkeypatch.setattr(api, "load_model", never)
     target = tmp_path / "no" / "r.json" if where == "missing folder" else tmp_path
     fragment = f"folder {tmp_path / 'no'} does not exist" if where == "missing folder" else "is a directory"
-    assert_one_error_line(*cli(capsys, "eval", llama_family[0], "--text", eval_text, "--json", target), "--json", fragment)
+    assert_one_error_line(
+        *cli(capsys, "eval", llama_family[0], "--text", eval_text, "--json", target), "--json", fragment
+    )
     assert not (tmp_path / "no").exists()
 
 
@@ -134,11 +148,13 @@ def test_text_shorter_than_one_window_is_scored_whole(capsys, tmp_path, llama_fa
     text = tmp_path / "short.txt"
     text.write_text("Hello world!")
     out = tmp_path / "r.json"
-    code, stdout, stderr = cli(capsys, "eval", llama_family[0], "--text", text, "--context", 64, "--json", out, "--quiet")
+    code, stdout, stderr = cli(
+        capsys, "eval", llama_family[0], "--text", text, "--context", 64, "--json", out, "--quiet"
+    )
     assert (code, stderr) == (0, ""), stderr
     scored = json.loads(out.read_text())["models"][0]["texts"][0]
     assert 1 <= scored["tokens"] < 64 and scored["bytes"] == len("Hello world!")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "short.txt"]   # no staged leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "short.txt"]  # no staged leftovers
 
 
 # --- card --------------------------------------------------------------------------------------
@@ -147,16 +163,24 @@ def test_text_shorter_than_one_window_is_scored_whole(capsys, tmp_path, llama_fa
 @pytest.fixture(scope="module")
 def results_json(llama_family, eval_text, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("card") / "r.json"
-    assert main([str(a) for a in ("eval", llama_family[0], "--text", eval_text, "--context", 64, "--json", out,
-                                  "--quiet")]) == 0
+    assert (
+        main(
+            [str(a) for a in ("eval", llama_family[0], "--text", eval_text, "--context", 64, "--json", out, "--quiet")]
+        )
+        == 0
+    )
     return out
 
 
-@pytest.mark.parametrize("field,value,fragments", [
-    (("models", 0, "texts", 0, "ppl"), "low", ["TextScore field 'ppl' is 'low', not a number"]),
-    (("context",), None, ["EvalResult field 'context' is None, not a number"]),
-    (("models", 0, "texts"), [{"text": "x"}], ["is malformed"]),
-], ids=["ppl not a number", "context null", "text row malformed"])
+@pytest.mark.parametrize(
+    "field,value,fragments",
+    [
+        (("models", 0, "texts", 0, "ppl"), "low", ["TextScore field 'ppl' is 'low', not a number"]),
+        (("context",), None, ["EvalResult field 'context' is None, not a number"]),
+        (("models", 0, "texts"), [{"text": "x"}], ["is malformed"]),
+    ],
+    ids=["ppl not a number", "context null", "text row malformed"],
+)
 def test_card_with_bad_results_json(capsys, tmp_path, results_json, field, value, fragments):
     data = json.loads(results_json.read_text())
     owner = data
@@ -167,8 +191,9 @@ def test_card_with_bad_results_json(capsys, tmp_path, results_json, field, value
     bad.write_text(json.dumps(data))
     out = tmp_path / "model"
     out.mkdir()
-    assert_one_error_line(*cli(capsys, "card", out, "--eval", bad), f"results file {bad}", *fragments,
-                          "mergesmith eval --json")
+    assert_one_error_line(
+        *cli(capsys, "card", out, "--eval", bad), f"results file {bad}", *fragments, "mergesmith eval --json"
+    )
     assert list(out.iterdir()) == []
 
 

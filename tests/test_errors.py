@@ -48,7 +48,9 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 
 def leftovers(out: Path) -> list[str]:
     """Staging (``.out.partial-*``) and swap (``.out.old-*``) siblings of ``out``."""
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.partial", f".{out.name}.old")))
+    return sorted(
+        p.name for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.partial", f".{out.name}.old"))
+    )
 
 
 def assert_one_error_line(code: int, stdout: str, stderr: str, *fragments: str) -> str:
@@ -104,8 +106,11 @@ def output_tensors(out: Path) -> dict[str, torch.Tensor]:
 def test_missing_model_path_names_the_reference_and_where_it_looked(capsys, tmp_path, llama_family):
     base, ft1, _ = llama_family
     line = merge_fails(
-        capsys, tmp_path, LINEAR_TWO.format(a=base, b="no_such_model"),
-        "model 'no_such_model' not found", str(tmp_path / "no_such_model"),
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b="no_such_model"),
+        "model 'no_such_model' not found",
+        str(tmp_path / "no_such_model"),
         "give a local model directory",
     )
     assert str(base) not in line  # the culprit is the missing one, not the good one
@@ -143,8 +148,12 @@ slices:
         layer_range: [0, 40]
 """
     merge_fails(
-        capsys, tmp_path, text,
-        "slices[0].sources[1].layer_range [0, 40]", f"model '{ft1}'", "has 4 layers",
+        capsys,
+        tmp_path,
+        text,
+        "slices[0].sources[1].layer_range [0, 40]",
+        f"model '{ft1}'",
+        "has 4 layers",
         "0 <= start <= end <= 4",
     )
 
@@ -171,8 +180,13 @@ slices:
         layer_range: [1, 4]
 """
     merge_fails(
-        capsys, tmp_path, text,
-        "slices[1]", f"'{base}' [0, 2) = 2", f"'{ft1}' [1, 4) = 3", "must cover the same count",
+        capsys,
+        tmp_path,
+        text,
+        "slices[1]",
+        f"'{base}' [0, 2) = 2",
+        f"'{ft1}' [1, 4) = 3",
+        "must cover the same count",
     )
 
 
@@ -198,9 +212,15 @@ def test_shape_mismatch_names_tensor_both_shapes_and_the_fix(capsys, tmp_path, l
     base, _, _ = llama_family
     # up_proj is the first MLP tensor in the llama plan order (arch/data/llama.json).
     merge_fails(
-        capsys, tmp_path, LINEAR_TWO.format(a=base, b=narrow_llama),
-        "model.layers.0.mlp.up_proj.weight", f"'{base}': [128, 64]", f"'{narrow_llama}': [96, 64]",
-        "same size", "config.json", "intermediate_size: 128 vs 96",
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b=narrow_llama),
+        "model.layers.0.mlp.up_proj.weight",
+        f"'{base}': [128, 64]",
+        f"'{narrow_llama}': [96, 64]",
+        "same size",
+        "config.json",
+        "intermediate_size: 128 vs 96",
     )
 
 
@@ -208,9 +228,12 @@ def test_shape_mismatch_names_tensor_and_both_shapes(capsys, tmp_path, llama_fam
     """The part of the message that is already right, pinned so it cannot regress."""
     base, _, _ = llama_family
     merge_fails(
-        capsys, tmp_path, LINEAR_TWO.format(a=base, b=narrow_llama),
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b=narrow_llama),
         "output tensor model.layers.0.mlp.up_proj.weight has inputs of different shapes",
-        f"'{base}': [128, 64]", f"'{narrow_llama}': [96, 64]",
+        f"'{base}': [128, 64]",
+        f"'{narrow_llama}': [96, 64]",
     )
 
 
@@ -223,8 +246,12 @@ def test_missing_tensor_names_model_path_and_tensor(capsys, tmp_path, llama_fami
     dropped = "model.layers.2.self_attn.k_proj.weight"
     rewrite_tensors(broken, lambda t: t.pop(dropped))
     merge_fails(
-        capsys, tmp_path, LINEAR_TWO.format(a=base, b=broken),
-        f"model '{broken}'", f"has no tensor {dropped}", "complete llama checkpoint",
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b=broken),
+        f"model '{broken}'",
+        f"has no tensor {dropped}",
+        "complete llama checkpoint",
     )
 
 
@@ -265,7 +292,9 @@ def test_existing_output_is_refused_untouched_then_replaced_with_force(capsys, t
     (out / "marker.txt").write_text("keep me")
 
     assert_one_error_line(
-        *cli(capsys, "merge", recipe, out, "--quiet"), f"{out} already exists", "set force (--force)",
+        *cli(capsys, "merge", recipe, out, "--quiet"),
+        f"{out} already exists",
+        "set force (--force)",
     )
     assert sorted(p.name for p in out.iterdir()) == ["marker.txt"]
     assert (out / "marker.txt").read_text() == "keep me"
@@ -295,8 +324,13 @@ def pickle_ft1(tmp_path, llama_family) -> Path:
 def test_pickle_checkpoint_refused_without_allow_pickle(capsys, tmp_path, llama_family, pickle_ft1):
     base = llama_family[0]
     merge_fails(
-        capsys, tmp_path, LINEAR_TWO.format(a=base, b=pickle_ft1),
-        f"model '{pickle_ft1}'", "pickle .bin", "can run code", "--allow-pickle",
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b=pickle_ft1),
+        f"model '{pickle_ft1}'",
+        "pickle .bin",
+        "can run code",
+        "--allow-pickle",
     )
 
 
@@ -402,8 +436,11 @@ models:
     parameters: {{density: 0.5}}
 """
     line = merge_fails(
-        capsys, tmp_path, text,
-        "merge method 'ties' needs parameter 'weight'", f"for model '{ft2}'",
+        capsys,
+        tmp_path,
+        text,
+        "merge method 'ties' needs parameter 'weight'",
+        f"for model '{ft2}'",
         "set it under that model's parameters or the top-level parameters",
     )
     assert f"model '{ft1}'" not in line
@@ -427,10 +464,13 @@ models:
 # --- plan subcommand ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tail,fragment", [
-    ("base_modle: x\n", "did you mean 'base_model'?"),
-    ("dtype: bf16\n", "did you mean 'bfloat16'?"),
-])
+@pytest.mark.parametrize(
+    "tail,fragment",
+    [
+        ("base_modle: x\n", "did you mean 'base_model'?"),
+        ("dtype: bf16\n", "did you mean 'bfloat16'?"),
+    ],
+)
 def test_plan_on_a_bad_recipe_is_one_line_and_exit_2(capsys, tmp_path, llama_family, tail, fragment):
     base, ft1, _ = llama_family
     recipe = write_recipe(tmp_path, LINEAR_TWO.format(a=base, b=ft1) + tail)

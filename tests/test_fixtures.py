@@ -21,6 +21,7 @@ PROMPT = "The quick brown fox merges the weights."
 
 # ---- pico checkpoints --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_pico_loads_in_transformers_with_every_tensor_from_the_file(kind, families):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -50,8 +51,9 @@ def test_pico_runs_in_a_text_generation_pipeline(kind, families):
     generate = pipeline("text-generation", model=str(families[kind][0]), device="cpu")
     out = generate(PROMPT, max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert out.startswith(PROMPT) and len(out) > len(PROMPT)
-    chat = generate.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                                  add_generation_prompt=True)
+    chat = generate.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<|user|>hi</s><|assistant|>"
 
 
@@ -63,8 +65,13 @@ def test_qwen2_is_tied_so_no_lm_head_in_the_file(qwen2_family):
 
 def test_phi2_has_biases_dense_fc_and_final_layernorm(phi2_family):
     names = set(load_dir(phi2_family[0]))
-    for name in ("lm_head.bias", "model.final_layernorm.weight", "model.layers.0.self_attn.dense.bias",
-                 "model.layers.0.mlp.fc1.weight", "model.layers.3.mlp.fc2.bias"):
+    for name in (
+        "lm_head.bias",
+        "model.final_layernorm.weight",
+        "model.layers.0.self_attn.dense.bias",
+        "model.layers.0.mlp.fc1.weight",
+        "model.layers.3.mlp.fc2.bias",
+    ):
         assert name in names
 
 
@@ -101,7 +108,9 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):
     assert "model-00002-of-00002.safetensors" in files and "tokenizer.json" in files
     for name in files:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    assert (a / "model-00001-of-00002.safetensors").read_bytes() != (c / "model-00001-of-00002.safetensors").read_bytes()
+    assert (a / "model-00001-of-00002.safetensors").read_bytes() != (
+        c / "model-00001-of-00002.safetensors"
+    ).read_bytes()
 
 
 def test_dtype_is_written_to_tensors_and_config(tmp_path):
@@ -122,8 +131,12 @@ def test_finetunes_are_base_plus_distinct_mixed_sign_deltas(llama_family):
 
 # ---- ulp_distance ------------------------------------------------------------------------------
 
-INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-          torch.float64: torch.int64}
+INT_OF = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 @pytest.mark.parametrize("dtype", list(INT_OF))
@@ -173,13 +186,20 @@ def test_ulp_refuses_mixed_dtypes_and_shapes():
 
 # ---- compare -----------------------------------------------------------------------------------
 
+
 def test_compare_counts_each_category():
     one = torch.tensor([1.0, 2.0, 3.0])
     next_up = (one.view(torch.int32) + torch.tensor([0, 1, 0], dtype=torch.int32)).view(torch.float32)
-    ref = {"same": one, "ulp": one, "far": one, "dtype": one, "shape": one, "gone": one,
-           "ints": torch.tensor([1, 2])}
-    ours = {"same": one.clone(), "ulp": next_up, "far": one + 1e-3, "dtype": one.double(),
-            "shape": one[:2], "new": one, "ints": torch.tensor([1, 2])}
+    ref = {"same": one, "ulp": one, "far": one, "dtype": one, "shape": one, "gone": one, "ints": torch.tensor([1, 2])}
+    ours = {
+        "same": one.clone(),
+        "ulp": next_up,
+        "far": one + 1e-3,
+        "dtype": one.double(),
+        "shape": one[:2],
+        "new": one,
+        "ints": torch.tensor([1, 2]),
+    }
     parity = compare(ours, ref)
     assert (parity.exact, parity.within_ulp) == (2, 1)
     assert parity.differing == ["dtype", "far", "shape"]
@@ -196,6 +216,7 @@ def test_compare_matches_when_all_within_one_ulp():
 
 
 # ---- mergekit smoke ----------------------------------------------------------------------------
+
 
 @pytest.mark.mergekit
 def test_run_mergekit_linear_is_half_sum(llama_family, tmp_path):

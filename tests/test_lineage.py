@@ -61,8 +61,10 @@ models:
 
 def lineage_text(models: dict, t: float = 0.3) -> str:
     """C and D named, the final merge unnamed (mergekit-multi writes that one to --out-path)."""
-    return (f"name: C\n{STAGE_C.format(**models)}---\nname: D\n{STAGE_D.format(**models, c='C', t=t)}---\n"
-            f"{STAGE_F.format(**models, d='D')}")
+    return (
+        f"name: C\n{STAGE_C.format(**models)}---\nname: D\n{STAGE_D.format(**models, c='C', t=t)}---\n"
+        f"{STAGE_F.format(**models, d='D')}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +155,15 @@ def test_final_card_and_config_carry_the_whole_lineage(built, family):
     card = (out / "README.md").read_text()
     assert recipe_from_card(card) == built["text"].rstrip()
     assert (out / "mergesmith_config.yml").read_text() == built["text"]
-    lineage = card[card.index("### Lineage"):card.index("### Configuration")]
+    lineage = card[card.index("### Lineage") : card.index("### Configuration")]
     assert f"1. C: [Linear](https://arxiv.org/abs/2203.05482) of {family['a'].name}, {family['b'].name}" in lineage
     assert f"2. D: [SLERP](https://en.wikipedia.org/wiki/Slerp) of C, {family['b'].name}" in lineage
-    assert (f"3. final merge: [Task Arithmetic](https://arxiv.org/abs/2212.04089) of {family['base'].name}, D, "
-            f"{family['e'].name}") in lineage
+    assert (
+        f"3. final merge: [Task Arithmetic](https://arxiv.org/abs/2212.04089) of {family['base'].name}, D, "
+        f"{family['e'].name}"
+    ) in lineage
     front = yaml.safe_load(card.split("---\n")[1])
-    assert "base_model" not in front   # local inputs only: named in the text, not listed as Hub ids
+    assert "base_model" not in front  # local inputs only: named in the text, not listed as Hub ids
     for stage_dir, label in ((built["stages"] / "C", "C"), (built["stages"] / "D", "D"), (out, "final merge")):
         assert yaml.safe_load((stage_dir / STAGE_RECORD).read_text())["stage"] == label
 
@@ -186,9 +190,11 @@ def test_plan_shows_every_stage_before_any_is_built(capsys, built, family, by_ha
 
     def jobs(p):
         # Everything but the input models' keys: "C" here, C's directory there.
-        return [{k: v for k, v in job.items() if k != "inputs"}
-                | {"inputs": [{k: v for k, v in i.items() if k != "model"} for i in job["inputs"]]}
-                for job in plan_to_dict(p)["tensors"]]
+        return [
+            {k: v for k, v in job.items() if k != "inputs"}
+            | {"inputs": [{k: v for k, v in i.items() if k != "model"} for i in job["inputs"]]}
+            for job in plan_to_dict(p)["tensors"]
+        ]
 
     assert jobs(planned["D"]) == jobs(real) and planned["D"].num_layers == real.num_layers
 
@@ -241,25 +247,33 @@ def test_foreign_directory_in_the_way_needs_force(capsys, tmp_path, family, by_h
 
 # --- errors: one line, exit 2, nothing written -----------------------------------------------
 
+
 def bad_lineages(m: dict) -> dict[str, tuple[str, list[str]]]:
     """Case → (lineage text, fragments the error line must hold)."""
     c, d, f = STAGE_C.format(**m), STAGE_D.format(**m, c="C", t=0.3), STAGE_F.format(**m, d="D")
     c_uses_d = STAGE_D.format(**m, c="D", t=0.5)
     f_missing = STAGE_F.format(**(m | {"e": "no_such_model"}), d="D")
     return {
-        "cycle": (f"name: C\n{c_uses_d}---\nname: D\n{d}---\n{f}",
-                  ["stages use each other in a cycle", "'C' → 'D' → 'C'"]),
+        "cycle": (
+            f"name: C\n{c_uses_d}---\nname: D\n{d}---\n{f}",
+            ["stages use each other in a cycle", "'C' → 'D' → 'C'"],
+        ),
         "duplicate name": (f"name: C\n{c}---\nname: C\n{d}---\n{f}", ["documents 1 and 2 are both named 'C'"]),
-        "bad key in one stage": (f"name: C\n{c}---\nname: D\n{d}base_modle: x\n---\n{f}",
-                                 ["stage 'D'", "unknown key 'base_modle'", "did you mean 'base_model'?"]),
+        "bad key in one stage": (
+            f"name: C\n{c}---\nname: D\n{d}base_modle: x\n---\n{f}",
+            ["stage 'D'", "unknown key 'base_modle'", "did you mean 'base_model'?"],
+        ),
         "unnamed stages": (f"{c}---\n{d}---\n{f}", ["documents 1, 2, 3 have no 'name'", "only the final merge"]),
-        "missing model in the last stage": (f"name: C\n{c}---\nname: D\n{d}---\n{f_missing}",
-                                            ["model 'no_such_model' not found"]),
+        "missing model in the last stage": (
+            f"name: C\n{c}---\nname: D\n{d}---\n{f_missing}",
+            ["model 'no_such_model' not found"],
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["cycle", "duplicate name", "bad key in one stage", "unnamed stages",
-                                  "missing model in the last stage"])
+@pytest.mark.parametrize(
+    "case", ["cycle", "duplicate name", "bad key in one stage", "unnamed stages", "missing model in the last stage"]
+)
 def test_bad_lineage_fails_in_one_line_before_writing(capsys, tmp_path, family, case):
     text, fragments = bad_lineages({k: str(p) for k, p in family.items()})[case]
     lineage = tmp_path / "lineage.yml"
@@ -308,8 +322,16 @@ def test_final_tensors_match_mergekit_multi(tmp_path, family, built, parity_log)
     # Absolute paths: mergekit's card writer asks the Hub about anything that looks like org/name.
     lineage.write_text(lineage_text({k: str(p) for k, p in family.items()}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(script), str(lineage), "--out-path", str(tmp_path / "F"), "--intermediate-dir", str(tmp_path / "stages"),
-           "--no-cuda", "--quiet"]
+    cmd = [
+        str(script),
+        str(lineage),
+        "--out-path",
+        str(tmp_path / "F"),
+        "--intermediate-dir",
+        str(tmp_path / "stages"),
+        "--no-cuda",
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if done.returncode != 0:
         pytest.skip(f"mergekit-multi could not run offline: {done.stderr.strip().splitlines()[-1:]}")

@@ -19,15 +19,18 @@ from test_errors import assert_one_error_line, cli
 
 peft = pytest.importorskip("peft")
 
-STAGE = "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n" \
-        "  - model: {b}\n    parameters: {{weight: 0.5}}\n"
+STAGE = (
+    "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+    "  - model: {b}\n    parameters: {{weight: 0.5}}\n"
+)
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory) -> Path:
     """A PEFT LoRA adapter (r 4, q_proj and v_proj) of llama_family's base, with non-zero B."""
-    model = peft.get_peft_model(build_model("llama", seed=0),
-                                peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = peft.get_peft_model(
+        build_model("llama", seed=0), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -47,7 +50,7 @@ def merge_fails(capsys, tmp_path: Path, text: str, *fragments: str) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "out"
     assert_one_error_line(*cli(capsys, "merge", recipe, out, "--quiet", "--lora-cache", tmp_path / "cache"), *fragments)
-    assert sorted(p.name for p in tmp_path.iterdir()) == before   # no out, out.stages, staging or cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no out, out.stages, staging or cache
 
 
 # --- lineages ----------------------------------------------------------------------------------
@@ -74,8 +77,14 @@ def test_stage_name_used_twice(capsys, tmp_path, llama_family):
 def test_reference_to_a_stage_that_does_not_exist(capsys, tmp_path, llama_family):
     base, ft1, ft2 = llama_family
     text = f"name: A\n{STAGE.format(a=base, b=ft1)}---\n{STAGE.format(a='Z', b=ft2)}"
-    merge_fails(capsys, tmp_path, text, "document 2", "model 'Z' not found: it is neither a stage of this lineage (stages: 'A')",
-                "fix the name")
+    merge_fails(
+        capsys,
+        tmp_path,
+        text,
+        "document 2",
+        "model 'Z' not found: it is neither a stage of this lineage (stages: 'A')",
+        "fix the name",
+    )
 
 
 def test_missing_adapter_on_a_stage_fails_before_stage_one_is_built(capsys, tmp_path, llama_family):
@@ -87,11 +96,19 @@ def test_missing_adapter_on_a_stage_fails_before_stage_one_is_built(capsys, tmp_
 def test_adapter_that_does_not_fit_a_stage_fails_before_stage_one_is_built(capsys, tmp_path, llama_family, adapter):
     """Checked against the stage's planned tensors: stage A keeps layers 0-1 of the 4 the adapter adapts."""
     base = llama_family[0]
-    sliced = (f"name: A\nmerge_method: passthrough\nslices:\n  - sources:\n      - model: {base}\n"
-              "        layer_range: [0, 2]\n")
+    sliced = (
+        f"name: A\nmerge_method: passthrough\nslices:\n  - sources:\n      - model: {base}\n"
+        "        layer_range: [0, 2]\n"
+    )
     text = f"{sliced}---\n{STAGE.format(a=f'A+{adapter}', b='A')}"
-    merge_fails(capsys, tmp_path, text, f"{adapter / 'adapter_model.safetensors'}", "targets model.layers.2.self_attn",
-                "does not have")
+    merge_fails(
+        capsys,
+        tmp_path,
+        text,
+        f"{adapter / 'adapter_model.safetensors'}",
+        "targets model.layers.2.self_attn",
+        "does not have",
+    )
 
 
 # --- LoRA adapters -----------------------------------------------------------------------------
@@ -129,16 +146,27 @@ def _break(bad: Path, case: str) -> list[str]:
     if case == "no weights":
         weights.unlink()
         return [f"{bad} has no adapter_model.safetensors", "save_pretrained()"]
-    tensors = load_file(weights)   # a factor whose shape does not fit the base tensor
+    tensors = load_file(weights)  # a factor whose shape does not fit the base tensor
     name = next(n for n in sorted(tensors) if "lora_A" in n)
     tensors[name] = tensors[name][:, :32].contiguous()
     save_file(tensors, weights)
     return [f"{weights}", name, "[4, 32]", "is [64, 64] in the base", "different model"]
 
 
-@pytest.mark.parametrize("case", ["no config", "config not json", "config a list", "r not an integer",
-                                  "r not the rank", "target_modules unknown", "target_modules regex matches nothing",
-                                  "no weights", "shape does not fit"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no config",
+        "config not json",
+        "config a list",
+        "r not an integer",
+        "r not the rank",
+        "target_modules unknown",
+        "target_modules regex matches nothing",
+        "no weights",
+        "shape does not fit",
+    ],
+)
 def test_bad_adapter_is_one_line(capsys, tmp_path, llama_family, adapter, case):
     base, ft1, _ = llama_family
     bad = shutil.copytree(adapter, tmp_path / "bad")

@@ -100,18 +100,21 @@ def test_card_yaml_parses_back_to_the_same_recipe(phi2_family, tmp_path):
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "transformers"
     assert front["tags"] == ["mergesmith", "merge", "slerp"]
-    assert "base_model" not in front   # local inputs have no Hub id: named below, never as paths
+    assert "base_model" not in front  # local inputs have no Hub id: named below, never as paths
     assert str(phi2_family[0].parent) not in card and f"* {phi2_family[0].name}\n" in card
     for heading in ("## Merge Details", "### Merge Method", "### Models Merged", "### Configuration"):
         assert heading in card
     assert card.index("### Merge Method") < card.index("### Models Merged") < card.index("### Configuration")
-    by_name = text.replace(f"{phi2_family[0].parent}/", "")   # the card names models by their folder
+    by_name = text.replace(f"{phi2_family[0].parent}/", "")  # the card names models by their folder
     assert parse_recipe(yaml.safe_load(recipe_from_card(card))) == parse_recipe(yaml.safe_load(by_name))
     assert (out / "mergesmith_config.yml").read_text() == text
 
 
 def test_tokenizer_and_chat_template_come_from_the_tokenizer_source(llama_family, tmp_path):
-    recipe = models_recipe("linear", llama_family, "float32") + f"tokenizer_source: {llama_family[2]}\nchat_template: chatml\n"
+    recipe = (
+        models_recipe("linear", llama_family, "float32")
+        + f"tokenizer_source: {llama_family[2]}\nchat_template: chatml\n"
+    )
     out = tmp_path / "out"
     merge(recipe, out)
     _, tok = _load(out)
@@ -147,7 +150,7 @@ def test_plan_json_lists_every_tensor(llama_family):
     assert len(the_plan.jobs) == 1 + 4 * 9 + 2
     job = the_plan.by_output()["model.layers.2.mlp.down_proj.weight"]
     assert [s.model for s in job.sources] == [str(p) for p in llama_family]
-    assert job.params.per_input[2]["weight"] == 0.9   # filter: mlp
+    assert job.params.per_input[2]["weight"] == 0.9  # filter: mlp
     assert job.params.per_input[1]["density"] == pytest.approx(0.3 + 0.5 * 2 / 3)
 
 

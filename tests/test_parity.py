@@ -57,15 +57,32 @@ dtype: {dtype}
 
 
 def frankenmerge_recipe(model: Path) -> str:
-    ranges = [(0, 4, None), (4, 8, None), (8, 12, 1.5), (12, 16, None), (16, 20, 2.0), (20, 24, None),
-              (24, 28, 2.5), (28, 32, None), (32, 36, 3.0), (36, 40, None), (40, 44, 3.5), (44, 47, 4.0)]
+    ranges = [
+        (0, 4, None),
+        (4, 8, None),
+        (8, 12, 1.5),
+        (12, 16, None),
+        (16, 20, 2.0),
+        (20, 24, None),
+        (24, 28, 2.5),
+        (28, 32, None),
+        (32, 36, 3.0),
+        (36, 40, None),
+        (40, 44, 3.5),
+        (44, 47, 4.0),
+    ]
     out = ["slices:"]
     for start, end, scale in ranges:
         out += ["  - sources:", f"      - model: {model}", f"        layer_range: [{start}, {end}]"]
         if scale is not None:
-            out += ["        parameters:", "          scale:",
-                    "            - filter: o_proj", f"              value: {scale}",
-                    "            - filter: down_proj", f"              value: {scale}"]
+            out += [
+                "        parameters:",
+                "          scale:",
+                "            - filter: o_proj",
+                f"              value: {scale}",
+                "            - filter: down_proj",
+                f"              value: {scale}",
+            ]
     out += ["merge_method: passthrough", "dtype: bfloat16"]
     return "\n".join(out) + "\n"
 
@@ -133,8 +150,10 @@ def case_recipes(families: dict[str, list[Path]], llama48: Path) -> dict[str, tu
         "recipe1-phi2": ("phi2 slerp recipe 1 fp16", slerp_recipe(phi2[0], phi2[1], 4, "float16")),
         "recipe2-mistral": ("mistral slerp recipe 2 bf16", slerp_recipe(mistral[0], mistral[1], 4, "bfloat16")),
         "recipe4-llama48": ("llama48 passthrough recipe 4 (47 layers)", frankenmerge_recipe(llama48)),
-        "out-dtype-llama": ("llama task_arithmetic float32 -> out_dtype bfloat16",
-                            models_recipe("task_arithmetic", families["llama"], "float32", "out_dtype: bfloat16\n")),
+        "out-dtype-llama": (
+            "llama task_arithmetic float32 -> out_dtype bfloat16",
+            models_recipe("task_arithmetic", families["llama"], "float32", "out_dtype: bfloat16\n"),
+        ),
     }
     for kind in RECIPE3_KINDS:
         fam = families[kind]
@@ -208,7 +227,8 @@ def test_ties_default_tie_rule_differs_only_at_threshold_ties(case, cases, refer
         densities = [job.params.per_input[i]["density"] for i in (1, 2)]
         src = [s.name for s in job.sources]
         ties = _threshold_ties(b[src[0]].bfloat16(), x1[src[1]].bfloat16(), densities[0]) | _threshold_ties(
-            b[src[0]].bfloat16(), x2[src[2]].bfloat16(), densities[1])
+            b[src[0]].bfloat16(), x2[src[2]].bfloat16(), densities[1]
+        )
         assert not (diff & ~ties).any(), f"{name}: differences outside threshold ties"
         differing_entries += int(diff.sum())
     parity = compare(ours, theirs)

@@ -12,8 +12,13 @@ def _parity(exact: int, ulp: int = 0, differing: tuple = ()) -> Parity:
 
 
 def test_labels_name_family_then_method():
-    who = attribute("qwen2 breadcrumbs_ties bf16")            # not breadcrumbs, not ties
-    assert (who.method, who.families, who.function_level, who.tie_rule) == ("breadcrumbs_ties", ("qwen2",), False, False)
+    who = attribute("qwen2 breadcrumbs_ties bf16")  # not breadcrumbs, not ties
+    assert (who.method, who.families, who.function_level, who.tie_rule) == (
+        "breadcrumbs_ties",
+        ("qwen2",),
+        False,
+        False,
+    )
     assert attribute("llama48 passthrough recipe 4 (47 layers)").families == ("llama48",)
     assert attribute("arch gemma2 slerp").method == "slerp"
     who = attribute("fn llama+qwen2 della_linear (3 inputs, base; rescale=False) x 3 dtypes x 6 tensors")
@@ -49,4 +54,3 @@ def test_missing_coverage_names_method_and_family():
     assert "karcher on llama" not in missing and "karcher on qwen2" not in missing
     assert "sce on qwen2" in missing and "sce on llama" not in missing
     assert "linear on llama" in missing
-

@@ -45,9 +45,9 @@ def test_dare_keeps_about_density_of_each_delta(llama_family, tmp_path):
     recipe = recipe.replace("parameters: {weight: 0.6, density: [0.3, 0.8]}", "parameters: {weight: 0.0, density: 0.5}")
     mergesmith.merge(recipe + "parameters: {rescale: false}\n", tmp_path / "out", seed=3)
     out, base, ft2 = load_dir(tmp_path / "out"), load_dir(llama_family[0]), load_dir(llama_family[2])
-    name = "model.layers.1.self_attn.q_proj.weight"   # not mlp: weight 0.4
+    name = "model.layers.1.self_attn.q_proj.weight"  # not mlp: weight 0.4
     kept = ((out[name] - base[name]).abs() > 0).float().mean().item()
-    assert abs(kept - 0.5) < 0.05   # 4096 entries: sd ~0.008
+    assert abs(kept - 0.5) < 0.05  # 4096 entries: sd ~0.008
     # kept entries are exactly weight * delta (no rescale)
     delta = ft2[name] - base[name]
     mask = (out[name] - base[name]) != 0

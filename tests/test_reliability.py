@@ -39,8 +39,11 @@ from mergesmith.execute import runner
 
 def digest(path: Path) -> dict[str, str]:
     """sha256 of every file under ``path``: inputs must come out byte-identical."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 SLERP = """\
@@ -127,10 +130,13 @@ parameters: {{normalize: true{top}}}
 """
 
 
-@pytest.mark.parametrize("extra, top, where", [
-    (", densty: 0.5", "", "models[1].parameters.densty"),
-    ("", ", densty: 0.5", "parameters.densty"),
-])
+@pytest.mark.parametrize(
+    "extra, top, where",
+    [
+        (", densty: 0.5", "", "models[1].parameters.densty"),
+        ("", ", densty: 0.5", "parameters.densty"),
+    ],
+)
 def test_unknown_parameter_name_is_refused_with_the_nearest(capsys, tmp_path, llama_family, extra, top, where):
     a, b = llama_family[:2]
     line = merge_fails(capsys, tmp_path, TIES.format(a=a, b=b, extra=extra, top=top), where, "did you mean 'density'")
@@ -174,15 +180,18 @@ def test_parameter_of_another_method_says_whose_it_is(capsys, tmp_path, llama_fa
     merge_fails(capsys, tmp_path, text, "parameters.density", "belongs to", "'slerp' takes t")
 
 
-@pytest.mark.parametrize("t, fragment", [
-    ("1.5", "outside [0, 1]"),
-    ("-0.1", "outside [0, 1]"),
-    ("[0, .nan, 1]", "parameters.t[1]"),
-    ("[0, 0.5, .inf]", "not a finite number"),
-    ("'0.5'", "is not a float"),
-    ("[{filter: self_attn, value: [0, .nan]}, {value: 0.5}]", "parameters.t[0].value[1]"),
-    ("[{filter: mlp, value: 2}, {value: 0.5}]", "outside [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "t, fragment",
+    [
+        ("1.5", "outside [0, 1]"),
+        ("-0.1", "outside [0, 1]"),
+        ("[0, .nan, 1]", "parameters.t[1]"),
+        ("[0, 0.5, .inf]", "not a finite number"),
+        ("'0.5'", "is not a float"),
+        ("[{filter: self_attn, value: [0, .nan]}, {value: 0.5}]", "parameters.t[0].value[1]"),
+        ("[{filter: mlp, value: 2}, {value: 0.5}]", "outside [0, 1]"),
+    ],
+)
 def test_out_of_domain_and_mistyped_values_are_refused_wherever_written(capsys, tmp_path, llama_family, t, fragment):
     a, b = llama_family[:2]
     merge_fails(capsys, tmp_path, SLERP.format(a=a, b=b, t=t), fragment, "parameter 't'")
@@ -395,11 +404,16 @@ def test_sigkill_mid_merge_leaves_only_hidden_staging_which_the_next_run_clears(
             proc.poll()
             assert proc.returncode is None, "the merge ended before it was killed"
             import time
+
             time.sleep(0.1)
         proc.kill()
     assert not out.exists() and leftovers(out) == [f".out.partial-{proc.pid}"]
-    done = subprocess.run([sys.executable, "-m", "mergesmith.cli.main", "merge", recipe, out, "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mergesmith.cli.main", "merge", recipe, out, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "left behind by an interrupted run" in done.stderr
     assert leftovers(out) == [] and (out / "config.json").is_file()
@@ -462,7 +476,7 @@ def test_nan_check_costs_nothing_on_finite_tensors():
     """The check's fast path (a sum) and its exact fallback agree on tricky values."""
     from mergesmith.execute.finite import all_finite
 
-    big = torch.full((4,), 3e38, dtype=torch.float32)   # the sum overflows, the values are finite
+    big = torch.full((4,), 3e38, dtype=torch.float32)  # the sum overflows, the values are finite
     assert all_finite(big)
     assert all_finite(torch.zeros(0))
     assert not all_finite(torch.tensor([1.0, float("nan")], dtype=torch.bfloat16))
@@ -484,8 +498,13 @@ def test_bad_recipe_with_an_adapter_writes_nothing_to_the_lora_cache(capsys, tmp
         model.save_pretrained(adapter)
     cache = tmp_path / "cache"
     good = f"merge_method: linear\nmodels:\n  - model: {llama_family[0]}+{adapter}\n    parameters: {{weight: 1.0}}\n"
-    merge_fails(capsys, tmp_path, good.replace("weight: 1.0", "weight: 1.0, wieght: 2"), "did you mean 'weight'",
-                extra=["--lora-cache", cache])
+    merge_fails(
+        capsys,
+        tmp_path,
+        good.replace("weight: 1.0", "weight: 1.0, wieght: 2"),
+        "did you mean 'weight'",
+        extra=["--lora-cache", cache],
+    )
     assert not cache.exists()
     code, _, err = cli(capsys, "merge", write_recipe(tmp_path, good), tmp_path / "ok", "--quiet", "--lora-cache", cache)
     assert code == 0, err

@@ -25,8 +25,12 @@ REPORT = {"texts": ["kjv_heldout"], "limit": 1, "top": 1}
 
 def space(family, lam="search", **extra) -> dict:
     base, ft1, ft2 = map(str, family)
-    recipe = {"merge_method": "task_arithmetic", "base_model": base,
-              "models": [{"model": base}, {"model": ft1}, {"model": ft2}], "parameters": {"lambda": lam}}
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": base,
+        "models": [{"model": base}, {"model": ft1}, {"model": ft2}],
+        "parameters": {"lambda": lam},
+    }
     return {"recipe": recipe, "optimizer": "random", "fitness": FITNESS, "report": REPORT, **extra}
 
 
@@ -36,13 +40,16 @@ def write_space(tmp_path: Path, data) -> Path:
     return path
 
 
-@pytest.mark.parametrize("lam,fragments", [
-    ({"range": [0, float("inf")]}, ["'lambda'", "finite numbers lo < hi", "inf"]),
-    ({"range": ["low", "high"]}, ["'lambda'", "finite numbers lo < hi", "'low'"]),
-    ({"range": [1, 0]}, ["'lambda'", "lo < hi", "[1, 0]"]),
-    ({"choice": []}, ["'lambda'", "choice is a list of at least 2 values"]),
-    ({"rnage": [0, 1]}, ["unknown key 'rnage' in the search marker of 'lambda'", "did you mean 'range'?"]),
-])
+@pytest.mark.parametrize(
+    "lam,fragments",
+    [
+        ({"range": [0, float("inf")]}, ["'lambda'", "finite numbers lo < hi", "inf"]),
+        ({"range": ["low", "high"]}, ["'lambda'", "finite numbers lo < hi", "'low'"]),
+        ({"range": [1, 0]}, ["'lambda'", "lo < hi", "[1, 0]"]),
+        ({"choice": []}, ["'lambda'", "choice is a list of at least 2 values"]),
+        ({"rnage": [0, 1]}, ["unknown key 'rnage' in the search marker of 'lambda'", "did you mean 'range'?"]),
+    ],
+)
 def test_search_bad_marker(capsys, tmp_path, llama_family, lam, fragments):
     path = write_space(tmp_path, space(llama_family, lam))
     out = tmp_path / "out"
@@ -98,7 +105,7 @@ def _damage(db: Path, case: str) -> str:
         if case == "missing column":
             conn.execute("ALTER TABLE candidates DROP COLUMN worker")
             return "table 'candidates' lacks column 'worker'"
-        conn.execute("UPDATE candidates SET params = '{oops' WHERE idx = 1")   # a row that is not JSON
+        conn.execute("UPDATE candidates SET params = '{oops' WHERE idx = 1")  # a row that is not JSON
     return "candidate #1"
 
 
@@ -111,7 +118,9 @@ def test_resume_with_a_damaged_database_is_one_line_and_touches_nothing(capsys, 
     before = digest(out)
     assert_one_error_line(
         *cli(capsys, "search", space_file, out, "--budget", 3, "--resume", "--quiet"),
-        f"{db} is not a readable search database", why, "start afresh with --force",
+        f"{db} is not a readable search database",
+        why,
+        "start afresh with --force",
     )
     assert digest(out) == before
     # the fix the line gives works
@@ -129,11 +138,13 @@ def test_resume_after_a_kill_mid_commit_rolls_the_journal_back(capsys, tmp_path,
 
     space_file, done = finished_search
     out = shutil.copytree(done, tmp_path / "out")
-    writer = ("import sqlite3, sys, time\n"
-              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-              "db.execute('PRAGMA cache_size=5'); db.execute('BEGIN')\n"
-              "for i in range(3000): db.execute('INSERT INTO settings VALUES (?, ?)', (f'k{i}', '\"x\"' * 200))\n"
-              "print('dirty', flush=True); time.sleep(60)\n")
+    writer = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=5'); db.execute('BEGIN')\n"
+        "for i in range(3000): db.execute('INSERT INTO settings VALUES (?, ?)', (f'k{i}', '\"x\"' * 200))\n"
+        "print('dirty', flush=True); time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", writer, str(out / FILE_NAME)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "dirty\n"
     os.kill(proc.pid, signal.SIGKILL)
@@ -148,12 +159,14 @@ def test_resume_after_a_kill_mid_commit_rolls_the_journal_back(capsys, tmp_path,
 def test_force_does_not_delete_a_search_that_is_running(capsys, tmp_path, finished_search):
     space_file, done = finished_search
     out = shutil.copytree(done, tmp_path / "out")
-    running = Store(out / FILE_NAME)   # holds the search's lock, as a live search does
+    running = Store(out / FILE_NAME)  # holds the search's lock, as a live search does
     try:
         before = digest(out)
         for flag in ("--force", "--resume"):
-            assert_one_error_line(*cli(capsys, "search", space_file, out, "--budget", 2, flag, "--quiet"),
-                                  f"{out / FILE_NAME} is in use by another search")
+            assert_one_error_line(
+                *cli(capsys, "search", space_file, out, "--budget", 2, flag, "--quiet"),
+                f"{out / FILE_NAME} is in use by another search",
+            )
         assert digest(out) == before
     finally:
         running.close()

@@ -59,4 +59,6 @@ dtype: bfloat16
     src = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32)
     want = (src.model.layers[12].self_attn.o_proj.weight.to(torch.bfloat16) * 0.8).float()
     assert torch.equal(model.model.layers[20].self_attn.o_proj.weight, want)
-    assert torch.equal(model.model.layers[20].mlp.up_proj.weight, src.model.layers[12].mlp.up_proj.weight.to(torch.bfloat16).float())
+    assert torch.equal(
+        model.model.layers[20].mlp.up_proj.weight, src.model.layers[12].mlp.up_proj.weight.to(torch.bfloat16).float()
+    )

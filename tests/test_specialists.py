@@ -20,7 +20,7 @@ pytestmark = pytest.mark.smollm2
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "examples" / "specialists" / "run.py"
-BEST = "linear"          # the README table's best recipe on the mean over domains
+BEST = "linear"  # the README table's best recipe on the mean over domains
 DOMAINS = ("kjv", "austen")
 # The first 4 windows of 256 tokens per text (640 scored tokens each): on 6 windows the merge's
 # mean was 7% below the better specialist's, so a few windows separate them clearly.

@@ -42,8 +42,9 @@ sys.exit(main(sys.argv[1:]))
 def kill_when_stalled(module: str, function: str, *argv) -> int:
     """Run the CLI in a child whose ``module.function`` stalls after it returns; SIGKILL it there."""
     code = STALL.format(module=module, function=function)
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert proc.stdout.readline() == "stalled\n", "the child ended before the point to kill it at"
         os.kill(proc.pid, signal.SIGKILL)
@@ -56,7 +57,9 @@ def kill_when_stalled(module: str, function: str, *argv) -> int:
 
 def dead_pid() -> int:
     """The id of a process that has ended."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(done.stdout)
 
 
@@ -70,8 +73,9 @@ def removal_warnings(stderr: str, *paths: Path) -> None:
     lines = [line for line in stderr.splitlines() if line.startswith("warning: removed ")]
     assert len(lines) == len(paths), stderr
     for path in paths:
-        assert any(line.startswith("warning: removed ") and str(path) in line and "is gone" in line for line in lines), \
-            (path, stderr)
+        assert any(
+            line.startswith("warning: removed ") and str(path) in line and "is gone" in line for line in lines
+        ), (path, stderr)
 
 
 # --- export-gguf -------------------------------------------------------------------------------
@@ -103,9 +107,10 @@ def test_export_bad_inputs_are_one_line_and_write_nothing(capsys, tmp_path, llam
 
 def test_export_killed_midway_leaves_only_hidden_staging_and_the_next_run_clears_it(capsys, tmp_path, llama_family):
     base, out = llama_family[0], tmp_path / "gguf"
-    pid = kill_when_stalled("mergesmith.gguf.export", "_produce", "export-gguf", base, out, "--quant", "q8_0",
-                            "--quiet", "--no-card")
-    scratch = out / f".base-F16.gguf.partial-{pid}"    # the quantizer's F16 input, written when killed
+    pid = kill_when_stalled(
+        "mergesmith.gguf.export", "_produce", "export-gguf", base, out, "--quant", "q8_0", "--quiet", "--no-card"
+    )
+    scratch = out / f".base-F16.gguf.partial-{pid}"  # the quantizer's F16 input, written when killed
     assert [p.name for p in out.iterdir()] == [scratch.name]
     code, stdout, stderr = cli(capsys, "export-gguf", base, out, "--quant", "q8_0", "--quiet", "--no-card")
     assert code == 0, stderr
@@ -116,10 +121,13 @@ def test_export_killed_midway_leaves_only_hidden_staging_and_the_next_run_clears
 def test_export_refuses_to_write_beside_a_live_export(capsys, tmp_path, llama_family):
     out = tmp_path / "gguf"
     out.mkdir()
-    live = out / f".base-Q8_0.gguf.partial-{os.getppid()}"   # pytest's parent: alive
+    live = out / f".base-Q8_0.gguf.partial-{os.getppid()}"  # pytest's parent: alive
     live.write_bytes(b"GGUF")
-    assert_one_error_line(*cli(capsys, "export-gguf", llama_family[0], out, "--quant", "q8_0", "--quiet", "--no-card"),
-                          f"{out / 'base-Q8_0.gguf'} is being written by another process", f"pid {os.getppid()}")
+    assert_one_error_line(
+        *cli(capsys, "export-gguf", llama_family[0], out, "--quant", "q8_0", "--quiet", "--no-card"),
+        f"{out / 'base-Q8_0.gguf'} is being written by another process",
+        f"pid {os.getppid()}",
+    )
     assert hidden(out) == [live.name] and live.read_bytes() == b"GGUF"
 
 
@@ -133,7 +141,7 @@ def test_export_failing_after_the_first_file_takes_back_what_it_wrote(monkeypatc
     monkeypatch.setattr(gguf_export, "quantize_gguf", failing)
     with pytest.raises(type(error)):
         gguf_export.export_gguf(llama_family[0], out, "f16,q8_0")
-    assert not out.exists()   # the F16 file is removed again, then the folder this run made
+    assert not out.exists()  # the F16 file is removed again, then the folder this run made
 
 
 def test_export_with_force_keeps_files_it_did_not_write(monkeypatch, tmp_path, llama_family):
@@ -157,8 +165,10 @@ def test_export_with_force_keeps_files_it_did_not_write(monkeypatch, tmp_path, l
 
 def lineage_file(tmp_path: Path, family) -> Path:
     base, ft1, ft2 = map(str, family)
-    stage = "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n" \
-            "  - model: {b}\n    parameters: {{weight: 0.5}}\n"
+    stage = (
+        "merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+        "  - model: {b}\n    parameters: {{weight: 0.5}}\n"
+    )
     path = tmp_path / "lineage.yml"
     path.write_text(f"name: A\n{stage.format(a=base, b=ft1)}---\n{stage.format(a='A', b=ft2)}")
     return path
@@ -178,7 +188,9 @@ def test_lineage_killed_in_a_stage_is_cleared_and_rebuilt(capsys, tmp_path, llam
     assert hidden(tmp_path) == []
 
 
-def test_lineage_interrupted_in_the_final_stage_keeps_stage_a_and_leaves_no_staging(monkeypatch, tmp_path, llama_family):
+def test_lineage_interrupted_in_the_final_stage_keeps_stage_a_and_leaves_no_staging(
+    monkeypatch, tmp_path, llama_family
+):
     from mergesmith import api
     from mergesmith.lineage import merge_lineage, read_lineage
 
@@ -195,7 +207,7 @@ def test_lineage_interrupted_in_the_final_stage_keeps_stage_a_and_leaves_no_stag
     with pytest.raises(KeyboardInterrupt):
         merge_lineage(read_lineage(lineage), out)
     assert not out.exists() and hidden(tmp_path) == []
-    assert [p.name for p in (tmp_path / "F.stages").iterdir()] == ["A"]   # complete, kept for the resume
+    assert [p.name for p in (tmp_path / "F.stages").iterdir()] == ["A"]  # complete, kept for the resume
 
 
 # --- search ----------------------------------------------------------------------------------
@@ -208,11 +220,16 @@ def test_search_clears_a_killed_runs_leftovers_and_releases_its_lock_on_ctrl_c(c
 
     base, ft1, ft2 = map(str, llama_family)
     space = tmp_path / "space.yml"
-    space.write_text(yaml.safe_dump({
-        "recipe": {"merge_method": "linear", "models": [{"model": base}, {"model": ft1}, {"model": ft2}]},
-        "optimizer": "random", "fitness": {"terms": [{"nll": ["kjv_fitness"]}], "context": 32, "limit": 1},
-        "report": {"texts": ["kjv_heldout"], "limit": 1, "top": 1},
-    }))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": {"merge_method": "linear", "models": [{"model": base}, {"model": ft1}, {"model": ft2}]},
+                "optimizer": "random",
+                "fitness": {"terms": [{"nll": ["kjv_fitness"]}], "context": 32, "limit": 1},
+                "report": {"texts": ["kjv_heldout"], "limit": 1, "top": 1},
+            }
+        )
+    )
     out = tmp_path / "out"
 
     def interrupt(record, scored):
@@ -220,7 +237,7 @@ def test_search_clears_a_killed_runs_leftovers_and_releases_its_lock_on_ctrl_c(c
 
     with pytest.raises(KeyboardInterrupt):
         search(space, out, budget=3, threads=1, on_result=interrupt)
-    assert sorted(p.name for p in out.iterdir()) == ["search.sqlite"]   # the first candidate, kept for --resume
+    assert sorted(p.name for p in out.iterdir()) == ["search.sqlite"]  # the first candidate, kept for --resume
 
     gone = dead_pid()
     stale = [tmp_path / f".out.old-{gone}", out / f".winner.partial-{gone}", out / f".fitness.png.partial-{gone}"]
@@ -229,7 +246,7 @@ def test_search_clears_a_killed_runs_leftovers_and_releases_its_lock_on_ctrl_c(c
         (path / "config.json").write_text("{}")
     stale[2].write_bytes(b"\x89PNG")
     code, _, stderr = cli(capsys, "search", space, out, "--budget", 3, "--resume", "--quiet")
-    assert code == 0, stderr   # the interrupted search released its lock on search.sqlite
+    assert code == 0, stderr  # the interrupted search released its lock on search.sqlite
     removal_warnings(stderr, *stale)
     assert sorted(p.name for p in out.iterdir()) == ["fitness.png", "search.sqlite", "winner"]
     assert hidden(tmp_path) == []
@@ -247,7 +264,7 @@ def test_lora_cache_staging_of_a_killed_run_is_cleared(tmp_path, llama_family):
     cache = tmp_path / "cache"
     merge(recipe, tmp_path / "one", lora_cache=cache)
     (entry,) = cache.iterdir()
-    entry.rename(cache / f".{entry.name}.partial-{dead_pid()}")   # as a run killed before its rename
+    entry.rename(cache / f".{entry.name}.partial-{dead_pid()}")  # as a run killed before its rename
     with pytest.warns(UserWarning, match=r"removed .*\.partial-\d+, left behind by an interrupted run"):
         merge(recipe, tmp_path / "two", lora_cache=cache)
     assert [p.name for p in cache.iterdir()] == [entry.name]
@@ -260,7 +277,9 @@ def _make_adapter(tmp_path: Path) -> Path:
     import torch
     from pico import build_model
 
-    model = peft.get_peft_model(build_model("llama", seed=0), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    model = peft.get_peft_model(
+        build_model("llama", seed=0), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -279,7 +298,7 @@ def test_eval_json_and_card_clear_stale_partials_and_leave_none_on_ctrl_c(capsys
     out = tmp_path / "r.json"
     stale = tmp_path / f".r.json.partial-{dead_pid()}"
     stale.write_text("{")
-    model = tmp_path / "model"   # the card takes only its own model's results: evaluate a copy
+    model = tmp_path / "model"  # the card takes only its own model's results: evaluate a copy
     shutil.copytree(llama_family[0], model)
     code, _, stderr = cli(capsys, "eval", model, "--text", text, "--json", out, "--quiet")
     assert code == 0, stderr
@@ -292,7 +311,7 @@ def test_eval_json_and_card_clear_stale_partials_and_leave_none_on_ctrl_c(capsys
         raise KeyboardInterrupt
 
     monkeypatch.setattr(staging.os, "replace", interrupted)
-    try:   # the CLI turns Ctrl-C into exit 130 (cli/main.py); the library lets it through
+    try:  # the CLI turns Ctrl-C into exit 130 (cli/main.py); the library lets it through
         code = main(["card", str(model), "--eval", str(out)])
     except KeyboardInterrupt:
         code = 130

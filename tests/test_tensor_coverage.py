@@ -47,7 +47,7 @@ def _model(kind: str, *, seed: int, delta: int | None, **config_changes):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    if delta is not None:   # transformers initialises biases to zero: perturb to make them count
+    if delta is not None:  # transformers initialises biases to zero: perturb to make them count
         perturb_(model, torch.Generator().manual_seed(delta))
     return model
 
@@ -71,13 +71,19 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "tied": save_model(build_model("qwen2", seed=2, num_layers=LAYERS), root / "tied"),
         "untied": save_model(_model("qwen2", seed=2, delta=3, tie_word_embeddings=False), root / "untied"),
     }
-    paths["odd"] = _with_tensors(paths["llama"], root / "odd", {
-        "model.layers.1.self_attn.q_norm.weight": torch.ones(16),
-        "model.layers.0.mlp.extra_proj.weight": torch.zeros(4, 64),
-    })
-    paths["old"] = _with_tensors(paths["llama"], root / "old", {
-        f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.rand(8) for i in range(LAYERS)
-    })
+    paths["odd"] = _with_tensors(
+        paths["llama"],
+        root / "odd",
+        {
+            "model.layers.1.self_attn.q_norm.weight": torch.ones(16),
+            "model.layers.0.mlp.extra_proj.weight": torch.zeros(4, 64),
+        },
+    )
+    paths["old"] = _with_tensors(
+        paths["llama"],
+        root / "old",
+        {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.rand(8) for i in range(LAYERS)},
+    )
     return paths
 
 
@@ -111,7 +117,7 @@ def test_llama_biases_merge_like_any_tensor_and_reload(models, bias_merge):
 def test_mergekit_drops_the_biases_and_agrees_on_the_rest(models, bias_merge, tmp_path):
     recipe, ours_dir = bias_merge
     ours, ref = load_dir(ours_dir), load_dir(run_mergekit(recipe, tmp_path / "ref"))
-    assert set(ours) - set(ref) == _bias_names(load_dir(models["bias_a"]))   # mergekit 0.1.5 loses them
+    assert set(ours) - set(ref) == _bias_names(load_dir(models["bias_a"]))  # mergekit 0.1.5 loses them
     assert set(ref) <= set(ours)
     parity = compare({n: ours[n] for n in ref}, ref)
     assert parity.matches and parity.exact == len(ref), parity.summary()
@@ -127,15 +133,20 @@ def test_unlisted_tensors_stop_the_merge_before_any_output(models, tmp_path, cap
     assert code == 2 and captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    for fragment in (str(models["odd"]), "2 tensors", "model.layers.0.mlp.extra_proj.weight",
-                     "model.layers.1.self_attn.q_norm.weight", "mergesmith/arch/data/llama.json"):
+    for fragment in (
+        str(models["odd"]),
+        "2 tensors",
+        "model.layers.0.mlp.extra_proj.weight",
+        "model.layers.1.self_attn.q_norm.weight",
+        "mergesmith/arch/data/llama.json",
+    ):
         assert fragment in lines[0], (fragment, lines[0])
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["recipe.yml"]
 
 
 def test_old_rotary_buffers_are_ignored(models):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # ignored on purpose: no error and no warning
+        warnings.simplefilter("error")  # ignored on purpose: no error and no warning
         the_plan = plan(LINEAR.format(base="", a=models["llama"], b=models["old"], wa=0.5, wb=0.5))
     read = {s.name for job in the_plan.jobs for s in job.sources}
     assert not any("inv_freq" in name for name in read)
@@ -160,9 +171,19 @@ def test_flagged_biases_are_what_transformers_creates(model_type):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(
-        model_type, vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
-        attention_bias=True, mlp_bias=True, use_qkv_bias=True)
+        model_type,
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=False,
+        attention_bias=True,
+        mlp_bias=True,
+        use_qkv_bias=True,
+    )
     names = set(AutoModelForCausalLM.from_config(config).state_dict())
     spec = next(s for s in all_architectures() if s.model_type == model_type)
     flagged = {w.at_layer(i).name for i in range(LAYERS) for w in spec.layer if w.config_flag}
@@ -220,8 +241,8 @@ def test_untied_donor_outside_the_last_slice_still_gets_a_head(models):
     recipe = f"""\
 merge_method: passthrough
 slices:
-  - sources: [{{model: {models['untied']}, layer_range: [0, {LAYERS}]}}]
-  - sources: [{{model: {models['tied']}, layer_range: [0, {LAYERS}]}}]
+  - sources: [{{model: {models["untied"]}, layer_range: [0, {LAYERS}]}}]
+  - sources: [{{model: {models["tied"]}, layer_range: [0, {LAYERS}]}}]
 """
     with pytest.warns(UserWarning, match="no model of the last slice has one"):
         the_plan = plan(recipe)
@@ -235,8 +256,8 @@ def test_biases_follow_the_output_configs_flags(models):
     with them cannot be merged with a model lacking them."""
     slerp = f"""\
 merge_method: slerp
-base_model: {models['llama']}
-models: [{{model: {models['llama']}}}, {{model: {models['bias_a']}}}]
+base_model: {models["llama"]}
+models: [{{model: {models["llama"]}}}, {{model: {models["bias_a"]}}}]
 parameters: {{t: 0.5}}
 """
     with warnings.catch_warnings(record=True) as caught:

@@ -53,7 +53,8 @@ def llama(llama_family, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vocab")
     base, ft1, ft2 = llama_family
     return {
-        "base": base, "ft1": ft1,
+        "base": base,
+        "ft1": ft1,
         "chat_a": _extend(ft2, root / "chat_a", seed=11),
         "chat_b": _extend(ft1, root / "chat_b", seed=12, tokens=CHATML[::-1]),
         "base_pad": _extend(base, root / "base_pad", seed=13, tokens=(), rows=320),
@@ -106,8 +107,12 @@ def test_union_fills_rows_a_model_lacks_with_the_mean_and_matches_mergekit(llama
     # are the mean of chat_a's and chat_b's rows of the same token (ids 300/301 in a, 301/300 in
     # b). Its 18 rows past the new tokens are kept (every input takes the base's): mergekit sizes
     # the output by the tokenizer and drops them.
-    recipe = _recipe("linear", [(llama["base_pad"], 0.2), (llama["chat_a"], 0.3), (llama["chat_b"], 0.5)],
-                     llama["base_pad"], "tokenizer_source: union\n")
+    recipe = _recipe(
+        "linear",
+        [(llama["base_pad"], 0.2), (llama["chat_a"], 0.3), (llama["chat_b"], 0.5)],
+        llama["base_pad"],
+        "tokenizer_source: union\n",
+    )
     ours, config = _merged(recipe, tmp_path / "ours")
     assert config["vocab_size"] == 320 and ours[EMBED].shape == ours[HEAD].shape == (320, 64)
     a, b, base = weights["chat_a"], weights["chat_b"], weights["base_pad"]
@@ -116,12 +121,13 @@ def test_union_fills_rows_a_model_lacks_with_the_mean_and_matches_mergekit(llama
             mean = (torch.zeros(64) + a[name][a_id] + b[name][b_id]) / 2
             want = 0.2 * mean + 0.3 * a[name][a_id] + 0.5 * b[name][b_id]
             torch.testing.assert_close(ours[name][out_id], want, rtol=0, atol=1e-7)
-        torch.testing.assert_close(ours[name][:V], 0.2 * base[name][:V] + 0.3 * a[name][:V] + 0.5 * b[name][:V],
-                                   rtol=0, atol=1e-7)
-        torch.testing.assert_close(ours[name][V + 2:], base[name][V + 2:], rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            ours[name][:V], 0.2 * base[name][:V] + 0.3 * a[name][:V] + 0.5 * b[name][:V], rtol=0, atol=1e-7
+        )
+        torch.testing.assert_close(ours[name][V + 2 :], base[name][V + 2 :], rtol=0, atol=1e-7)
     ref = _in_our_order(run_mergekit(recipe, tmp_path / "ref"), tmp_path / "ours")
     assert ref[EMBED].shape == (V + 2, 64)
-    ours_cut = {**ours, EMBED: ours[EMBED][:V + 2], HEAD: ours[HEAD][:V + 2]}
+    ours_cut = {**ours, EMBED: ours[EMBED][: V + 2], HEAD: ours[HEAD][: V + 2]}
     parity = compare(ours_cut, ref)
     assert parity.matches and parity.within_ulp == 0, parity.summary()
 
@@ -136,8 +142,12 @@ def test_union_fills_rows_a_model_lacks_with_the_mean_and_matches_mergekit(llama
 def test_a_missing_row_takes_the_base_models_row_when_the_base_has_the_token(llama, weights, tmp_path):
     # The base (chat_a) has the ChatML tokens; ft1 lacks them and gets the base's rows, not the
     # mean of chat_a and chat_b.
-    recipe = _recipe("linear", [(llama["chat_a"], 0.5), (llama["ft1"], 0.25), (llama["chat_b"], 0.25)],
-                     llama["chat_a"], "tokenizer_source: union\n")
+    recipe = _recipe(
+        "linear",
+        [(llama["chat_a"], 0.5), (llama["ft1"], 0.25), (llama["chat_b"], 0.25)],
+        llama["chat_a"],
+        "tokenizer_source: union\n",
+    )
     ours, config = _merged(recipe, tmp_path / "out")
     a, b = weights["chat_a"], weights["chat_b"]
     assert config["vocab_size"] == V + 2
@@ -146,24 +156,35 @@ def test_a_missing_row_takes_the_base_models_row_when_the_base_has_the_token(lla
         torch.testing.assert_close(ours[EMBED][out_id], want, rtol=0, atol=1e-7)
     job = plan(recipe).by_output()[EMBED]
     assert [s.rows is None for s in job.sources] == [True, False, False]
-    assert [f.rule for f in job.sources[1].rows.fills] == ["base"]     # ft1: from the base
-    assert job.sources[2].rows.fills == ()                             # chat_b: own rows, re-ordered
+    assert [f.rule for f in job.sources[1].rows.fills] == ["base"]  # ft1: from the base
+    assert job.sources[2].rows.fills == ()  # chat_b: own rows, re-ordered
 
 
 def test_tokenizer_source_base_drops_added_tokens_with_a_warning(llama, weights, tmp_path):
-    recipe = _recipe("linear", [(llama["base"], 0.5), (llama["chat_a"], 0.5)], llama["base"], "tokenizer_source: base\n")
-    with pytest.warns(UserWarning, match=r"chat_a': 2 tokens \('<\|im_start\|>', '<\|im_end\|>'\) of its 302 "
-                                         r"vocabulary rows .* dropped; tokenizer_source: union keeps"):
+    recipe = _recipe(
+        "linear", [(llama["base"], 0.5), (llama["chat_a"], 0.5)], llama["base"], "tokenizer_source: base\n"
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"chat_a': 2 tokens \('<\|im_start\|>', '<\|im_end\|>'\) of its 302 "
+        r"vocabulary rows .* dropped; tokenizer_source: union keeps",
+    ):
         ours, config = _merged(recipe, tmp_path / "out")
     assert config["vocab_size"] == V and ours[HEAD].shape == (V, 64)
-    torch.testing.assert_close(ours[EMBED], 0.5 * weights["base"][EMBED] + 0.5 * weights["chat_a"][EMBED][:V],
-                               rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        ours[EMBED], 0.5 * weights["base"][EMBED] + 0.5 * weights["chat_a"][EMBED][:V], rtol=0, atol=1e-7
+    )
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (llama["base"] / "tokenizer.json").read_bytes()
 
 
 def test_tokenizer_source_a_fine_tune_takes_its_tokenizer(llama, weights, tmp_path):
-    recipe = _recipe("ties", [(llama["base"], 1.0), (llama["chat_a"], 0.6)], llama["base"],
-                     f"tokenizer_source: {llama['chat_a']}\n", extra=", density: 0.5")
+    recipe = _recipe(
+        "ties",
+        [(llama["base"], 1.0), (llama["chat_a"], 0.6)],
+        llama["base"],
+        f"tokenizer_source: {llama['chat_a']}\n",
+        extra=", density: 0.5",
+    )
     ours, config = _merged(recipe, tmp_path / "out")
     assert config["vocab_size"] == V + 2 and ours[EMBED].shape == (V + 2, 64)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -188,12 +209,17 @@ TOKENS_SECTION = """tokenizer:
 @pytest.mark.mergekit
 def test_token_overrides_and_padding_match_mergekit(llama, weights, tmp_path):
     tail = TOKENS_SECTION.format(a=llama["chat_a"], b=llama["chat_b"], base=llama["base"])
-    recipe = _recipe("ties", [(llama["base"], 1.0), (llama["chat_a"], 0.7), (llama["chat_b"], 0.3)], llama["base"],
-                     tail + "parameters: {tie_break: mergekit}\n", extra=", density: 0.5")
+    recipe = _recipe(
+        "ties",
+        [(llama["base"], 1.0), (llama["chat_a"], 0.7), (llama["chat_b"], 0.3)],
+        llama["base"],
+        tail + "parameters: {tie_break: mergekit}\n",
+        extra=", density: 0.5",
+    )
     ours, config = _merged(recipe, tmp_path / "ours")
     assert config["vocab_size"] == 320 and ours[EMBED].shape == ours[HEAD].shape == (320, 64)
-    assert not ours[EMBED][301].any()                          # forced zero in every input
-    pad = ours[EMBED][303:]                                    # 17 padding rows, one value
+    assert not ours[EMBED][301].any()  # forced zero in every input
+    pad = ours[EMBED][303:]  # 17 padding rows, one value
     assert torch.equal(pad, pad[:1].expand_as(pad)) and pad.any()
     parity = compare(ours, _in_our_order(run_mergekit(recipe, tmp_path / "ref"), tmp_path / "ours"))
     assert parity.matches and parity.within_ulp == 0, parity.summary()
@@ -204,8 +230,12 @@ def test_token_overrides_and_padding_match_mergekit(llama, weights, tmp_path):
 
 
 def test_pad_rows_are_the_mean_of_each_inputs_token_rows(llama, weights, tmp_path):
-    recipe = _recipe("linear", [(llama["base"], 0.5), (llama["ft1"], 0.5)], llama["base"],
-                     "tokenizer: {source: base, pad_to_multiple_of: 128}\n")
+    recipe = _recipe(
+        "linear",
+        [(llama["base"], 0.5), (llama["ft1"], 0.5)],
+        llama["base"],
+        "tokenizer: {source: base, pad_to_multiple_of: 128}\n",
+    )
     ours, config = _merged(recipe, tmp_path / "out")
     assert config["vocab_size"] == 384
     want = 0.5 * weights["base"][EMBED].mean(0) + 0.5 * weights["ft1"][EMBED].mean(0)
@@ -216,8 +246,12 @@ def test_pad_rows_are_the_mean_of_each_inputs_token_rows(llama, weights, tmp_pat
 def test_a_forced_token_without_source_takes_the_default_rule_for_every_input(llama, weights, tmp_path):
     # mergekit 0.1.5 raises NotImplementedError for an entry without a source; mergesmith applies
     # the default rule (here: the base lacks the token, so the mean of chat_a and chat_b).
-    recipe = _recipe("linear", [(llama["base"], 0.2), (llama["chat_a"], 0.3), (llama["chat_b"], 0.5)],
-                     llama["base"], 'tokenizer:\n  tokens:\n    "<|im_end|>": {force: true}\n')
+    recipe = _recipe(
+        "linear",
+        [(llama["base"], 0.2), (llama["chat_a"], 0.3), (llama["chat_b"], 0.5)],
+        llama["base"],
+        'tokenizer:\n  tokens:\n    "<|im_end|>": {force: true}\n',
+    )
     ours, _ = _merged(recipe, tmp_path / "out")
     a, b = weights["chat_a"][EMBED][301], weights["chat_b"][EMBED][300]
     torch.testing.assert_close(ours[EMBED][301], (torch.zeros(64) + a + b) / 2, rtol=0, atol=1e-7)
@@ -227,8 +261,9 @@ def test_rows_past_the_last_token_are_kept(llama, weights, tmp_path):
     # base_pad: 320 embedding rows, 300 tokens. mergekit would size the output by the tokenizer
     # (300 rows, see the union test); mergesmith keeps the base's 20 padding rows, and chat_a's
     # rows 300/301 (its ChatML tokens) do not stand in for them.
-    recipe = _recipe("linear", [(llama["base_pad"], 0.5), (llama["chat_a"], 0.5)], llama["base_pad"],
-                     "tokenizer_source: base\n")
+    recipe = _recipe(
+        "linear", [(llama["base_pad"], 0.5), (llama["chat_a"], 0.5)], llama["base_pad"], "tokenizer_source: base\n"
+    )
     with pytest.warns(UserWarning, match="2 tokens"):
         ours, config = _merged(recipe, tmp_path / "ours")
     assert config["vocab_size"] == 320 and ours[EMBED].shape == (320, 64)
@@ -250,8 +285,12 @@ def test_tied_qwen2_with_different_vocabularies_grows_no_lm_head(qwen2_family, t
 
 
 def test_plan_shows_which_rows_are_re_indexed(llama):
-    recipe = _recipe("linear", [(llama["base"], 0.5), (llama["chat_b"], 0.5)], llama["base"],
-                     "tokenizer: {source: union, pad_to_multiple_of: 16}\n")
+    recipe = _recipe(
+        "linear",
+        [(llama["base"], 0.5), (llama["chat_b"], 0.5)],
+        llama["base"],
+        "tokenizer: {source: union, pad_to_multiple_of: 16}\n",
+    )
     the_plan = plan(recipe)
     text = render_text(the_plan)
     assert "# vocabulary: union, 302 token ids, 304 rows" in text
@@ -265,8 +304,12 @@ def test_plan_shows_which_rows_are_re_indexed(llama):
 
 
 def test_an_override_from_a_model_without_the_token_is_refused(llama):
-    recipe = _recipe("linear", [(llama["base"], 0.5), (llama["chat_a"], 0.5)], llama["base"],
-                     f'tokenizer:\n  tokens:\n    "<|im_start|>": {{source: {llama["base"]}}}\n')
+    recipe = _recipe(
+        "linear",
+        [(llama["base"], 0.5), (llama["chat_a"], 0.5)],
+        llama["base"],
+        f'tokenizer:\n  tokens:\n    "<|im_start|>": {{source: {llama["base"]}}}\n',
+    )
     with pytest.raises(ConfigError, match=r"tokenizer.tokens\['<\|im_start\|>'\]: model .* has no token"):
         plan(recipe)
 
@@ -285,16 +328,26 @@ def test_a_gguf_vocabulary_is_refused_where_it_is_needed_and_assumed_where_rows_
     from mergesmith.plan.vocab import build_vocab
 
     arch = arch_for_config({"architectures": ["LlamaForCausalLM"]}, "test")
-    models = {"base": _header_only("base", llama["base"], V, gguf=False),
-              "q": _header_only("q", llama["base"], V, gguf=True),
-              "q2": _header_only("q2", llama["base"], V + 2, gguf=True)}
+    models = {
+        "base": _header_only("base", llama["base"], V, gguf=False),
+        "q": _header_only("q", llama["base"], V, gguf=True),
+        "q2": _header_only("q2", llama["base"], V + 2, gguf=True),
+    }
 
     def vocab(source: str, others: list[str]):
-        recipe = parse_recipe({"merge_method": "linear", "base_model": "base", "tokenizer_source": source,
-                               "models": [{"model": k} for k in ["base", *others]]})
+        recipe = parse_recipe(
+            {
+                "merge_method": "linear",
+                "base_model": "base",
+                "tokenizer_source": source,
+                "models": [{"model": k} for k in ["base", *others]],
+            }
+        )
         return build_vocab(recipe, {k: models[k] for k in ["base", *others]}, arch, "r.yml")
 
     same = vocab("base", ["q"])
     assert same.output.rows == V and "'q' has no readable tokenizer" in same.warnings[0]
-    with pytest.raises(InputFormatError, match=r"model 'q2' is a GGUF file \(.*\), and 302 vocabulary rows against 300"):
+    with pytest.raises(
+        InputFormatError, match=r"model 'q2' is a GGUF file \(.*\), and 302 vocabulary rows against 300"
+    ):
         vocab("union", ["q2"])

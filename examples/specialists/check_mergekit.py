@@ -28,10 +28,19 @@ from reference import compare, load_dir, mergekit_script  # noqa: E402  (the har
 
 def run_mergekit(recipe: Path, out: Path, cache: Path, seed: int) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(mergekit_script()), recipe.name, str(out), "--no-cuda", "--quiet",
-           # its model card asks the Hub whether 'adapters/kjv' is a repo id, which fails offline
-           "--no-write-model-card",
-           "--lora-merge-cache", str(cache), "--random-seed", str(seed)]
+    cmd = [
+        str(mergekit_script()),
+        recipe.name,
+        str(out),
+        "--no-cuda",
+        "--quiet",
+        # its model card asks the Hub whether 'adapters/kjv' is a repo id, which fails offline
+        "--no-write-model-card",
+        "--lora-merge-cache",
+        str(cache),
+        "--random-seed",
+        str(seed),
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, env=env)
     if done.returncode:

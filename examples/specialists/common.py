@@ -13,10 +13,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DATA = ROOT / "data" / "text"
-WORK = ROOT / "out" / "specialists"          # base, merged specialists, merges: all rebuilt on demand
+WORK = ROOT / "out" / "specialists"  # base, merged specialists, merges: all rebuilt on demand
 BASE = WORK / "smollm2-135m-instruct"
 ADAPTERS = HERE / "adapters"
-DOMAINS = ("kjv", "austen")                  # adapter names = corpus prefixes in data/text/
+DOMAINS = ("kjv", "austen")  # adapter names = corpus prefixes in data/text/
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

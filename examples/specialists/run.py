@@ -29,8 +29,15 @@ MERGES = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipes", nargs="+", choices=MERGES, default=list(MERGES), help="merge recipes to run (default: all)")
-    p.add_argument("--work", type=Path, default=WORK, help=f"where specialists, merges and eval.json go (default {WORK.relative_to(ROOT)})")
+    p.add_argument(
+        "--recipes", nargs="+", choices=MERGES, default=list(MERGES), help="merge recipes to run (default: all)"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=WORK,
+        help=f"where specialists, merges and eval.json go (default {WORK.relative_to(ROOT)})",
+    )
     p.add_argument("--no-base", action="store_true", help="leave the base out of the evaluation (no kept shares then)")
     p.add_argument("--seed", type=int, default=0, help="merge seed (dare_ties)")
     p.add_argument("--limit", type=int, help="eval: first N windows per text")
@@ -115,8 +122,10 @@ def main(argv=None) -> None:
     merges = [n for n in ppl if n in MERGES]
     best = min(merges, key=lambda n: sum(ppl[n].values()))
     specialists_best = min(sum(ppl[d].values()) for d in DOMAINS)
-    print(f"\nbest merge on the mean: {best} ({sum(ppl[best].values()) / len(DOMAINS):.2f}; "
-          f"best specialist {specialists_best / len(DOMAINS):.2f})")
+    print(
+        f"\nbest merge on the mean: {best} ({sum(ppl[best].values()) / len(DOMAINS):.2f}; "
+        f"best specialist {specialists_best / len(DOMAINS):.2f})"
+    )
 
 
 if __name__ == "__main__":

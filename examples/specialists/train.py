@@ -41,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, then linear decay to 0)")
+    p.add_argument(
+        "--lr", type=float, default=1e-3, help="peak AdamW learning rate (linear warm-up, then linear decay to 0)"
+    )
     p.add_argument("--warmup", type=int, default=6, help="warm-up steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -69,7 +71,7 @@ def train(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)        # LoRA A initialisation
+    torch.manual_seed(args.seed)  # LoRA A initialisation
     base = ensure_base()
     text_path = train_text(args.domain)
     text = text_path.read_text(encoding="utf-8")
@@ -78,8 +80,9 @@ def train(args: argparse.Namespace) -> dict:
     plan = batches(ids, args.seq_len, args.batch_size, args.steps, args.seed)
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=TARGETS,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=TARGETS, bias="none", task_type="CAUSAL_LM"
+    )
     model = get_peft_model(model, config)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -94,25 +97,35 @@ def train(args: argparse.Namespace) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(round(loss.item(), 4))
-        print(f"{args.domain} step {step + 1}/{args.steps} loss {losses[-1]:.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{args.domain} step {step + 1}/{args.steps} loss {losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
     wall = time.perf_counter() - start
 
     out = args.out or ADAPTERS / args.domain
     model.save_pretrained(out)
-    (out / "README.md").unlink(missing_ok=True)     # peft's empty model-card template
+    (out / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     _set_base_name(out / "adapter_config.json")
     log = {
         "domain": args.domain,
-        "data": {"file": str(text_path.relative_to(ROOT)), "sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
-                 "tokens": len(ids), "windows": len(ids) // args.seq_len},
+        "data": {
+            "file": str(text_path.relative_to(ROOT)),
+            "sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
+            "tokens": len(ids),
+            "windows": len(ids) // args.seq_len,
+        },
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "targets": TARGETS,
         "trainable_parameters": sum(p.numel() for p in params),
         "loss": losses,
         "wall_s": round(wall, 1),
-        "versions": {"torch": torch.__version__, "peft": _version("peft"), "transformers": _version("transformers"),
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "peft": _version("peft"),
+            "transformers": _version("transformers"),
+            "python": platform.python_version(),
+        },
         "cpu": f"{platform.machine()}, {args.threads} thread(s)",
     }
     (out / "training.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
@@ -122,7 +135,7 @@ def train(args: argparse.Namespace) -> dict:
 def _set_base_name(path: Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = BASE_NAME
-    config["target_modules"] = sorted(config["target_modules"])   # peft stores a set: fix the order
+    config["target_modules"] = sorted(config["target_modules"])  # peft stores a set: fix the order
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -134,5 +147,7 @@ def _version(name: str) -> str:
 
 if __name__ == "__main__":
     log = train(parse_args())
-    print(f"{log['domain']}: {log['trainable_parameters']} LoRA parameters, {log['wall_s']} s, "
-          f"loss {log['loss'][0]} -> {log['loss'][-1]}")
+    print(
+        f"{log['domain']}: {log['trainable_parameters']} LoRA parameters, {log['wall_s']} s, "
+        f"loss {log['loss'][0]} -> {log['loss'][-1]}"
+    )

@@ -30,7 +30,7 @@ LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HEAD_PARTS = ("lm_head", "embed_out", "output", "head")
 _EMBED_HINTS = ("embed", "wte", "wpe", "word_embeddings", "position_embeddings")
 _NORM_HINTS = ("norm", "ln_f")
-_SHOWN = 4   # names quoted in a message before "..."
+_SHOWN = 4  # names quoted in a message before "..."
 
 
 def _listing(names) -> str:
@@ -43,7 +43,7 @@ def _split(name: str) -> tuple[str, int, str] | None:
     parts = name.split(".")
     for i, part in enumerate(parts[1:-1], start=1):
         if part.isdigit():
-            return ".".join(parts[:i]), int(part), ".".join(parts[i + 1:])
+            return ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :])
     return None
 
 
@@ -55,8 +55,10 @@ def _layer_stack(names: Sequence[str], where: str) -> tuple[str, int, tuple[str,
         if split is not None:
             stacks[split[0]][split[1]].add(split[2])
     if not stacks:
-        raise ArchitectureError(f"{where}: no tensor name has a layer index (<prefix>.<N>.<rest>); "
-                                f"found {len(names)} tensors: {_listing(names)}")
+        raise ArchitectureError(
+            f"{where}: no tensor name has a layer index (<prefix>.<N>.<rest>); "
+            f"found {len(names)} tensors: {_listing(names)}"
+        )
     if len(stacks) > 1:
         found = "; ".join(f"'{p}.N' ({len(layers)} layers)" for p, layers in sorted(stacks.items()))
         raise ArchitectureError(f"{where}: more than one layer stack: {found}; inference handles one")
@@ -70,8 +72,10 @@ def _layer_stack(names: Sequence[str], where: str) -> tuple[str, int, tuple[str,
         if layers[i] != first:
             odd = (layers[i] - first) or (first - layers[i])
             side = "has" if layers[i] - first else "lacks"
-            raise ArchitectureError(f"{where}: layers differ: '{prefix}.{i}' {side} "
-                                    f"{_listing(f'{prefix}.{i}.{rest}' for rest in odd)} compared with '{prefix}.0'")
+            raise ArchitectureError(
+                f"{where}: layers differ: '{prefix}.{i}' {side} "
+                f"{_listing(f'{prefix}.{i}.{rest}' for rest in odd)} compared with '{prefix}.0'"
+            )
     return prefix, n, tuple(sorted(first))
 
 
@@ -82,7 +86,8 @@ def _layer_count_key(config: Mapping, n: int, prefix: str, where: str) -> str:
     present = ", ".join(f"{k}={config[k]!r}" for k in LAYER_COUNT_KEYS if k in config) or "none of them"
     raise ArchitectureError(
         f"{where}: the tensors hold {n} layers under '{prefix}.N' but config.json has no layer count equal to "
-        f"{n} (looked for {', '.join(LAYER_COUNT_KEYS)}: {present})")
+        f"{n} (looked for {', '.join(LAYER_COUNT_KEYS)}: {present})"
+    )
 
 
 def _is_head(name: str) -> bool:
@@ -115,12 +120,17 @@ def _globals(shapes: Mapping[str, Sequence[int]], names: list[str], config: Mapp
     if embed is not None:
         # An untied head of the embeddings' shape may be absent from a tied input: read the
         # embeddings there, and write no head when no input has one.
-        post = [WeightSpec(w.name, w.role, w.vocab_axis, optional=True, tied_to=(embed,))
-                if w.role == "lm_head" and tuple(shapes[w.name]) == tuple(shapes[embed]) else w for w in post]
+        post = [
+            WeightSpec(w.name, w.role, w.vocab_axis, optional=True, tied_to=(embed,))
+            if w.role == "lm_head" and tuple(shapes[w.name]) == tuple(shapes[embed])
+            else w
+            for w in post
+        ]
     if config.get("tie_word_embeddings") is False and not any(w.role == "lm_head" for w in post):
         raise ArchitectureError(
             f"{where}: config.json sets tie_word_embeddings false but no tensor after the layers has the vocabulary "
-            f"size ({vocab!r}); globals found: {_listing(names)}")
+            f"size ({vocab!r}); globals found: {_listing(names)}"
+        )
     return tuple(pre), tuple(post)
 
 
@@ -131,8 +141,10 @@ def _name(config: Mapping) -> str:
 
 def infer_arch(config: Mapping, shapes: Mapping[str, Sequence[int]], source: str) -> ArchSpec:
     """The definition an input's tensor names imply; ArchitectureError when they imply none."""
-    where = (f"{source}: architecture {_name(config)!r} has no definition "
-             f"(supported: {', '.join(supported_architectures())}) and cannot be inferred")
+    where = (
+        f"{source}: architecture {_name(config)!r} has no definition "
+        f"(supported: {', '.join(supported_architectures())}) and cannot be inferred"
+    )
     names = list(shapes)
     prefix, n, templates = _layer_stack(names, where)
     key = _layer_count_key(config, n, prefix, where)
@@ -140,9 +152,14 @@ def infer_arch(config: Mapping, shapes: Mapping[str, Sequence[int]], source: str
     pre, post = _globals(shapes, [x for x in names if x not in in_layers], config, where)
     per_layer = tuple(k for k, v in config.items() if "layer" in k and isinstance(v, list) and len(v) == n)
     return ArchSpec(
-        family=str(config.get("model_type") or _name(config)), model_type=str(config.get("model_type") or ""),
-        architectures=tuple(config.get("architectures") or ()), num_layers_key=key, per_layer_keys=per_layer,
-        pre=pre, layer=tuple(WeightSpec(f"{prefix}.{{layer}}.{rest}", "layer") for rest in templates), post=post,
+        family=str(config.get("model_type") or _name(config)),
+        model_type=str(config.get("model_type") or ""),
+        architectures=tuple(config.get("architectures") or ()),
+        num_layers_key=key,
+        per_layer_keys=per_layer,
+        pre=pre,
+        layer=tuple(WeightSpec(f"{prefix}.{{layer}}.{rest}", "layer") for rest in templates),
+        post=post,
     )
 
 
@@ -165,15 +182,15 @@ class ArchInput:
     """What the lookup needs from one input model."""
 
     config: Mapping
-    shapes: Mapping[str, Sequence[int]]   # tensor name -> shape, from the file headers
-    source: str                           # how messages name the model
+    shapes: Mapping[str, Sequence[int]]  # tensor name -> shape, from the file headers
+    source: str  # how messages name the model
 
 
 def arch_for_models(inputs: Mapping[str, ArchInput]) -> dict[str, ArchSpec]:
     """Each input's shipped definition, else one inferred from its tensors; one warning per
     inferred architecture, naming every input that has it."""
     specs: dict[str, ArchSpec] = {}
-    inferred: dict[str, list[str]] = defaultdict(list)   # warning text -> input keys
+    inferred: dict[str, list[str]] = defaultdict(list)  # warning text -> input keys
     for key, item in inputs.items():
         spec = find_arch(item.config)
         if spec is None:

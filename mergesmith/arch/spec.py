@@ -47,8 +47,8 @@ class ArchSpec:
     pre: tuple[WeightSpec, ...]
     layer: tuple[WeightSpec, ...]
     post: tuple[WeightSpec, ...]
-    tie_word_embeddings: bool | None = None   # the config class's default; None: unknown (inferred)
-    ignored_buffers: tuple[str, ...] = ()      # names, ``{layer}`` for any layer index
+    tie_word_embeddings: bool | None = None  # the config class's default; None: unknown (inferred)
+    ignored_buffers: tuple[str, ...] = ()  # names, ``{layer}`` for any layer index
 
     def layer_weights(self, index: int) -> tuple[WeightSpec, ...]:
         return tuple(w.at_layer(index) for w in self.layer)
@@ -64,7 +64,8 @@ class ArchSpec:
     def unlisted(self, names: Iterable[str], num_layers: int) -> list[str]:
         """``names`` this definition neither merges nor ignores, for a model of ``num_layers`` layers."""
         known = {w.name for w in self.pre + self.post} | {
-            w.at_layer(i).name for i in range(num_layers) for w in self.layer}
+            w.at_layer(i).name for i in range(num_layers) for w in self.layer
+        }
         ignored = [re.compile(re.escape(t).replace(re.escape("{layer}"), r"\d+")) for t in self.ignored_buffers]
         return sorted(n for n in names if n not in known and not any(p.fullmatch(n) for p in ignored))
 
@@ -72,8 +73,11 @@ class ArchSpec:
 def _weights(entries: list[dict]) -> tuple[WeightSpec, ...]:
     return tuple(
         WeightSpec(
-            name=e["name"], role=e["role"], vocab_axis=e.get("vocab_axis"),
-            optional=bool(e.get("optional", False)), tied_to=tuple(e.get("tied_to", ())),
+            name=e["name"],
+            role=e["role"],
+            vocab_axis=e.get("vocab_axis"),
+            optional=bool(e.get("optional", False)),
+            tied_to=tuple(e.get("tied_to", ())),
             config_flag=e.get("config_flag"),
         )
         for e in entries
@@ -82,10 +86,16 @@ def _weights(entries: list[dict]) -> tuple[WeightSpec, ...]:
 
 def _parse(family: str, data: dict) -> ArchSpec:
     return ArchSpec(
-        family=family, model_type=data["model_type"], architectures=tuple(data["architectures"]),
-        num_layers_key=data["num_layers_key"], per_layer_keys=tuple(data.get("per_layer_keys", ())),
-        pre=_weights(data["pre"]), layer=_weights(data["layer"]), post=_weights(data["post"]),
-        tie_word_embeddings=data.get("tie_word_embeddings"), ignored_buffers=tuple(data.get("ignored_buffers", ())),
+        family=family,
+        model_type=data["model_type"],
+        architectures=tuple(data["architectures"]),
+        num_layers_key=data["num_layers_key"],
+        per_layer_keys=tuple(data.get("per_layer_keys", ())),
+        pre=_weights(data["pre"]),
+        layer=_weights(data["layer"]),
+        post=_weights(data["post"]),
+        tie_word_embeddings=data.get("tie_word_embeddings"),
+        ignored_buffers=tuple(data.get("ignored_buffers", ())),
     )
 
 

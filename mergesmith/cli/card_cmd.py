@@ -13,8 +13,11 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("card", help="add evaluation results to a model card",
-                       description="Write or update the 'Evaluation results' section of OUT/README.md.")
+    p = sub.add_parser(
+        "card",
+        help="add evaluation results to a model card",
+        description="Write or update the 'Evaluation results' section of OUT/README.md.",
+    )
     p.add_argument("out", metavar="OUT", help="model directory whose README.md is the card")
     p.add_argument("--eval", required=True, metavar="RESULTS", help="results JSON from `mergesmith eval --json`")
     p.add_argument("--model", help="which model of the results (default: the one that is OUT); it must be OUT")
@@ -33,7 +36,7 @@ def _named(result, wanted: str):
     for score in result.models:
         if score.model == wanted or (Path(wanted).exists() and _is_out(score.model, Path(wanted))):
             return score
-    return result.model(wanted)   # the error listing the models the results hold
+    return result.model(wanted)  # the error listing the models the results hold
 
 
 def _pick(result, out: Path, wanted, results_path):
@@ -42,16 +45,19 @@ def _pick(result, out: Path, wanted, results_path):
     if wanted is not None:
         score = _named(result, wanted)
         if not _is_out(score.model, out):
-            raise ConfigError(f"--model {wanted}: these are the results of {score.model}, not of {out}; a card shows "
-                              f"only its own model's results: run `mergesmith card {score.model} --eval {results_path}`")
+            raise ConfigError(
+                f"--model {wanted}: these are the results of {score.model}, not of {out}; a card shows "
+                f"only its own model's results: run `mergesmith card {score.model} --eval {results_path}`"
+            )
         return score
     same = [m for m in result.models if _is_out(m.model, out)]
     if same:
         return same[0]
     count = f"{len(result.models)} model" + ("s" if len(result.models) != 1 else "")
     names = ", ".join(m.model for m in result.models)
-    raise InputFormatError(f"the results hold {count} ({names}) and none is {out}; "
-                           f"evaluate it first: `mergesmith eval {out} --json FILE`")
+    raise InputFormatError(
+        f"the results hold {count} ({names}) and none is {out}; evaluate it first: `mergesmith eval {out} --json FILE`"
+    )
 
 
 def _shown(score):
@@ -73,7 +79,7 @@ def run(args) -> int:
     out = Path(args.out)
     if not out.is_dir():
         raise InputFormatError(f"model directory {out} not found; give the directory whose README.md to update")
-    card_path = out / "README.md"   # read first: a card that cannot be updated is OUT's problem, whatever the results
+    card_path = out / "README.md"  # read first: a card that cannot be updated is OUT's problem, whatever the results
     try:
         card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {out.resolve().name}\n"
     except UnicodeDecodeError:

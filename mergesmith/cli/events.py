@@ -26,15 +26,19 @@ import time
 from collections.abc import Iterator
 
 FORMATS = ("text", "json")
-_CLEAR_LINE = "\r\x1b[2K"   # carriage return, erase the line
-PERIOD_S = 0.5   # at most one progress event per bar per half second (the first and the last always)
-PROGRESS_EVENTS = ("progress", "status", "stage", "candidate")   # what --quiet leaves out
+_CLEAR_LINE = "\r\x1b[2K"  # carriage return, erase the line
+PERIOD_S = 0.5  # at most one progress event per bar per half second (the first and the last always)
+PROGRESS_EVENTS = ("progress", "status", "stage", "candidate")  # what --quiet leaves out
 
 
 def add_log_format(p) -> None:
-    p.add_argument("--log-format", choices=FORMATS, default="text",
-                   help="text: progress bars and tables for a person (default); json: one JSON object per line "
-                   "on stderr for progress, and a final result object on stdout")
+    p.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text: progress bars and tables for a person (default); json: one JSON object per line "
+        "on stderr for progress, and a final result object on stdout",
+    )
 
 
 class Log:
@@ -43,7 +47,7 @@ class Log:
     def __init__(self, command: str, fmt: str = "text", quiet: bool = False):
         self.command, self.json, self.quiet = command, fmt == "json", quiet
         self._start = time.monotonic()
-        self._raw = None   # the real stderr while JSON mode wraps sys.stderr
+        self._raw = None  # the real stderr while JSON mode wraps sys.stderr
         self._status_shown = False
 
     @property
@@ -90,7 +94,7 @@ class Log:
             self.emit("warning", message=message)
             return
         self._clear_status()
-        if "tqdm" in sys.modules:   # a bar may be drawn: tqdm moves it below the line
+        if "tqdm" in sys.modules:  # a bar may be drawn: tqdm moves it below the line
             sys.modules["tqdm"].tqdm.write(f"warning: {message}", file=sys.stderr)
         else:
             print(f"warning: {message}", file=sys.stderr)
@@ -133,13 +137,18 @@ class _EventBar:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self._sent_at, self._sent_n = total, -math.inf, None
-        self._lock = threading.Lock()   # merge workers update one bar from several threads
+        self._lock = threading.Lock()  # merge workers update one bar from several threads
         self._send(force=True)
 
     def _send(self, force: bool = False) -> None:
         now = time.monotonic()
         last = self.total is not None and self.n >= self.total
-        if self.disable or self.log is None or self._sent_n == self.n or not (force or last or now - self._sent_at >= PERIOD_S):
+        if (
+            self.disable
+            or self.log is None
+            or self._sent_n == self.n
+            or not (force or last or now - self._sent_at >= PERIOD_S)
+        ):
             return
         self._sent_at, self._sent_n = now, self.n
         self.log.emit("progress", task=self.desc, done=self.n, total=self.total, unit=self.unit)
@@ -244,5 +253,5 @@ def _stderr_as_events(log: Log) -> Iterator[None]:
     try:
         yield
     finally:
-        sys.stderr.write("\n")   # a last line without its newline
+        sys.stderr.write("\n")  # a last line without its newline
         sys.stderr, log._raw = saved, None

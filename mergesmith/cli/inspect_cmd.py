@@ -16,7 +16,8 @@ DEFAULT_TOP_K = 8
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "inspect", help="compare models tensor by tensor, or plot a recipe's per-layer parameters",
+        "inspect",
+        help="compare models tensor by tensor, or plot a recipe's per-layer parameters",
         description="Compare models tensor by tensor, or show a recipe's parameters per layer.",
         epilog="Models are written as in a recipe: directories, .gguf files, base+adapter, Hub ids. Per tensor: "
         "cosine similarity, relative L2 distance and, with --base (deltas model - base), delta norms, sign "
@@ -24,11 +25,21 @@ def add_parser(sub) -> None:
         "a recipe: planned from headers (no tensor read), its resolved parameters shown per layer and filter, "
         "and for a layer stack which source layer lands where.",
     )
-    p.add_argument("inputs", nargs="+", metavar="MODEL|RECIPE", help="two or more models (one with --base), or one recipe")
-    p.add_argument("--base", help="base model: compare the deltas model - base, and add delta norms, sign agreement, top-k energy")
+    p.add_argument(
+        "inputs", nargs="+", metavar="MODEL|RECIPE", help="two or more models (one with --base), or one recipe"
+    )
+    p.add_argument(
+        "--base", help="base model: compare the deltas model - base, and add delta norms, sign agreement, top-k energy"
+    )
     p.add_argument("--json", metavar="FILE", help="write every number as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="models: heatmap per model pair; recipe: parameters per layer (needs matplotlib)")
-    p.add_argument("--top-k", type=int, metavar="K", help=f"singular directions for the energy share (default {DEFAULT_TOP_K})")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="models: heatmap per model pair; recipe: parameters per layer (needs matplotlib)",
+    )
+    p.add_argument(
+        "--top-k", type=int, metavar="K", help=f"singular directions for the energy share (default {DEFAULT_TOP_K})"
+    )
     p.add_argument("--device", help="where the arithmetic runs: cpu (default), cuda[:N]")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -48,7 +59,7 @@ def _outputs(args, inputs) -> None:
         check_output(args.plot, "--plot", suffix=".png", inputs=inputs)
         from mergesmith.inspect.plot import require_matplotlib
 
-        require_matplotlib()   # before the work, not after it
+        require_matplotlib()  # before the work, not after it
 
 
 def _wrote(args, log: Log) -> None:
@@ -66,14 +77,22 @@ def _run_recipe(args, log: Log) -> int:
     from mergesmith.io.resolve import local_paths
     from mergesmith.lineage import is_lineage_file
 
-    given = [flag for flag, value in (("--base", args.base), ("--top-k", args.top_k), ("--device", args.device)) if value is not None]
+    given = [
+        flag
+        for flag, value in (("--base", args.base), ("--top-k", args.top_k), ("--device", args.device))
+        if value is not None
+    ]
     if given:
         raise ConfigError(f"{given[0]} applies when comparing models, not to a recipe ({args.inputs[0]}); drop it")
     if is_lineage_file(args.inputs[0]):
-        raise ConfigError(f"{args.inputs[0]} is a multi-stage lineage; inspect takes one recipe: "
-                          "copy the stage you want into a file of its own")
+        raise ConfigError(
+            f"{args.inputs[0]} is a multi-stage lineage; inspect takes one recipe: "
+            "copy the stage you want into a file of its own"
+        )
     src = read_recipe(args.inputs[0])
-    inputs = [("the recipe", src.name)] + [(f"model '{k}'", p) for k in model_keys(src.recipe) for p in local_paths(k, src.base_dir)]
+    inputs = [("the recipe", src.name)] + [
+        (f"model '{k}'", p) for k in model_keys(src.recipe) for p in local_paths(k, src.base_dir)
+    ]
     _outputs(args, inputs)
     schedule = schedule_of(plan(src, allow_pickle=args.allow_pickle), src.recipe, src.name)
     _save(args, schedule.to_dict(), lambda path: plot_schedule(schedule, path))
@@ -99,12 +118,20 @@ def _run_models(args, log: Log) -> int:
     from mergesmith.io.resolve import local_paths
 
     if len(args.inputs) == 1 and args.base is None:
-        raise ConfigError(f"inspect needs two models, one model and --base, or one recipe ending in .yml/.yaml; "
-                          f"got only '{args.inputs[0]}'")
+        raise ConfigError(
+            f"inspect needs two models, one model and --base, or one recipe ending in .yml/.yaml; "
+            f"got only '{args.inputs[0]}'"
+        )
     keys = list(args.inputs) + ([args.base] if args.base else [])
     _outputs(args, [(f"model '{k}'", p) for k in keys for p in local_paths(k)])
-    result = inspect_models(args.inputs, args.base, top_k=DEFAULT_TOP_K if args.top_k is None else args.top_k, device=args.device or "cpu",
-                            progress=log.progress, allow_pickle=args.allow_pickle)
+    result = inspect_models(
+        args.inputs,
+        args.base,
+        top_k=DEFAULT_TOP_K if args.top_k is None else args.top_k,
+        device=args.device or "cpu",
+        progress=log.progress,
+        allow_pickle=args.allow_pickle,
+    )
     _save(args, result.to_dict(), lambda path: plot_inspection(result, path))
     _wrote(args, log)
     log.result(None if log.json else summary_text(result), **result.to_dict())

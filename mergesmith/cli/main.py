@@ -53,12 +53,14 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergesmith", description="Merge LLM checkpoints from mergekit-style YAML recipes.")
+    parser = argparse.ArgumentParser(
+        prog="mergesmith", description="Merge LLM checkpoints from mergekit-style YAML recipes."
+    )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
-    parser.set_defaults(root_parser=parser)   # for `mergesmith completion`, which describes the whole CLI
+    parser.set_defaults(root_parser=parser)  # for `mergesmith completion`, which describes the whole CLI
     return parser
 
 
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # pressed Ctrl-C wants to be told it stopped, not shown where.
         log.error("interrupted; incomplete output removed", 130)
         return 130
-    except BrokenPipeError:   # an OSError: caught before the clause below
+    except BrokenPipeError:  # an OSError: caught before the clause below
         # `mergesmith plan r.yml | head`: the reader left; that is not an error. Point stdout
         # at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

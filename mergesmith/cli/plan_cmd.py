@@ -5,10 +5,15 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plan", help="print what a merge would do, without doing it",
-                       description="Print what a recipe would merge: the layer map with resolved parameters.")
+    p = sub.add_parser(
+        "plan",
+        help="print what a merge would do, without doing it",
+        description="Print what a recipe would merge: the layer map with resolved parameters.",
+    )
     p.add_argument("recipe", help="YAML recipe (mergekit format), or a lineage: several, '---'-separated")
-    p.add_argument("--tensors", action="store_true", help="one line per output tensor: inputs, method, parameters, dtype")
+    p.add_argument(
+        "--tensors", action="store_true", help="one line per output tensor: inputs, method, parameters, dtype"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (every tensor, every value) instead of a view")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods recorded in the plan (default 0)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
@@ -25,14 +30,22 @@ def _run_lineage(args) -> int:
     lineage = read_lineage(args.recipe)
     plans = plan_lineage(lineage, seed=args.seed, allow_pickle=args.allow_pickle)
     if args.json:
-        stages = [{"stage": stage.label, "method": stage.recipe.merge_method,
-                   "inputs": list(stage.recipe.referenced_models()), "plan": plan_to_dict(the_plan)}
-                  for stage, the_plan in plans]
+        stages = [
+            {
+                "stage": stage.label,
+                "method": stage.recipe.merge_method,
+                "inputs": list(stage.recipe.referenced_models()),
+                "plan": plan_to_dict(the_plan),
+            }
+            for stage, the_plan in plans
+        ]
         print(json.dumps({"stages": stages}, indent=1))
         return 0
     lines = [f"# {len(plans)} stages of {lineage.source}, in the order they run; the last one is OUT"]
-    lines += [f"# {i}. {stage.label}: {stage.recipe.merge_method} of {', '.join(stage.recipe.referenced_models())}"
-              for i, (stage, _) in enumerate(plans, 1)]
+    lines += [
+        f"# {i}. {stage.label}: {stage.recipe.merge_method} of {', '.join(stage.recipe.referenced_models())}"
+        for i, (stage, _) in enumerate(plans, 1)
+    ]
     for stage, the_plan in plans:
         lines += ["", f"## stage {stage.label}", _view(the_plan, args, stage.label)]
     print("\n".join(lines))

@@ -8,7 +8,8 @@ from mergesmith.cli.export_cmd import THREADS_HELP
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "search", help="search a space of recipes for the one with the best fitness, write the winner",
+        "search",
+        help="search a space of recipes for the one with the best fitness, write the winner",
         description="Search a space of recipes for the best fitness; write the winner.",
         epilog="Candidates from SPACE.yml (a recipe with ranges or choices, or a list of recipes) are merged in "
         "memory and scored on the fitness texts; each is recorded in OUT/search.sqlite. The best are scored on "
@@ -18,15 +19,38 @@ def add_parser(sub) -> None:
     p.add_argument("out", metavar="OUT", help="search directory (search.sqlite, fitness.png, winner/)")
     p.add_argument("--budget", type=int, required=True, help="most candidates to score")
     p.add_argument("--seed", type=int, default=0, help="seed of the optimizer and of random merge methods (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="candidates scored at once, each worker holding the inputs once (default 1)")
-    p.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP.format(what="torch", note="")
-                   + "; part of what makes runs repeat exactly")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="score on Ray actors: the cluster at ADDRESS, or a local Ray instance when none is given")
-    p.add_argument("--resume", action="store_true", help="continue the search in OUT without scoring finished candidates "
-                   "again; a finished search shows its stored leaderboard at once")
-    p.add_argument("--report", action="store_true", help="with --resume: score the held-out report and write the winner "
-                   "again even when the stored ones are current")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="candidates scored at once, each worker holding the inputs once (default 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=THREADS_HELP.format(what="torch", note="") + "; part of what makes runs repeat exactly",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="score on Ray actors: the cluster at ADDRESS, or a local Ray instance when none is given",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the search in OUT without scoring finished candidates "
+        "again; a finished search shows its stored leaderboard at once",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="with --resume: score the held-out report and write the winner "
+        "again even when the stored ones are current",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.add_argument("--quiet", action="store_true", help="no progress output (no line per candidate)")
@@ -43,12 +67,24 @@ def _on_result(args):
     def show(record, scored: int) -> None:
         best[0] = min(best[0], record.fitness)
         if log.json:
-            log.emit("candidate", scored=scored, budget=args.budget, index=record.index, fitness=_finite(record.fitness),
-                     best=_finite(best[0]), seconds=record.seconds, worker=record.worker, params=record.params, error=record.error)
+            log.emit(
+                "candidate",
+                scored=scored,
+                budget=args.budget,
+                index=record.index,
+                fitness=_finite(record.fitness),
+                best=_finite(best[0]),
+                seconds=record.seconds,
+                worker=record.worker,
+                params=record.params,
+                error=record.error,
+            )
             return
         fitness = "failed: " + record.error if record.error else f"{record.fitness:.4f}"
-        log.line(f"[{scored}/{args.budget}] #{record.index} {fitness} (best {best[0]:.4f}, {record.seconds:.1f}s, "
-                 f"{record.worker}) {params_text(record.params)}")
+        log.line(
+            f"[{scored}/{args.budget}] #{record.index} {fitness} (best {best[0]:.4f}, {record.seconds:.1f}s, "
+            f"{record.worker}) {params_text(record.params)}"
+        )
 
     return None if args.quiet else show
 
@@ -66,9 +102,13 @@ def _result(result) -> dict:
     def record(r) -> dict:
         return {**asdict(r), "fitness": _finite(r.fitness)}
 
-    return {"out": str(result.out), "winner": str(result.out / "winner"), "report_stored": result.report_stored,
-            "leaderboard": [record(r) for r in result.leaderboard],
-            "report": [{**asdict(r), "fitness": _finite(r.fitness), "heldout": _finite(r.heldout)} for r in result.report]}
+    return {
+        "out": str(result.out),
+        "winner": str(result.out / "winner"),
+        "report_stored": result.report_stored,
+        "leaderboard": [record(r) for r in result.leaderboard],
+        "report": [{**asdict(r), "fitness": _finite(r.fitness), "heldout": _finite(r.heldout)} for r in result.report],
+    }
 
 
 def run(args) -> int:
@@ -78,16 +118,31 @@ def run(args) -> int:
     from mergesmith.search.report import leaderboard_table
 
     if args.report and not args.resume:
-        raise ConfigError("--report redoes the held-out report of a search being resumed; add --resume "
-                          "(a new search always scores its report)")
+        raise ConfigError(
+            "--report redoes the held-out report of a search being resumed; add --resume "
+            "(a new search always scores its report)"
+        )
     release_freed_tensors()
     result = search(
-        args.space, args.out, budget=args.budget, seed=args.seed, workers=args.workers,
-        use_ray=args.ray is not None, ray_address=args.ray or None, threads=args.threads, resume=args.resume, force=args.force,
-        allow_pickle=args.allow_pickle, on_result=_on_result(args), redo_report=args.report, on_status=args.log.status,
+        args.space,
+        args.out,
+        budget=args.budget,
+        seed=args.seed,
+        workers=args.workers,
+        use_ray=args.ray is not None,
+        ray_address=args.ray or None,
+        threads=args.threads,
+        resume=args.resume,
+        force=args.force,
+        allow_pickle=args.allow_pickle,
+        on_result=_on_result(args),
+        redo_report=args.report,
+        on_status=args.log.status,
     )
-    lines = [leaderboard_table(result.records, result.report),
-             f"winner: #{result.leaderboard[0].index}, written to {result.out / 'winner'}; plot: {result.out / 'fitness.png'}"]
+    lines = [
+        leaderboard_table(result.records, result.report),
+        f"winner: #{result.leaderboard[0].index}, written to {result.out / 'winner'}; plot: {result.out / 'fitness.png'}",
+    ]
     if result.report_stored:
         lines.append("# held-out scores and winner as stored by the finished search; --report scores them again")
     args.log.result("\n".join(lines), **_result(result))

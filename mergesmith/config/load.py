@@ -24,7 +24,9 @@ DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # Which schema type sits at a location, to suggest the nearest key of the right type.
 _CHILD_TYPES: dict[str, type[BaseModel]] = {
-    "slices": OutputSlice, "sources": SourceSlice, "models": ModelEntry,
+    "slices": OutputSlice,
+    "sources": SourceSlice,
+    "models": ModelEntry,
     "tokenizer": TokenizerSection,
 }
 
@@ -35,18 +37,21 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)   # `<<:` merge keys may be overridden; written keys may not
+            self.flatten_mapping(node)  # `<<:` merge keys may be overridden; written keys may not
             seen: dict = {}
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=True)
                 try:
                     first = seen.setdefault(key, key_node)
                 except TypeError:
-                    continue   # an unhashable key: the base class reports it
+                    continue  # an unhashable key: the base class reports it
                 if first is not key_node:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key '{key}' appears twice in one mapping (first on line "
-                        f"{first.start_mark.line + 1}); keep one", key_node.start_mark,
+                        None,
+                        None,
+                        f"key '{key}' appears twice in one mapping (first on line "
+                        f"{first.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
                     )
         return super().construct_mapping(node, deep=deep)
 
@@ -124,7 +129,8 @@ def _warn_legacy(recipe: Recipe, source: str) -> None:
         if out_slice.residual_weight is not None:
             warnings.warn(
                 f"{source}: slices[{i}].residual_weight is a legacy key that neither mergekit "
-                "nor mergesmith applies; remove it", stacklevel=3,
+                "nor mergesmith applies; remove it",
+                stacklevel=3,
             )
 
 

@@ -90,7 +90,9 @@ def _embedding_kind(value) -> str:
 
 
 EmbeddingSource = Annotated[
-    Annotated[ZeroEmbedding, Tag("zero")] | Annotated[ModelTokenEmbedding, Tag("model_token")] | Annotated[ModelRef, Tag("model")],
+    Annotated[ZeroEmbedding, Tag("zero")]
+    | Annotated[ModelTokenEmbedding, Tag("model_token")]
+    | Annotated[ModelRef, Tag("model")],
     Discriminator(_embedding_kind),
 ]
 
@@ -104,7 +106,7 @@ class TokenOverride(Frozen):
 
 
 class TokenizerSection(Frozen):
-    source: ModelRef = "union"   # mergekit's default when the section is given
+    source: ModelRef = "union"  # mergekit's default when the section is given
     tokens: dict[str, TokenOverride] | None = None
     pad_to_multiple_of: int | None = Field(None, ge=1)
 

@@ -33,7 +33,9 @@ def _inputs(texts, tasks, lm_eval) -> tuple[list[data.Text], list[data.Task]]:
     if texts is None and tasks is None and not lm_eval:  # nothing asked for: the bundled held-out texts and tasks
         texts, tasks = data.bundled_texts(), data.bundled_tasks()
         if not texts and not tasks:
-            raise InputFormatError(f"no bundled evaluation data in {data.DATA_DIR}; pass text files (--text) or task files (--tasks)")
+            raise InputFormatError(
+                f"no bundled evaluation data in {data.DATA_DIR}; pass text files (--text) or task files (--tasks)"
+            )
     if not texts and not tasks and not lm_eval:
         raise ConfigError("nothing to evaluate: both texts and tasks are empty; pass text files or tasks")
     return [data.read_text(t) for t in texts or ()], [data.read_task(t) for t in tasks or ()]
@@ -46,7 +48,9 @@ def _window(context: int | None, stride: int | None, names: Sequence[str]) -> tu
         context = min([DEFAULT_CONTEXT] + [p for _, p in limits])
     for name, positions in limits:
         if context > positions:
-            raise ConfigError(f"context {context} is longer than model '{name}' handles (max_position_embeddings {positions}); pass --context {positions} or less")
+            raise ConfigError(
+                f"context {context} is longer than model '{name}' handles (max_position_embeddings {positions}); pass --context {positions} or less"
+            )
     stride = max(1, context // 2) if stride is None else stride
     perplexity.windows(2, context, stride)  # checks the pair
     return context, stride
@@ -67,7 +71,9 @@ def _bar(progress: bool, total: int, desc: str):
 def _text(loaded: LoadedModel, ref: LoadedModel | None, text: data.Text, opts: dict, progress: bool) -> TextScore:
     ids = perplexity.token_ids(loaded, text.text)
     if ref is not None and not perplexity.token_ids(ref, text.text).equal(ids):
-        raise ArchitectureError(f"models '{loaded.name}' and '{ref.name}' tokenize {text.path} differently; KL divergence needs identical token ids: drop --ref")
+        raise ArchitectureError(
+            f"models '{loaded.name}' and '{ref.name}' tokenize {text.path} differently; KL divergence needs identical token ids: drop --ref"
+        )
     total = len(perplexity.windows(len(ids), opts["context"], opts["stride"])[: opts["limit"]])
     with _bar(progress, total, f"{Path(loaded.name).name}: {text.name}") as bar:
         sums = perplexity.score_ids(loaded, ids, ref=ref, on_window=bar.update, **opts)
@@ -81,10 +87,20 @@ def _task(loaded: LoadedModel, task: data.Task, opts: dict, fewshot: int, progre
 
 
 def evaluate(
-    models: Sequence, *, ref=None, texts: Sequence | None = None, tasks: Sequence | None = None,
-    context: int | None = None, stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-    fewshot: int = 0, dtype: str = "float32", device: str = "cpu", limit: int | None = None,
-    progress: bool = False, lm_eval: Sequence[str] | None = None,
+    models: Sequence,
+    *,
+    ref=None,
+    texts: Sequence | None = None,
+    tasks: Sequence | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fewshot: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    limit: int | None = None,
+    progress: bool = False,
+    lm_eval: Sequence[str] | None = None,
 ) -> EvalResult:
     """Score ``models`` (Hugging Face directories); with no ``texts``, ``tasks`` or ``lm_eval``, the bundled sets.
 
@@ -123,7 +139,11 @@ def evaluate(
             check_same_tokenizer(loaded, kl_ref)
         text_scores = tuple(_text(loaded, kl_ref, t, text_opts, progress) for t in text_list)
         task_scores = tuple(_task(loaded, t, task_opts, fewshot, progress) for t in task_list)
-        lm_scores = () if lm_tasks is None else lmeval.score_model(loaded, lm_tasks, fewshot=fewshot, **task_opts, progress=progress)
+        lm_scores = (
+            ()
+            if lm_tasks is None
+            else lmeval.score_model(loaded, lm_tasks, fewshot=fewshot, **task_opts, progress=progress)
+        )
         scores.append(ModelScore(name, text_scores, task_scores, time.perf_counter() - start, is_ref, lm_scores))
         del loaded  # one candidate in memory at a time (beside the reference)
     return EvalResult(tuple(scores), ref, context, stride, dtype, date.today().isoformat(), limit)

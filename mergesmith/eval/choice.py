@@ -25,7 +25,7 @@ class _Sequence:
     item: int
     choice: int
     ids: tuple[int, ...]
-    n_choice: int   # the last n_choice ids are the choice
+    n_choice: int  # the last n_choice ids are the choice
 
 
 def _sequences(loaded: LoadedModel, task: Task, fewshot: int, context: int, limit: int | None) -> list[_Sequence]:
@@ -35,7 +35,7 @@ def _sequences(loaded: LoadedModel, task: Task, fewshot: int, context: int, limi
         ctx = tok(prompt(task, i, fewshot), add_special_tokens=True)["input_ids"]
         for j, choice in enumerate(item.choices):
             cont = tok(continuation(choice), add_special_tokens=False)["input_ids"]
-            ids = (list(ctx) + list(cont))[-context:]   # keep the end: the choice must stay whole
+            ids = (list(ctx) + list(cont))[-context:]  # keep the end: the choice must stay whole
             out.append(_Sequence(i, j, tuple(ids), min(len(cont), len(ids) - 1)))
     return out
 
@@ -59,7 +59,9 @@ def _loglikelihoods(loaded: LoadedModel, group: list[_Sequence], pad_id: int) ->
     for row, s in enumerate(group):
         ids[row, : len(s.ids)] = torch.tensor(s.ids)
         mask[row, : len(s.ids)] = 1
-    logits = loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=False).logits
+    logits = loaded.model(
+        input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=False
+    ).logits
     out = []
     for row, s in enumerate(group):
         end = len(s.ids)
@@ -69,8 +71,16 @@ def _loglikelihoods(loaded: LoadedModel, group: list[_Sequence], pad_id: int) ->
     return out
 
 
-def score_task(loaded: LoadedModel, task: Task, *, fewshot: int, context: int, batch_size: int,
-               limit: int | None = None, on_step: Callable[[int], None] | None = None) -> TaskScore:
+def score_task(
+    loaded: LoadedModel,
+    task: Task,
+    *,
+    fewshot: int,
+    context: int,
+    batch_size: int,
+    limit: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TaskScore:
     seqs = _sequences(loaded, task, fewshot, context, limit)
     tok = loaded.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -91,7 +101,12 @@ def score_task(loaded: LoadedModel, task: Task, *, fewshot: int, context: int, b
     n = len(items)
     acc = hits / n
     return TaskScore(
-        task=task.name, path=task.path, items=n, fewshot=fewshot, acc=acc,
-        acc_stderr=math.sqrt(acc * (1 - acc) / n), acc_norm=hits_norm / n,
+        task=task.name,
+        path=task.path,
+        items=n,
+        fewshot=fewshot,
+        acc=acc,
+        acc_stderr=math.sqrt(acc * (1 - acc) / n),
+        acc_norm=hits_norm / n,
         chance=sum(1 / len(item.choices) for item in items) / n,
     )

@@ -25,7 +25,7 @@ HELDOUT_SUFFIX = "_heldout.txt"
 
 @dataclass(frozen=True)
 class Text:
-    name: str          # file stem, e.g. "austen_heldout"
+    name: str  # file stem, e.g. "austen_heldout"
     path: str
     text: str
 
@@ -62,7 +62,9 @@ def _read_utf8(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise InputFormatError(f"{what} {path} is not UTF-8 ({exc.reason} at byte {exc.start}); re-encode it as UTF-8") from None
+        raise InputFormatError(
+            f"{what} {path} is not UTF-8 ({exc.reason} at byte {exc.start}); re-encode it as UTF-8"
+        ) from None
     except OSError as exc:
         raise InputFormatError(f"{what} {path} cannot be read ({exc.strerror}); check its permissions") from None
 
@@ -76,8 +78,9 @@ def read_text(path, data_dir: Path = DATA_DIR) -> Text:
         path = data_dir / "text" / f"{path}.txt"
     if not path.is_file():
         names = ", ".join(bundled_text_names(data_dir)) or "none found"
-        raise InputFormatError(f"text file {path} not found; pass an existing UTF-8 text file to --text, "
-                               f"or a bundled text name ({names})")
+        raise InputFormatError(
+            f"text file {path} not found; pass an existing UTF-8 text file to --text, or a bundled text name ({names})"
+        )
     text = _read_utf8(path, "text file")
     if not text.strip():
         raise InputFormatError(f"text file {path} is empty; give a file with text to score")
@@ -93,7 +96,9 @@ def resolve_task(name_or_path, data_dir: Path = DATA_DIR) -> Path:
     if bundled.is_file():
         return bundled
     names = ", ".join(p.stem for p in bundled_tasks(data_dir)) or "none found"
-    raise InputFormatError(f"task '{name_or_path}' is neither a file nor a bundled task (bundled: {names}); pass a JSONL file or one of those names")
+    raise InputFormatError(
+        f"task '{name_or_path}' is neither a file nor a bundled task (bundled: {names}); pass a JSONL file or one of those names"
+    )
 
 
 def _parse_item(line: str, where: str) -> Item:
@@ -105,11 +110,19 @@ def _parse_item(line: str, where: str) -> Item:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise InputFormatError(f"{where}: has {keys}; each line needs exactly the keys answer, choices, question")
     question, choices, answer = obj["question"], obj["choices"], obj["answer"]
-    if not isinstance(question, str) or not isinstance(choices, list) or len(choices) < 2 \
-            or not all(isinstance(c, str) and c for c in choices):
-        raise InputFormatError(f"{where}: 'question' must be a string and 'choices' a list of at least 2 non-empty strings")
+    if (
+        not isinstance(question, str)
+        or not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
+        raise InputFormatError(
+            f"{where}: 'question' must be a string and 'choices' a list of at least 2 non-empty strings"
+        )
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-        raise InputFormatError(f"{where}: 'answer' is {answer!r}; it must be an index into choices (0..{len(choices) - 1})")
+        raise InputFormatError(
+            f"{where}: 'answer' is {answer!r}; it must be an index into choices (0..{len(choices) - 1})"
+        )
     return Item(question, tuple(choices), answer)
 
 
@@ -143,4 +156,3 @@ def fewshot_prefix(task: Task, index: int, fewshot: int, seed: int = 0) -> str:
 def prompt(task: Task, index: int, fewshot: int = 0, seed: int = 0) -> str:
     """The context that every choice of item ``index`` is scored after."""
     return fewshot_prefix(task, index, fewshot, seed) + format_question(task.items[index].question)
-

@@ -23,7 +23,7 @@ from mergesmith.errors import InputFormatError
 from mergesmith.eval.llama_cpp import captured_log, import_llama_cpp
 from mergesmith.eval.loaded import LoadedModel
 
-_MIN_CONTEXT = 512   # first llama.cpp context; grown (re-created) when a longer row arrives
+_MIN_CONTEXT = 512  # first llama.cpp context; grown (re-created) when a longer row arrives
 
 
 def _unreadable(ref: str, why) -> InputFormatError:
@@ -41,7 +41,9 @@ def check_gguf_file(ref: str) -> Path:
     """
     path = Path(ref).expanduser()
     if not path.is_file():
-        raise InputFormatError(f"model '{ref}' not found: no such GGUF file; give a .gguf file or a Hugging Face model directory")
+        raise InputFormatError(
+            f"model '{ref}' not found: no such GGUF file; give a .gguf file or a Hugging Face model directory"
+        )
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
@@ -91,16 +93,23 @@ class _Runtime:
         if self.llm is None or self.llm.n_ctx() < n_tokens:
             n_ctx = max(_MIN_CONTEXT, -(-n_tokens // 256) * 256)
             self.llm = None  # free the old context first
-            log: list[str] = []   # llama.cpp's load log: kept for the error, not printed
+            log: list[str] = []  # llama.cpp's load log: kept for the error, not printed
             try:
                 with captured_log(self.llama_cpp, log.append):
                     self.llm = self.llama_cpp.Llama(
-                        model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
-                        n_threads=self.threads, n_threads_batch=self.threads, verbose=False,
+                        model_path=str(self.path),
+                        n_ctx=n_ctx,
+                        n_batch=n_ctx,
+                        logits_all=True,
+                        n_threads=self.threads,
+                        n_threads_batch=self.threads,
+                        verbose=False,
                     )
             except ValueError as exc:
                 why = next((line.strip() for line in log if "error" in line), str(exc))
-                raise InputFormatError(f"llama.cpp cannot load {self.path} ({why}); export it again with `mergesmith export-gguf`") from exc
+                raise InputFormatError(
+                    f"llama.cpp cannot load {self.path} ({why}); export it again with `mergesmith export-gguf`"
+                ) from exc
         return self.llm
 
     def logits(self, ids: list) -> torch.Tensor:
@@ -131,9 +140,9 @@ class GGUFCausalLM:
             self._cache.move_to_end(key)
             return self._cache[key]
         logits = self.runtime.logits(ids)
-        if len(ids) < width:   # right padding: zero logits that no metric reads
+        if len(ids) < width:  # right padding: zero logits that no metric reads
             logits = torch.cat([logits, logits.new_zeros((width - len(ids), logits.shape[1]))])
-        tail = logits[-keep:].clone()   # a copy, so that the full [T, V] buffer is freed
+        tail = logits[-keep:].clone()  # a copy, so that the full [T, V] buffer is freed
         size = tail.numel() * tail.element_size()
         while self._cache and self._cached_bytes + size > self.CACHE_BYTES:
             _, old = self._cache.popitem(last=False)
@@ -143,8 +152,13 @@ class GGUFCausalLM:
             self._cached_bytes += size
         return tail
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 use_cache: bool = False, logits_to_keep: int = 0) -> SimpleNamespace:
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ) -> SimpleNamespace:
         width = input_ids.shape[1]
         keep = logits_to_keep or width
         rows = []
@@ -176,7 +190,7 @@ class GGUFTokenizer:
         return self.runtime.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
 
     def get_vocab(self) -> dict:
-        model = self.runtime.llm._model   # llama-cpp-python's model wrapper: token texts by id
+        model = self.runtime.llm._model  # llama-cpp-python's model wrapper: token texts by id
         return {model.token_get_text(i): i for i in range(self.runtime.llm.n_vocab())}
 
 

@@ -33,7 +33,9 @@ def llama_cpp_version() -> str:
     try:
         return version("llama-cpp-python")
     except PackageNotFoundError as exc:
-        raise MergesmithError(f"GGUF export needs llama-cpp-python, which is not installed; install it: {INSTALL}") from exc
+        raise MergesmithError(
+            f"GGUF export needs llama-cpp-python, which is not installed; install it: {INSTALL}"
+        ) from exc
 
 
 @contextmanager
@@ -53,7 +55,7 @@ def captured_log(llama_cpp: ModuleType, on_line: Callable[[str], None]):
                 on_line(line)
             pending.clear()
 
-    callback = llama_cpp.llama_log_callback(sink)   # kept referenced until restored
+    callback = llama_cpp.llama_log_callback(sink)  # kept referenced until restored
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     try:
         yield

@@ -43,9 +43,10 @@ LOCAL_DATA_FIX = "give a task YAML with local data (dataset_path: json, dataset_
 @dataclass(frozen=True)
 class LmEvalTasks:
     """lm-eval tasks built (datasets read) once and run on every model; ``sources`` maps name → spec."""
-    loaded: Any                  # lm-eval's TaskManager.load() dict: tasks, groups, group_map
+
+    loaded: Any  # lm-eval's TaskManager.load() dict: tasks, groups, group_map
     sources: dict[str, str]
-    zero_shot: frozenset[str]    # tasks whose config pins num_fewshot: 0 (lm-eval never overrides those)
+    zero_shot: frozenset[str]  # tasks whose config pins num_fewshot: 0 (lm-eval never overrides those)
 
 
 def _require():
@@ -84,8 +85,10 @@ def check_models(names: Sequence[str]) -> None:
     """lm-eval's HFLM wraps transformers models: a GGUF file (scored through llama.cpp) cannot run it."""
     for name in names:
         if Path(name).suffix == ".gguf":
-            raise InputFormatError(f"model '{name}' is GGUF; --lm-eval runs on Hugging Face model directories: "
-                                   "pass the directory it was exported from, or drop --lm-eval")
+            raise InputFormatError(
+                f"model '{name}' is GGUF; --lm-eval runs on Hugging Face model directories: "
+                "pass the directory it was exported from, or drop --lm-eval"
+            )
 
 
 # --- specs → task configs ----------------------------------------------------------------------
@@ -104,8 +107,10 @@ def _localize(files, folder: Path, task: str, yaml_path: Path):
     path = Path(str(files)).expanduser()
     path = path if path.is_absolute() else folder / path
     if not re.search(r"[*?\[]", str(path)) and not path.is_file():  # globs are left to datasets
-        raise InputFormatError(f"lm-eval task '{task}' ({yaml_path}): data file {path} not found; "
-                               "fix data_files in the YAML (relative paths start at the YAML's folder)")
+        raise InputFormatError(
+            f"lm-eval task '{task}' ({yaml_path}): data file {path} not found; "
+            "fix data_files in the YAML (relative paths start at the YAML's folder)"
+        )
     return str(path)
 
 
@@ -123,8 +128,10 @@ def _task_config(yaml_path: Path, explicit: bool) -> dict | None:
         raise ConfigError(f"lm-eval task YAML {yaml_path} does not load: {exc}".replace("\n", " ")) from exc
     if not isinstance(cfg.get("task"), str) or "class" in cfg:
         if explicit:
-            raise ConfigError(f"{yaml_path} is not an lm-eval task YAML (it needs a 'task: NAME' key); "
-                              "for a group, pass its task YAMLs or the group's registry name")
+            raise ConfigError(
+                f"{yaml_path} is not an lm-eval task YAML (it needs a 'task: NAME' key); "
+                "for a group, pass its task YAMLs or the group's registry name"
+            )
         return None
     folder, task = yaml_path.parent, cfg["task"]
     kwargs = dict(cfg.get("dataset_kwargs") or {})
@@ -145,7 +152,9 @@ def _yaml_configs(spec: str) -> list[dict]:
         if not configs:
             raise InputFormatError(f"--lm-eval directory {path} holds no lm-eval task YAML (*.yaml with a 'task:' key)")
         return configs
-    raise InputFormatError(f"lm-eval task YAML {path} not found; give an existing task YAML, a directory of them, or a task name")
+    raise InputFormatError(
+        f"lm-eval task YAML {path} not found; give an existing task YAML, a directory of them, or a task name"
+    )
 
 
 def _check_names(manager, names: Sequence[str]) -> None:
@@ -154,8 +163,10 @@ def _check_names(manager, names: Sequence[str]) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, manager.all_tasks, n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ConfigError(f"lm-eval task '{name}' is neither in lm-eval's registry nor a YAML file; {hint}"
-                              "see `lm-eval ls tasks`, or pass a task YAML")
+            raise ConfigError(
+                f"lm-eval task '{name}' is neither in lm-eval's registry nor a YAML file; {hint}"
+                "see `lm-eval ls tasks`, or pass a task YAML"
+            )
 
 
 def _hub_dataset(exc: Exception, cfg: dict | None, manager, name: str) -> str:
@@ -178,13 +189,19 @@ def _load(manager, spec: str, item, cfg: dict | None) -> dict:
     try:
         return manager.load([item])
     except ConnectionError as exc:  # datasets: "Couldn't reach 'org/name' on the Hub (OfflineModeIsEnabled)"
-        raise InputFormatError(f"lm-eval task '{name}'{where} needs the Hub dataset '{_hub_dataset(exc, cfg, manager, name)}', "
-                               f"unreachable offline: {LOCAL_DATA_FIX}") from exc
+        raise InputFormatError(
+            f"lm-eval task '{name}'{where} needs the Hub dataset '{_hub_dataset(exc, cfg, manager, name)}', "
+            f"unreachable offline: {LOCAL_DATA_FIX}"
+        ) from exc
     except FileNotFoundError as exc:  # datasets: no such dataset, or a glob that matched nothing
-        raise InputFormatError(f"lm-eval task '{name}'{where}: dataset not found ({exc}); {LOCAL_DATA_FIX}".replace("\n", " ")) from exc
+        raise InputFormatError(
+            f"lm-eval task '{name}'{where}: dataset not found ({exc}); {LOCAL_DATA_FIX}".replace("\n", " ")
+        ) from exc
     except (KeyError, ValueError, TypeError, IndexError, TemplateError) as exc:  # the config does not fit its data
-        raise ConfigError(f"lm-eval task '{name}'{where} does not build: {type(exc).__name__}: {exc}; "
-                          "check its YAML against lm-eval's task guide".replace("\n", " ")) from exc
+        raise ConfigError(
+            f"lm-eval task '{name}'{where} does not build: {type(exc).__name__}: {exc}; "
+            "check its YAML against lm-eval's task guide".replace("\n", " ")
+        ) from exc
 
 
 def load_tasks(specs: Sequence[str], progress: bool = False) -> LmEvalTasks:
@@ -205,7 +222,9 @@ def load_tasks(specs: Sequence[str], progress: bool = False) -> LmEvalTasks:
             for kind in ("tasks", "groups"):
                 for name, obj in part[kind].items():
                     if name in sources:
-                        raise ConfigError(f"lm-eval task '{name}' comes from both {sources[name]} and {spec}; give it once")
+                        raise ConfigError(
+                            f"lm-eval task '{name}' comes from both {sources[name]} and {spec}; give it once"
+                        )
                     sources[name] = spec
                     loaded[kind][name] = obj
             loaded["group_map"].update(part.get("group_map", {}))
@@ -223,8 +242,17 @@ def _set_fewshot(tasks: LmEvalTasks, fewshot: int) -> None:
         task.set_fewshot_seed(seed=FEWSHOT_SEED)
 
 
-def run(loaded_model, tasks: LmEvalTasks, *, fewshot: int, batch_size: int, context: int,
-        limit: int | None = None, progress: bool = False, log_samples: bool = False) -> dict:
+def run(
+    loaded_model,
+    tasks: LmEvalTasks,
+    *,
+    fewshot: int,
+    batch_size: int,
+    context: int,
+    limit: int | None = None,
+    progress: bool = False,
+    log_samples: bool = False,
+) -> dict:
     """lm-eval's raw results dict for one model (``samples`` too with ``log_samples``)."""
     lm_eval = _require()
     from lm_eval.models.huggingface import HFLM
@@ -232,11 +260,17 @@ def run(loaded_model, tasks: LmEvalTasks, *, fewshot: int, batch_size: int, cont
     with _quiet(not progress):
         # The loaded model and tokenizer as they are (dtype and device already applied);
         # float32 log-softmax as in mergesmith's own scoring; context caps the input like --context.
-        lm = HFLM(pretrained=loaded_model.model, tokenizer=loaded_model.tokenizer, batch_size=batch_size,
-                  max_length=context, softmax_dtype="float32")
+        lm = HFLM(
+            pretrained=loaded_model.model,
+            tokenizer=loaded_model.tokenizer,
+            batch_size=batch_size,
+            max_length=context,
+            softmax_dtype="float32",
+        )
         _set_fewshot(tasks, fewshot)
-        return lm_eval.evaluator.evaluate(lm=lm, task_dict=tasks.loaded, limit=limit,
-                                          bootstrap_iters=BOOTSTRAP_ITERS, log_samples=log_samples)
+        return lm_eval.evaluator.evaluate(
+            lm=lm, task_dict=tasks.loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=log_samples
+        )
 
 
 def _number(value) -> float | None:
@@ -255,12 +289,18 @@ def scores(raw: dict, sources: dict[str, str]) -> tuple[LmEvalScore, ...]:
             if not comma or metric.endswith("_stderr") or (number := _number(value)) is None:
                 continue  # alias, name, sample_len; stderr rides with its metric
             stderr = _number(metrics.get(f"{metric}_stderr,{filt}"))
-            out.append(LmEvalScore(
-                task=task, source=sources.get(task, task), metric=metric, filter=filt, value=number,
-                stderr=stderr if stderr is not None and math.isfinite(stderr) else None,
-                items=None if samples is None else int(samples["effective"]),
-                fewshot=raw.get("n-shot", {}).get(task) if samples is not None else None,
-            ))
+            out.append(
+                LmEvalScore(
+                    task=task,
+                    source=sources.get(task, task),
+                    metric=metric,
+                    filter=filt,
+                    value=number,
+                    stderr=stderr if stderr is not None and math.isfinite(stderr) else None,
+                    items=None if samples is None else int(samples["effective"]),
+                    fewshot=raw.get("n-shot", {}).get(task) if samples is not None else None,
+                )
+            )
     return tuple(out)
 
 

@@ -11,8 +11,8 @@ import torch
 
 @dataclass(frozen=True)
 class LoadedModel:
-    name: str          # the reference as given, for tables and messages
-    model: Any         # a transformers causal LM in eval mode, or a llama.cpp model
+    name: str  # the reference as given, for tables and messages
+    model: Any  # a transformers causal LM in eval mode, or a llama.cpp model
     tokenizer: Any
     device: torch.device
     keeps_logits: bool  # forward() takes logits_to_keep (only the tail of the logits is computed)

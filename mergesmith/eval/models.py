@@ -50,7 +50,9 @@ def check_model_dir(ref: str) -> Path:
     if not path.is_dir():
         raise InputFormatError(f"model '{ref}' not found: no such directory; give a local Hugging Face model directory")
     if not (path / "config.json").is_file():
-        raise InputFormatError(f"model '{ref}': {path / 'config.json'} is missing; a model directory needs its config.json")
+        raise InputFormatError(
+            f"model '{ref}': {path / 'config.json'} is missing; a model directory needs its config.json"
+        )
     return path
 
 
@@ -63,8 +65,10 @@ def max_positions(ref: str) -> int | None:
     path = check_model_dir(ref) / "config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:   # UnicodeDecodeError included
-        raise InputFormatError(f"model '{ref}': {path} is not valid JSON ({exc}); repair it or re-save the model") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InputFormatError(
+            f"model '{ref}': {path} is not valid JSON ({exc}); repair it or re-save the model"
+        ) from None
     config = config.get("text_config", config) if isinstance(config, dict) else None
     if not isinstance(config, dict):
         raise InputFormatError(f"model '{ref}': {path} is not a JSON object; repair it or re-save the model")
@@ -92,13 +96,17 @@ def _check_loading(ref: str, info: dict) -> None:
     """What transformers only warns about: a tensor of the wrong shape, or one the checkpoint lacks
     (left randomly initialised, it would make every score meaningless)."""
     for name, in_file, in_model in sorted(info.get("mismatched_keys") or ()):
-        raise InputFormatError(f"model '{ref}': tensor {name} has shape {list(in_file)} in the checkpoint but "
-                               f"{list(in_model)} by its config.json; the two disagree: re-save the model")
+        raise InputFormatError(
+            f"model '{ref}': tensor {name} has shape {list(in_file)} in the checkpoint but "
+            f"{list(in_model)} by its config.json; the two disagree: re-save the model"
+        )
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise InputFormatError(f"model '{ref}': the checkpoint has no tensor {missing[0]}{more}, which its config.json "
-                               "needs; the model files are incomplete: re-save or re-download it")
+        raise InputFormatError(
+            f"model '{ref}': the checkpoint has no tensor {missing[0]}{more}, which its config.json "
+            "needs; the model files are incomplete: re-save or re-download it"
+        )
 
 
 def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: bool = False) -> LoadedModel:
@@ -110,15 +118,20 @@ def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: 
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
-        raise MergesmithError(f"evaluating '{ref}' needs transformers ({exc}); install it: pip install 'mergesmith[hf]'") from exc
+        raise MergesmithError(
+            f"evaluating '{ref}' needs transformers ({exc}); install it: pip install 'mergesmith[hf]'"
+        ) from exc
     try:
         with _quiet_transformers(progress):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model, info = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch_dtype(dtype), output_loading_info=True, ignore_mismatched_sizes=True)
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:   # SafetensorError: a truncated or corrupt file
+                path, dtype=torch_dtype(dtype), output_loading_info=True, ignore_mismatched_sizes=True
+            )
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
         why = str(exc).replace("\n", " ")
-        raise InputFormatError(f"model '{ref}' does not load with transformers: {why}; re-save or re-download it") from exc
+        raise InputFormatError(
+            f"model '{ref}' does not load with transformers: {why}; re-save or re-download it"
+        ) from exc
     _check_loading(ref, info)
     dev = check_device(device)
     model = model.to(dev).eval()
@@ -140,7 +153,9 @@ def doc_start_id(loaded: LoadedModel) -> int:
     tok = loaded.tokenizer
     token = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if token is None:
-        raise InputFormatError(f"model '{loaded.name}': the tokenizer has neither a BOS nor an EOS token; perplexity needs one to start a document")
+        raise InputFormatError(
+            f"model '{loaded.name}': the tokenizer has neither a BOS nor an EOS token; perplexity needs one to start a document"
+        )
     return int(token)
 
 

@@ -27,15 +27,17 @@ from mergesmith.eval.results import KLScore, TextScore
 
 @dataclass(frozen=True)
 class Window:
-    start: int   # the window is T[start:end]
+    start: int  # the window is T[start:end]
     end: int
-    first: int   # it scores targets T[first:end]
+    first: int  # it scores targets T[first:end]
 
 
 def windows(n: int, context: int, stride: int) -> tuple[Window, ...]:
     """Windows over ``n`` tokens (doc_start included): all of length min(context, n)."""
     if context < 2 or not 1 <= stride < context:
-        raise ConfigError(f"context {context}, stride {stride}: need context >= 2 and 1 <= stride < context (a window must keep one token of context)")
+        raise ConfigError(
+            f"context {context}, stride {stride}: need context >= 2 and 1 <= stride < context (a window must keep one token of context)"
+        )
     out, end = [], 1
     while end < n:
         new_end = min(n, context if not out else end + stride)
@@ -58,14 +60,16 @@ class _Sums:
         self.kl = []
 
 
-def _batch_step(sums: _Sums, model: LoadedModel, ref: LoadedModel | None, ids: torch.Tensor, batch: list[Window]) -> None:
+def _batch_step(
+    sums: _Sums, model: LoadedModel, ref: LoadedModel | None, ids: torch.Tensor, batch: list[Window]
+) -> None:
     keep = max(w.end - w.first for w in batch) + 1
     inputs = torch.stack([ids[w.start : w.end] for w in batch])
-    logp = tail_logprobs(model, inputs, keep)[:, :-1]        # predictions for the last keep-1 tokens
+    logp = tail_logprobs(model, inputs, keep)[:, :-1]  # predictions for the last keep-1 tokens
     ref_logp = None if ref is None else tail_logprobs(ref, inputs, keep)[:, :-1]
-    targets = inputs[:, -(keep - 1):].to(logp.device)
+    targets = inputs[:, -(keep - 1) :].to(logp.device)
     for row, w in enumerate(batch):
-        n = w.end - w.first                                     # this window scores its last n tokens
+        n = w.end - w.first  # this window scores its last n tokens
         tgt = targets[row, -n:].unsqueeze(-1)
         lp = logp[row, -n:]
         sums.nll -= lp.gather(-1, tgt).double().sum().item()
@@ -83,9 +87,17 @@ def token_ids(model: LoadedModel, text: str) -> torch.Tensor:
     return torch.tensor([doc_start_id(model)] + list(ids), dtype=torch.long)
 
 
-def score_ids(model: LoadedModel, ids: torch.Tensor, *, context: int, stride: int, batch_size: int,
-              ref: LoadedModel | None = None, limit: int | None = None,
-              on_window: Callable[[int], None] | None = None) -> _Sums:
+def score_ids(
+    model: LoadedModel,
+    ids: torch.Tensor,
+    *,
+    context: int,
+    stride: int,
+    batch_size: int,
+    ref: LoadedModel | None = None,
+    limit: int | None = None,
+    on_window: Callable[[int], None] | None = None,
+) -> _Sums:
     """Totals over the windows of ``ids`` (the first ``limit`` windows when given)."""
     plan = windows(len(ids), context, stride)[:limit]
     sums = _Sums()
@@ -105,8 +117,9 @@ def scored_bytes(model: LoadedModel, ids: torch.Tensor, tokens: int, text: str) 
     return len(model.tokenizer.decode(ids[1 : tokens + 1].tolist()).encode("utf-8"))
 
 
-def text_score(name: str, path: str, text: str, ids: torch.Tensor, sums: _Sums, model: LoadedModel,
-               ref_name: str | None) -> TextScore:
+def text_score(
+    name: str, path: str, text: str, ids: torch.Tensor, sums: _Sums, model: LoadedModel, ref_name: str | None
+) -> TextScore:
     nll = sums.nll / sums.tokens
     nbytes = scored_bytes(model, ids, sums.tokens, text)
     kl = None
@@ -114,10 +127,20 @@ def text_score(name: str, path: str, text: str, ids: torch.Tensor, sums: _Sums, 
         per_token = torch.cat(sums.kl)
         q = torch.quantile(per_token, torch.tensor([0.9, 0.99], dtype=torch.float64)).tolist()
         kl = KLScore(
-            ref=ref_name, mean=float(per_token.mean()), p90=q[0], p99=q[1], top1=sums.top1 / sums.tokens,
+            ref=ref_name,
+            mean=float(per_token.mean()),
+            p90=q[0],
+            p99=q[1],
+            top1=sums.top1 / sums.tokens,
             delta_ppl=math.exp(nll) - math.exp(sums.ref_nll / sums.tokens),
         )
     return TextScore(
-        text=name, path=path, tokens=sums.tokens, bytes=nbytes, nll=nll, ppl=math.exp(nll),
-        bits_per_byte=sums.nll / math.log(2) / nbytes, kl=kl,
+        text=name,
+        path=path,
+        tokens=sums.tokens,
+        bytes=nbytes,
+        nll=nll,
+        ppl=math.exp(nll),
+        bits_per_byte=sums.nll / math.log(2) / nbytes,
+        kl=kl,
     )

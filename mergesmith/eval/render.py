@@ -19,15 +19,15 @@ from pathlib import Path
 from mergesmith.eval.results import EvalResult, ModelScore
 
 WIDTH = 100
-LABEL = 24   # at most this many characters of a model's name label its rows
+LABEL = 24  # at most this many characters of a model's name label its rows
 GAP = "  "
 
-Column = tuple[str, Sequence[str]]   # header, one cell per row
+Column = tuple[str, Sequence[str]]  # header, one cell per row
 
 
 def _ellipsis(text: str, width: int) -> str:
     """``text`` in ``width`` characters, keeping its end (a path's distinguishing part)."""
-    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
 
 
 def _label(rank: int, score: ModelScore) -> str:
@@ -52,8 +52,12 @@ def _table(head: str, labels: Sequence[str], columns: Sequence[Column], width: i
     lines: list[str] = []
     for chunk in chunks:
         widths = [max(len(h), *map(len, cells)) for h, cells in chunk]
-        rows = [[head] + [h for h, _ in chunk]] + [[label] + [cells[i] for _, cells in chunk] for i, label in enumerate(labels)]
-        lines += [GAP.join([row[0].ljust(left)] + [c.rjust(w) for c, w in zip(row[1:], widths)]).rstrip() for row in rows]
+        rows = [[head] + [h for h, _ in chunk]] + [
+            [label] + [cells[i] for _, cells in chunk] for i, label in enumerate(labels)
+        ]
+        lines += [
+            GAP.join([row[0].ljust(left)] + [c.rjust(w) for c, w in zip(row[1:], widths)]).rstrip() for row in rows
+        ]
         lines.append("")
     return lines[:-1]
 
@@ -62,11 +66,16 @@ def _ranking(ranked: Sequence[ModelScore], result: EvalResult, types: Mapping[st
     by_text = bool(result.models[0].texts)
     # rank_key: mean bits per byte, or minus the mean accuracy (+ 0.0: no "-0.0000")
     key = [f"{(s.rank_key()[0] if by_text else -s.rank_key()[0]) + 0.0:.4f}" for s in ranked]
-    columns = [("type", [types.get(s.model) or _type(s.model, result.dtype) for s in ranked]),
-               ("mean bpb" if by_text else "mean acc", key), ("seconds", [f"{s.seconds:.1f}" for s in ranked])]
+    columns = [
+        ("type", [types.get(s.model) or _type(s.model, result.dtype) for s in ranked]),
+        ("mean bpb" if by_text else "mean acc", key),
+        ("seconds", [f"{s.seconds:.1f}" for s in ranked]),
+    ]
     others = sum(len(GAP) + max(len(h), *map(len, c)) for h, c in columns)
-    names = [f"#{i} " + _ellipsis(s.model, width - others - 4 - len(str(i)) - 6 * s.is_ref) + " (ref)" * s.is_ref
-             for i, s in enumerate(ranked, 1)]
+    names = [
+        f"#{i} " + _ellipsis(s.model, width - others - 4 - len(str(i)) - 6 * s.is_ref) + " (ref)" * s.is_ref
+        for i, s in enumerate(ranked, 1)
+    ]
     return _table("model", names, columns, width)
 
 
@@ -79,12 +88,21 @@ def _text_blocks(ranked: Sequence[ModelScore], labels: list[str], has_ref: bool,
     lines: list[str] = []
     for i, text in enumerate(ranked[0].texts):
         rows = [s.texts[i] for s in ranked]
-        columns: list[Column] = [("ppl", [f"{t.ppl:.3f}" for t in rows]), ("bpb", [f"{t.bits_per_byte:.4f}" for t in rows])]
+        columns: list[Column] = [
+            ("ppl", [f"{t.ppl:.3f}" for t in rows]),
+            ("bpb", [f"{t.bits_per_byte:.4f}" for t in rows]),
+        ]
         if has_ref:
             kl = [t.kl for t in rows]
-            columns += [(head, ["-" if k is None else cell(k) for k in kl]) for head, cell in (
-                ("KL mean", lambda k: f"{k.mean:.3g}"), ("KL p99", lambda k: f"{k.p99:.3g}"),
-                ("top-1", lambda k: f"{k.top1:.4f}"), ("Δppl", lambda k: f"{k.delta_ppl:+.3f}"))]
+            columns += [
+                (head, ["-" if k is None else cell(k) for k in kl])
+                for head, cell in (
+                    ("KL mean", lambda k: f"{k.mean:.3g}"),
+                    ("KL p99", lambda k: f"{k.p99:.3g}"),
+                    ("top-1", lambda k: f"{k.top1:.4f}"),
+                    ("Δppl", lambda k: f"{k.delta_ppl:+.3f}"),
+                )
+            ]
         title = f"text {text.text}: perplexity, bits per byte" + (", KL(ref ‖ model) per token" if has_ref else "")
         lines += ["", _ellipsis(title, width)] + _table("model", labels, columns, width)
     return lines
@@ -93,16 +111,20 @@ def _text_blocks(ranked: Sequence[ModelScore], labels: list[str], has_ref: bool,
 def _task_block(ranked: Sequence[ModelScore], labels: list[str], width: int) -> list[str]:
     if not ranked[0].tasks:
         return []
-    columns = [(task.task, [f"{s.tasks[i].acc:.3f} ({s.tasks[i].acc_norm:.3f})" for s in ranked])
-               for i, task in enumerate(ranked[0].tasks)]
+    columns = [
+        (task.task, [f"{s.tasks[i].acc:.3f} ({s.tasks[i].acc_norm:.3f})" for s in ranked])
+        for i, task in enumerate(ranked[0].tasks)
+    ]
     return ["", "multiple choice: accuracy (length-normalized accuracy)"] + _table("model", labels, columns, width)
 
 
 def _lm_eval_block(ranked: Sequence[ModelScore], labels: list[str], width: int) -> list[str]:
     if not ranked[0].lm_eval:
         return []
-    columns = [(m.name.removeprefix("lm-eval:"), [f"{s.lm_eval[i].value:.3f}" for s in ranked])
-               for i, m in enumerate(ranked[0].lm_eval)]
+    columns = [
+        (m.name.removeprefix("lm-eval:"), [f"{s.lm_eval[i].value:.3f}" for s in ranked])
+        for i, m in enumerate(ranked[0].lm_eval)
+    ]
     return ["", "lm-eval"] + _table("model", labels, columns, width)
 
 
@@ -117,9 +139,11 @@ def render_table(result: EvalResult, *, types: Mapping[str, str] | None = None, 
     lines += _text_blocks(ranked, labels, result.ref is not None, width)
     lines += _task_block(ranked, labels, width) + _lm_eval_block(ranked, labels, width)
     key = "mean bits per byte over texts" if result.models[0].texts else "mean accuracy over tasks"
-    footer = (f"# ranked by {key}; context {result.context}, stride {result.stride}"
-              + (f", first {result.limit} windows per text / items per task" if result.limit else "")
-              + f"; {result.date}; every number: --json")
+    footer = (
+        f"# ranked by {key}; context {result.context}, stride {result.stride}"
+        + (f", first {result.limit} windows per text / items per task" if result.limit else "")
+        + f"; {result.date}; every number: --json"
+    )
     return "\n".join(lines + [""] + textwrap.wrap(footer, width, subsequent_indent="# "))
 
 
@@ -138,22 +162,33 @@ def gguf_file_type(path) -> str:
     """
     try:
         import gguf
-    except ImportError:   # the eval of a .gguf needs the llama extra, which brings gguf; be safe anyway
+    except ImportError:  # the eval of a .gguf needs the llama extra, which brings gguf; be safe anyway
         return "gguf"
     try:
         with open(path, "rb") as f:
             value = _metadata_value(f, gguf.Keys.General.FILE_TYPE, gguf)
         name = gguf.LlamaFileType(value).name
-    except (OSError, ValueError, struct.error):   # unreadable, damaged, or a type this gguf does not know
+    except (OSError, ValueError, struct.error):  # unreadable, damaged, or a type this gguf does not know
         return "gguf"
-    return name.split("_", 1)[1] if "_" in name else "gguf"   # MOSTLY_Q4_1 → Q4_1, ALL_F32 → F32
+    return name.split("_", 1)[1] if "_" in name else "gguf"  # MOSTLY_Q4_1 → Q4_1, ALL_F32 → F32
 
 
 def _scalar_formats(gguf) -> dict:
     """struct formats of GGUF's fixed-size value types (little-endian, as llama.cpp writes them)."""
     t = gguf.GGUFValueType
-    return {t.UINT8: "<B", t.INT8: "<b", t.UINT16: "<H", t.INT16: "<h", t.UINT32: "<I", t.INT32: "<i",
-            t.FLOAT32: "<f", t.BOOL: "<?", t.UINT64: "<Q", t.INT64: "<q", t.FLOAT64: "<d"}
+    return {
+        t.UINT8: "<B",
+        t.INT8: "<b",
+        t.UINT16: "<H",
+        t.INT16: "<h",
+        t.UINT32: "<I",
+        t.INT32: "<i",
+        t.FLOAT32: "<f",
+        t.BOOL: "<?",
+        t.UINT64: "<Q",
+        t.INT64: "<q",
+        t.FLOAT64: "<d",
+    }
 
 
 def _metadata_value(f, key: str, gguf):
@@ -186,7 +221,7 @@ def _metadata_value(f, key: str, gguf):
 
     if read("<I") != gguf.GGUF_MAGIC or read("<I") < 2:
         raise ValueError("not a GGUF file of version 2 or later")
-    read("<Q")   # tensor count
+    read("<Q")  # tensor count
     for _ in range(read("<Q")):
         name, kind = read_name(), read("<I")
         if name == key.encode() and kind in scalars:

@@ -19,20 +19,20 @@ FORMAT = "mergesmith-eval/1"
 @dataclass(frozen=True)
 class KLScore:
     ref: str
-    mean: float        # mean over tokens of KL(ref || model), nats
+    mean: float  # mean over tokens of KL(ref || model), nats
     p90: float
     p99: float
-    top1: float        # share of tokens where both models' most likely next token agree
-    delta_ppl: float   # ppl(model) - ppl(ref) on the same tokens
+    top1: float  # share of tokens where both models' most likely next token agree
+    delta_ppl: float  # ppl(model) - ppl(ref) on the same tokens
 
 
 @dataclass(frozen=True)
 class TextScore:
     text: str
     path: str
-    tokens: int        # scored tokens
-    bytes: int         # UTF-8 bytes they cover
-    nll: float         # mean negative log-likelihood, nats per token
+    tokens: int  # scored tokens
+    bytes: int  # UTF-8 bytes they cover
+    nll: float  # mean negative log-likelihood, nats per token
     ppl: float
     bits_per_byte: float
     kl: KLScore | None = None
@@ -46,21 +46,22 @@ class TaskScore:
     fewshot: int
     acc: float
     acc_stderr: float  # sqrt(acc (1 - acc) / items)
-    acc_norm: float    # choice log-likelihood divided by its UTF-8 bytes
-    chance: float      # mean of 1 / number of choices
+    acc_norm: float  # choice log-likelihood divided by its UTF-8 bytes
+    chance: float  # mean of 1 / number of choices
 
 
 @dataclass(frozen=True)
 class LmEvalScore:
     """One metric of one lm-eval task or group, as lm-eval reported it (``acc,none`` → metric acc)."""
+
     task: str
-    source: str                # the --lm-eval argument it came from: a registry name or a YAML path
-    metric: str                # acc, acc_norm, exact_match, ...
-    filter: str                # lm-eval's filter name; "none" for log-likelihood tasks
+    source: str  # the --lm-eval argument it came from: a registry name or a YAML path
+    metric: str  # acc, acc_norm, exact_match, ...
+    filter: str  # lm-eval's filter name; "none" for log-likelihood tasks
     value: float
-    stderr: float | None    # None where lm-eval gives none ("N/A")
-    items: int | None       # documents scored; None for a group
-    fewshot: int | None     # None for a group
+    stderr: float | None  # None where lm-eval gives none ("N/A")
+    items: int | None  # documents scored; None for a group
+    fewshot: int | None  # None for a group
 
     @property
     def name(self) -> str:
@@ -97,7 +98,7 @@ class EvalResult:
     context: int
     stride: int
     dtype: str
-    date: str          # ISO date of the run
+    date: str  # ISO date of the run
     limit: int | None = None
 
     def ranked(self) -> tuple[ModelScore, ...]:
@@ -118,7 +119,9 @@ class EvalResult:
         fields.pop("format", None)
         models = tuple(
             ModelScore(
-                model=m["model"], seconds=m["seconds"], is_ref=m.get("is_ref", False),
+                model=m["model"],
+                seconds=m["seconds"],
+                is_ref=m.get("is_ref", False),
                 texts=tuple(TextScore(**{**t, "kl": KLScore(**t["kl"]) if t.get("kl") else None}) for t in m["texts"]),
                 tasks=tuple(TaskScore(**t) for t in m["tasks"]),
                 lm_eval=tuple(LmEvalScore(**s) for s in m.get("lm_eval", ())),  # absent in older files
@@ -149,14 +152,19 @@ def load_results(path) -> EvalResult:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise InputFormatError(f"results file {path} is not valid JSON ({exc}); write it with `mergesmith eval --json`") from exc
+        raise InputFormatError(
+            f"results file {path} is not valid JSON ({exc}); write it with `mergesmith eval --json`"
+        ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputFormatError(f"results file {path} is not a mergesmith eval result (want \"format\": \"{FORMAT}\"); write it with `mergesmith eval --json`")
+        raise InputFormatError(
+            f'results file {path} is not a mergesmith eval result (want "format": "{FORMAT}"); write it with `mergesmith eval --json`'
+        )
     try:
         result = EvalResult.from_dict(data)
     except (KeyError, TypeError, AttributeError) as exc:
-        raise InputFormatError(f"results file {path} is malformed ({exc!r}); write it again with "
-                               "`mergesmith eval --json`") from None
+        raise InputFormatError(
+            f"results file {path} is malformed ({exc!r}); write it again with `mergesmith eval --json`"
+        ) from None
     _check_numbers(result, path)
     return result
 
@@ -168,11 +176,13 @@ def _check_numbers(obj, path: Path) -> None:
         for item in value if isinstance(value, tuple) else (value,):
             if is_dataclass(item):
                 _check_numbers(item, path)
-        numeric = f.type.split(" | ")[0] in ("float", "int")   # annotations are strings here (PEP 563)
+        numeric = f.type.split(" | ")[0] in ("float", "int")  # annotations are strings here (PEP 563)
         optional_none = value is None and "None" in f.type
         if numeric and not optional_none and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InputFormatError(f"results file {path}: {type(obj).__name__} field '{f.name}' is {value!r}, not a number; "
-                                   "write it again with `mergesmith eval --json`")
+            raise InputFormatError(
+                f"results file {path}: {type(obj).__name__} field '{f.name}' is {value!r}, not a number; "
+                "write it again with `mergesmith eval --json`"
+            )
 
 
 def metric_rows(score: ModelScore) -> list[tuple[str, str]]:
@@ -182,7 +192,9 @@ def metric_rows(score: ModelScore) -> list[tuple[str, str]]:
         rows.append((f"perplexity ({t.text})", f"{t.ppl:.4f}"))
         rows.append((f"bits per byte ({t.text})", f"{t.bits_per_byte:.4f}"))
         if t.kl is not None:
-            rows.append((f"KL vs {t.kl.ref} ({t.text}): mean / p90 / p99", f"{t.kl.mean:.4g} / {t.kl.p90:.4g} / {t.kl.p99:.4g}"))
+            rows.append(
+                (f"KL vs {t.kl.ref} ({t.text}): mean / p90 / p99", f"{t.kl.mean:.4g} / {t.kl.p90:.4g} / {t.kl.p99:.4g}")
+            )
             rows.append((f"top-1 agreement with {t.kl.ref} ({t.text})", f"{t.kl.top1:.4f}"))
             rows.append((f"Δ perplexity vs {t.kl.ref} ({t.text})", f"{t.kl.delta_ppl:+.4f}"))
     for t in score.tasks:

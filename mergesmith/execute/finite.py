@@ -43,8 +43,12 @@ def _culprit(job: TensorJob, models: Mapping[str, ModelInput]) -> str:
         values = model.reader.get(source.name)
         bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
         if bad:
-            return (f"model '{model.key}' ({model.path}): tensor {source.name} holds {bad} NaN or infinite "
-                    "values; the checkpoint is corrupt or diverged: re-download it or leave it out")
-    return (f"output tensor {job.output} ({job.method}) came out with NaN or infinite values from finite inputs "
-            f"(computed in {job.dtype}, written as {job.out_dtype}); check the parameters (weights that sum to "
-            "zero?) or choose a wider dtype / out_dtype")
+            return (
+                f"model '{model.key}' ({model.path}): tensor {source.name} holds {bad} NaN or infinite "
+                "values; the checkpoint is corrupt or diverged: re-download it or leave it out"
+            )
+    return (
+        f"output tensor {job.output} ({job.method}) came out with NaN or infinite values from finite inputs "
+        f"(computed in {job.dtype}, written as {job.out_dtype}); check the parameters (weights that sum to "
+        "zero?) or choose a wider dtype / out_dtype"
+    )

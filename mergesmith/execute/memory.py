@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import sys
 
-M_MMAP_THRESHOLD = -3   # glibc's malloc.h
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD = 16 << 20
 
 
@@ -26,5 +26,5 @@ def release_freed_tensors() -> bool:
     try:
         libc = ctypes.CDLL(name)
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):   # not glibc (musl has no mallopt)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False

@@ -19,7 +19,7 @@ from mergesmith.methods.params import Params
 from mergesmith.methods.spec import MethodSpec
 from mergesmith.methods.steps import Combine, Context, Pass, Step
 
-Emit = Callable[[int, torch.Tensor], None]   # (flat start, output range): copied before it returns
+Emit = Callable[[int, torch.Tensor], None]  # (flat start, output range): copied before it returns
 
 
 class Source(Protocol):
@@ -70,14 +70,16 @@ def _combine(step: Combine, source: Source, emit: Emit) -> None:
     for start, stop in step.ranges():
         out = step.apply(start, _inputs(step, source, start, stop))
         if step.whole and tuple(out.shape) != step.ctx.shape:
-            raise MergesmithError(f"internal: a {type(step).__name__} step made {tuple(out.shape)}, planned {step.ctx.shape}")
+            raise MergesmithError(
+                f"internal: a {type(step).__name__} step made {tuple(out.shape)}, planned {step.ctx.shape}"
+            )
         emit(start, out.reshape(-1))
 
 
 def run_method(spec: MethodSpec, ctx: Context, source: Source, emit: Emit) -> None:
     """The passes in order, each one's result in the context of the steps after it, then the combine."""
     if ctx.n == 0:
-        return     # nothing to write, nothing to compute
+        return  # nothing to write, nothing to compute
     *passes, combine = spec.steps(ctx.params)
     for make in passes:
         ctx = _with_statistic(make, ctx, source)
@@ -90,8 +92,13 @@ def _with_statistic(make: Callable[[Context], Pass], ctx: Context, source: Sourc
     return ctx.with_stat(step.name, statistic(step, source))
 
 
-def merge_tensors(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index: int | None, params: Params,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def merge_tensors(
+    spec: MethodSpec,
+    tensors: Sequence[torch.Tensor],
+    base_index: int | None,
+    params: Params,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The method on tensors in memory, its output as one tensor in the dtype the method makes
     (tests, tools): the same steps as a merge, over the same ranges."""
     shape = tuple(tensors[0].shape)
@@ -100,7 +107,7 @@ def merge_tensors(spec: MethodSpec, tensors: Sequence[torch.Tensor], base_index:
     def emit(start: int, chunk: torch.Tensor) -> None:
         if not parts:
             parts.append(torch.empty(shape, dtype=chunk.dtype, device=chunk.device))
-        parts[0].view(-1)[start:start + chunk.numel()] = chunk
+        parts[0].view(-1)[start : start + chunk.numel()] = chunk
 
     ctx = Context(params, base_index, shape, tensors[0].dtype, generator)
     run_method(spec, ctx, MemorySource(tensors), emit)

@@ -20,9 +20,10 @@ def _fill_rows(rows: RowMap, fill, out: torch.Tensor, inputs: Sequence[torch.Ten
         out[index] = torch.mean(out[: rows.token_rows], dim=0)
         return
     if not fill.donors:
-        return   # zeros: the rows are still as new_zeros made them
-    picked = [inputs[d].movedim(rows.axis, 0)[torch.tensor(r, dtype=torch.long)]
-              for d, r in zip(fill.donors, fill.donor_rows)]
+        return  # zeros: the rows are still as new_zeros made them
+    picked = [
+        inputs[d].movedim(rows.axis, 0)[torch.tensor(r, dtype=torch.long)] for d, r in zip(fill.donors, fill.donor_rows)
+    ]
     if len(picked) == 1:
         out[index] = picked[0]
         return
@@ -38,7 +39,7 @@ def gather(rows: RowMap, own: torch.Tensor, inputs: Sequence[torch.Tensor]) -> t
     source = own.movedim(rows.axis, 0)
     out = source.new_zeros((rows.size, *source.shape[1:]))
     for out_row, in_row, count in rows.copied:
-        out[out_row:out_row + count] = source[in_row:in_row + count]
+        out[out_row : out_row + count] = source[in_row : in_row + count]
     for fill in rows.fills:
         _fill_rows(rows, fill, out, inputs)
     return out.movedim(0, rows.axis)

@@ -66,8 +66,13 @@ def job_bytes(job: TensorJob, streamed: bool = False) -> int:
 
 
 def execute(
-    plan: Plan, models: Mapping[str, ModelInput], writer: ShardedWriter,
-    progress: Progress | None = None, workers: int = 2, budget: int = DEFAULT_BUDGET, device: str = "cpu",
+    plan: Plan,
+    models: Mapping[str, ModelInput],
+    writer: ShardedWriter,
+    progress: Progress | None = None,
+    workers: int = 2,
+    budget: int = DEFAULT_BUDGET,
+    device: str = "cpu",
 ) -> None:
     """Run every job; up to ``workers`` jobs and ``budget`` bytes are in flight at once.
 
@@ -79,8 +84,15 @@ def execute(
     """
     # torch keeps its own thread count: results of some torch reductions depend on it, and
     # mergekit runs with the default, so changing it would cost bit-exact agreement.
-    run = partial(_write_job, models=models, writer=writer, seed=plan.seed, progress=progress,
-                  buffers=ChunkBuffers(), device=device)
+    run = partial(
+        _write_job,
+        models=models,
+        writer=writer,
+        seed=plan.seed,
+        progress=progress,
+        buffers=ChunkBuffers(),
+        device=device,
+    )
     if workers <= 1:
         for job in plan.jobs:
             run(job, streamed=streams(job, models))
@@ -90,7 +102,7 @@ def execute(
 
 def _execute_parallel(plan, models, run, workers: int, budget: int) -> None:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergesmith") as pool:
-        in_flight: dict = {}   # future -> bytes
+        in_flight: dict = {}  # future -> bytes
         try:
             for job in plan.jobs:
                 streamed = streams(job, models)
@@ -110,8 +122,15 @@ def _execute_parallel(plan, models, run, workers: int, budget: int) -> None:
 
 
 def _write_job(
-    job: TensorJob, *, models, writer: ShardedWriter, seed: int, progress: Progress | None, streamed: bool,
-    buffers: ChunkBuffers, device: str,
+    job: TensorJob,
+    *,
+    models,
+    writer: ShardedWriter,
+    seed: int,
+    progress: Progress | None,
+    streamed: bool,
+    buffers: ChunkBuffers,
+    device: str,
 ) -> None:
     if streamed:
         source = FileSource(job, models, buffers, device)
@@ -121,7 +140,7 @@ def _write_job(
 
     def emit(start: int, chunk: torch.Tensor) -> None:
         chunk = chunk.to(out_dtype)
-        require_finite(job, models, chunk)     # every range, before it reaches the file
+        require_finite(job, models, chunk)  # every range, before it reaches the file
         writer.write_range(job.output, start, chunk)
 
     run_method(METHODS[job.method], context(job, seed), source, emit)

@@ -22,7 +22,7 @@ from mergesmith.plan.jobs import TensorJob
 # Smaller tensors are cheaper whole: their pages are mapped once, while a method with passes
 # reads its inputs once per sweep (slerp: three). Whole jobs of this size keep the resident set
 # at a few hundred MB with two workers, whatever the model's size.
-STREAM_MIN = 16 << 20   # elements
+STREAM_MIN = 16 << 20  # elements
 
 
 def numel(shape) -> int:
@@ -49,7 +49,8 @@ class ChunkBuffers:
 def streams(job: TensorJob, models: Mapping[str, ModelInput]) -> bool:
     """Read range by range from the files: large tensors of ranged methods whose inputs' readers can."""
     return (
-        numel(job.shape) >= STREAM_MIN and all(s.rows is None for s in job.sources)
+        numel(job.shape) >= STREAM_MIN
+        and all(s.rows is None for s in job.sources)
         and is_ranged(METHODS[job.method], job.params)
         and all(hasattr(models[s.model].reader, "read_range") for s in job.sources)
         and all(numel(models[s.model].tensors[s.name].shape) == numel(job.shape) for s in job.sources)

@@ -23,13 +23,16 @@ from mergesmith.gguf.converter import ensure_converter
 from mergesmith.gguf.pretok import pre_tokenizer_for_dir
 
 RUNNER = Path(__file__).with_name("_run_converter.py")
-MARKER = "mergesmith-pre-tokenizer:"   # the runner's announcement (kept in step with _run_converter.MARKER)
+MARKER = "mergesmith-pre-tokenizer:"  # the runner's announcement (kept in step with _run_converter.MARKER)
 
 # config.json "architectures" → the family name users know. Each one is converted by llama.cpp
 # and tested end to end here (tests/gguf); others may convert but are refused rather than untested.
 SUPPORTED = {
-    "LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-    "PhiForCausalLM": "phi-2", "Gemma3ForCausalLM": "gemma3",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "PhiForCausalLM": "phi-2",
+    "Gemma3ForCausalLM": "gemma3",
 }
 _TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:(\S+?),?\s+torch\.\w+ --> \w+, shape")
 _ERROR_LINE = re.compile(r"^(\w+(Error|Exception)|ERROR:)")
@@ -38,9 +41,13 @@ _ERROR_LINE = re.compile(r"^(\w+(Error|Exception)|ERROR:)")
 def model_config(model_dir: Path) -> dict:
     path = Path(model_dir) / "config.json"
     if not Path(model_dir).is_dir():
-        raise InputFormatError(f"model directory {model_dir} not found; give a Hugging Face model directory (a merge output)")
+        raise InputFormatError(
+            f"model directory {model_dir} not found; give a Hugging Face model directory (a merge output)"
+        )
     if not path.is_file():
-        raise InputFormatError(f"{path} is missing; GGUF export reads Hugging Face model directories with a config.json")
+        raise InputFormatError(
+            f"{path} is missing; GGUF export reads Hugging Face model directories with a config.json"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -88,14 +95,18 @@ def check_architecture(model_dir: Path) -> str:
             return family
     names = ", ".join(f"{family} ({arch})" for arch, family in SUPPORTED.items())
     found = ", ".join(map(str, archs)) or "no 'architectures' entry"
-    raise ArchitectureError(f"{Path(model_dir) / 'config.json'}: {found} cannot be exported to GGUF; supported architectures: {names}")
+    raise ArchitectureError(
+        f"{Path(model_dir) / 'config.json'}: {found} cannot be exported to GGUF; supported architectures: {names}"
+    )
 
 
 def check_weights(model_dir: Path) -> None:
     """The converter writes a GGUF without a single tensor from a directory without weights."""
     if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("*.bin")):
-        raise InputFormatError(f"model directory {model_dir} has no .safetensors (or .bin) weights; "
-                               "give a complete Hugging Face model directory (a merge output)")
+        raise InputFormatError(
+            f"model directory {model_dir} has no .safetensors (or .bin) weights; "
+            "give a complete Hugging Face model directory (a merge output)"
+        )
 
 
 def count_tensors(model_dir: Path) -> int | None:
@@ -122,15 +133,30 @@ def _failure(model_dir: Path, outtype: str, lines) -> InputFormatError:
     return InputFormatError(f"llama.cpp's converter could not write {outtype} GGUF from {model_dir}: {last}")
 
 
-def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter: Path | None = None,
-                    on_tensor: Callable[[str], None] | None = None) -> None:
+def convert_to_gguf(
+    model_dir: Path,
+    out_path: Path,
+    outtype: str,
+    *,
+    converter: Path | None = None,
+    on_tensor: Callable[[str], None] | None = None,
+) -> None:
     """Write ``out_path`` as ``outtype`` (f32, f16 or bf16) GGUF of the HF model in ``model_dir``."""
     model_dir, out_path = Path(model_dir), Path(out_path)
     converter = ensure_converter(converter)
     check_architecture(model_dir)
     pre = pre_tokenizer_for_dir(model_dir) or "-"
-    cmd = [sys.executable, str(RUNNER), str(converter), pre, str(model_dir),
-           "--outtype", outtype, "--outfile", str(out_path)]
+    cmd = [
+        sys.executable,
+        str(RUNNER),
+        str(converter),
+        pre,
+        str(model_dir),
+        "--outtype",
+        outtype,
+        "--outfile",
+        str(out_path),
+    ]
     tail: deque = deque(maxlen=60)
     fallback = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
@@ -138,7 +164,7 @@ def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter:
             for line in proc.stdout:
                 tail.append(line.rstrip("\n"))
                 if line.startswith(MARKER):
-                    fallback = line[len(MARKER):].strip()
+                    fallback = line[len(MARKER) :].strip()
                 elif on_tensor and (m := _TENSOR_LINE.match(line)):
                     on_tensor(m.group(1))
         except BaseException:
@@ -152,5 +178,6 @@ def convert_to_gguf(model_dir: Path, out_path: Path, outtype: str, *, converter:
     if fallback:
         warnings.warn(
             f"{model_dir / 'tokenizer.json'}: llama.cpp's converter does not know this tokenizer's pre-tokenizer hash; "
-            f"its pre_tokenizer splits text as llama.cpp's '{fallback}' does, so the GGUF names that one", stacklevel=2,
+            f"its pre_tokenizer splits text as llama.cpp's '{fallback}' does, so the GGUF names that one",
+            stacklevel=2,
         )

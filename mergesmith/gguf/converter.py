@@ -38,7 +38,11 @@ def default_converter_dir(version: str | None = None) -> Path:
 
 
 def _complete(path: Path) -> bool:
-    return (path / SCRIPT).is_file() and (path / "conversion" / "__init__.py").is_file() and (path / "gguf-py" / "gguf" / "__init__.py").is_file()
+    return (
+        (path / SCRIPT).is_file()
+        and (path / "conversion" / "__init__.py").is_file()
+        and (path / "gguf-py" / "gguf" / "__init__.py").is_file()
+    )
 
 
 def check_converter(path: Path | None = None) -> Path:
@@ -67,8 +71,19 @@ def ensure_converter(path: Path | None = None) -> Path:
 
 
 def _download(version: str, into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-           f"llama-cpp-python=={version}", "-d", str(into)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"llama-cpp-python=={version}",
+        "-d",
+        str(into),
+    ]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     found = sorted(into.glob("llama_cpp_python-*.tar.gz"))
     if done.returncode != 0 or not found:
@@ -99,8 +114,10 @@ def _extract(sdist: Path, dest: Path) -> None:
     except (OSError, tarfile.TarError) as exc:
         raise InputFormatError(f"{sdist}: not a readable llama-cpp-python sdist ({exc}); download it again") from exc
     if not _complete(dest):
-        raise InputFormatError(f"{sdist}: has no vendor/llama.cpp/{SCRIPT} with conversion/ and gguf-py/ ({copied} files matched); "
-                               "pass the sdist of llama-cpp-python 0.3.x or later")
+        raise InputFormatError(
+            f"{sdist}: has no vendor/llama.cpp/{SCRIPT} with conversion/ and gguf-py/ ({copied} files matched); "
+            "pass the sdist of llama-cpp-python 0.3.x or later"
+        )
 
 
 def fetch_converter(dest: Path | None = None, *, version: str | None = None, sdist: Path | None = None) -> Path:

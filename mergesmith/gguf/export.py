@@ -38,11 +38,11 @@ from mergesmith.io.staging import clear_stale, parent_lock
 
 @dataclass(frozen=True)
 class GGUFFile:
-    quant: str               # q4_k_m
+    quant: str  # q4_k_m
     path: Path
-    bytes: int               # file size
-    bits_per_weight: float   # tensor bytes * 8 / tensor elements, as llama.cpp reports BPW
-    seconds: float           # time to write it (conversion or quantization alone)
+    bytes: int  # file size
+    bits_per_weight: float  # tensor bytes * 8 / tensor elements, as llama.cpp reports BPW
+    seconds: float  # time to write it (conversion or quantization alone)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,9 @@ _BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} tensors [{e
 def _bar(progress: bool, desc: str, total: int | None):
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="tensor", disable=not progress, leave=progress, bar_format=_BAR_FORMAT) as bar:
+    with tqdm(
+        total=total, desc=desc, unit="tensor", disable=not progress, leave=progress, bar_format=_BAR_FORMAT
+    ) as bar:
         yield bar
 
 
@@ -95,22 +97,25 @@ def _produce(model_dir: Path, staged: Path, quant: QuantType, source: Path | Non
     """
     if quant.tool == "convert":
         with _bar(opts["progress"], f"{label}: preparing", opts["tensors"]) as bar:
+
             def on_prepared(_name: str) -> None:
-                bar.total = max(bar.total or 0, bar.n + 1)   # llama.cpp may add a tensor (rope_freqs)
+                bar.total = max(bar.total or 0, bar.n + 1)  # llama.cpp may add a tensor (rope_freqs)
                 bar.update()
                 if bar.n == opts["tensors"]:
-                    bar.set_description_str(f"{label}: writing")   # the converter writes the file only now
+                    bar.set_description_str(f"{label}: writing")  # the converter writes the file only now
+
             convert_to_gguf(model_dir, staged, quant.name, converter=opts["converter"], on_tensor=on_prepared)
-            bar.total = bar.n   # or left one out (a tied head): the file is whole now
+            bar.total = bar.n  # or left one out (a tied head): the file is whole now
         return
     with _bar(opts["progress"], f"{label}: quantizing", None) as bar:
-        started = []   # the quantizer names each tensor as it starts: the one before is done
+        started = []  # the quantizer names each tensor as it starts: the one before is done
 
         def on_started(name: str, total: int) -> None:
             bar.total = total
             if started:
                 bar.update()
             started.append(name)
+
         quantize_gguf(source, staged, quant, threads=opts["threads"], on_tensor=on_started)
         bar.update(len(started) - bar.n)
 
@@ -120,7 +125,7 @@ def _write(model_dir: Path, path: Path, quant: QuantType, source: Path | None, o
     try:
         _produce(model_dir, staged, quant, source, opts, path.name)
         os.replace(staged, path)
-    finally:   # BaseException too: Ctrl-C leaves no partial file
+    finally:  # BaseException too: Ctrl-C leaves no partial file
         staged.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     return GGUFFile(quant.name, path, path.stat().st_size, bits_per_weight(path), seconds)
@@ -128,16 +133,20 @@ def _write(model_dir: Path, path: Path, quant: QuantType, source: Path | None, o
 
 def _check_outputs(out_dir: Path, paths: Sequence[Path], force: bool) -> None:
     if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder; remove it or choose another output "
-                                "folder for the .gguf files")
+        raise OutputExistsError(
+            f"{out_dir} exists and is not a folder; remove it or choose another output folder for the .gguf files"
+        )
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         names = ", ".join(str(p) for p in existing)
-        raise OutputExistsError(f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace, or choose another output folder")
+        raise OutputExistsError(
+            f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace, or choose another output folder"
+        )
     directories = [p for p in existing if p.is_dir()]
     if directories:
-        raise OutputExistsError(f"{directories[0]} is a directory, not a GGUF file; move it aside or choose "
-                                "another output folder")
+        raise OutputExistsError(
+            f"{directories[0]} is a directory, not a GGUF file; move it aside or choose another output folder"
+        )
 
 
 def _claim(model_dir: Path, out_dir: Path, paths: Sequence[Path], force: bool) -> None:
@@ -150,9 +159,16 @@ def _claim(model_dir: Path, out_dir: Path, paths: Sequence[Path], force: bool) -
             clear_stale((out_dir / gguf_name(model_dir, quant)).absolute())
 
 
-def export_gguf(model_dir: str | Path, out_dir: str | Path, quants: str | Sequence[QuantType], *,
-                force: bool = False, converter: Path | None = None, threads: int | None = None,
-                progress: bool = False) -> ExportResult:
+def export_gguf(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    quants: str | Sequence[QuantType],
+    *,
+    force: bool = False,
+    converter: Path | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> ExportResult:
     """Write ``out_dir/<model>-<TYPE>.gguf`` for each of ``quants`` (``"f16,q4_k_m"`` or QuantTypes)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     wanted = parse_quants(quants) if isinstance(quants, str) else tuple(quants)
@@ -190,7 +206,9 @@ def _write_all(model_dir: Path, wanted, targets: dict, f16_path: Path, opts: dic
             # F16 only as the quantizer's input: staged under the F16 file's partial name (so a
             # killed run's scratch is cleared like any partial file), used, removed.
             scratch = source = _partial(f16_path)
-            _produce(model_dir, scratch, BY_NAME["f16"], None, opts, f"{f16_path.name} (temporary, the quantizer's input)")
+            _produce(
+                model_dir, scratch, BY_NAME["f16"], None, opts, f"{f16_path.name} (temporary, the quantizer's input)"
+            )
         for q in quantized:
             files[q.name] = _write(model_dir, targets[q.name], q, source, opts)
     finally:

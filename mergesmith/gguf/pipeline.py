@@ -43,9 +43,20 @@ def _check_eval(eval_ref: str, eval_text: Sequence | None) -> None:
 
 
 def export_and_report(
-    model, out_dir, quants: str, *, evaluate: bool, eval_ref: str = "f16", eval_text: Sequence | None = None,
-    eval_context: int | None = None, eval_limit: int = DEFAULT_EVAL_LIMIT, card: bool = True,
-    force: bool = False, threads: int | None = None, converter: Path | None = None, progress: bool = True,
+    model,
+    out_dir,
+    quants: str,
+    *,
+    evaluate: bool,
+    eval_ref: str = "f16",
+    eval_text: Sequence | None = None,
+    eval_context: int | None = None,
+    eval_limit: int = DEFAULT_EVAL_LIMIT,
+    card: bool = True,
+    force: bool = False,
+    threads: int | None = None,
+    converter: Path | None = None,
+    progress: bool = True,
 ):
     """Export ``model`` to GGUF files of ``quants`` in ``out_dir``; score each against the reference
     when ``evaluate``; write the table into both model cards when ``card``. Returns the report."""
@@ -60,16 +71,21 @@ def export_and_report(
     )
 
     wanted = parse_quants(quants)
-    if evaluate:   # an unreadable text or a bad reference choice must not wait for the export
+    if evaluate:  # an unreadable text or a bad reference choice must not wait for the export
         _check_eval(eval_ref, eval_text)
-    if card:       # an unreadable card fails now, not after the export
+    if card:  # an unreadable card fails now, not after the export
         read_card(Path(model) / "README.md", "")
         read_card(Path(out_dir) / "README.md", "")
     if evaluate and eval_ref == "f16" and BY_NAME["f16"] not in wanted:
-        wanted = (BY_NAME["f16"],) + wanted    # the reference is one of the files
+        wanted = (BY_NAME["f16"],) + wanted  # the reference is one of the files
     result = export_gguf(model, out_dir, wanted, force=force, converter=converter, threads=threads, progress=progress)
-    report = (evaluate_export(result, ref=eval_ref, texts=eval_text, context=eval_context, limit=eval_limit,
-                              progress=progress) if evaluate else plain_report(result))
+    report = (
+        evaluate_export(
+            result, ref=eval_ref, texts=eval_text, context=eval_context, limit=eval_limit, progress=progress
+        )
+        if evaluate
+        else plain_report(result)
+    )
     if card:
         section = card_section(report)
         name = Path(model).resolve().name

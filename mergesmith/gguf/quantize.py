@@ -20,8 +20,14 @@ from mergesmith.gguf.quants import QuantType
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
-def quantize_gguf(source: Path, out_path: Path, quant: QuantType, *, threads: int | None = None,
-                  on_tensor: Callable[[str, int], None] | None = None) -> None:
+def quantize_gguf(
+    source: Path,
+    out_path: Path,
+    quant: QuantType,
+    *,
+    threads: int | None = None,
+    on_tensor: Callable[[str, int], None] | None = None,
+) -> None:
     """Write ``out_path`` as ``quant`` from the float GGUF ``source``.
 
     ``on_tensor(name, total)`` is called as each tensor starts; ``threads`` None lets llama.cpp
@@ -32,7 +38,9 @@ def quantize_gguf(source: Path, out_path: Path, quant: QuantType, *, threads: in
     llama_cpp = import_llama_cpp()
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{quant.ftype}", None)
     if ftype is None:
-        raise ConfigError(f"this llama-cpp-python has no file type {quant.ftype}; upgrade it: pip install -U 'mergesmith[llama]'")
+        raise ConfigError(
+            f"this llama-cpp-python has no file type {quant.ftype}; upgrade it: pip install -U 'mergesmith[llama]'"
+        )
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or 0

@@ -18,10 +18,10 @@ from mergesmith.errors import ConfigError
 
 @dataclass(frozen=True)
 class QuantType:
-    name: str          # as the user types it: q4_k_m
-    ftype: str         # llama.h file type suffix: LLAMA_FTYPE_<ftype>
-    tensor_type: str   # gguf.GGMLQuantizationType name of most 2-D weights
-    tool: str          # "convert" (llama.cpp's converter) or "quantize" (llama_model_quantize)
+    name: str  # as the user types it: q4_k_m
+    ftype: str  # llama.h file type suffix: LLAMA_FTYPE_<ftype>
+    tensor_type: str  # gguf.GGMLQuantizationType name of most 2-D weights
+    tool: str  # "convert" (llama.cpp's converter) or "quantize" (llama_model_quantize)
 
 
 def _q(name: str, tensor_type: str) -> QuantType:
@@ -63,14 +63,20 @@ def parse_quants(text: str) -> tuple[QuantType, ...]:
     """``"f16,q4_k_m"`` → the types, in the order given, each once; unknown names are errors."""
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
-        raise ConfigError(f"--quant {text!r} names no type; give e.g. --quant f16,q8_0,q4_k_m (types: {', '.join(BY_NAME)})")
+        raise ConfigError(
+            f"--quant {text!r} names no type; give e.g. --quant f16,q8_0,q4_k_m (types: {', '.join(BY_NAME)})"
+        )
     out: list[QuantType] = []
     for name in names:
         if name in NEEDS_IMATRIX:
-            raise ConfigError(f"quant type {name!r} needs an importance matrix, which mergesmith does not compute; "
-                              "choose a K-quant of similar size (q2_k, q3_k_s, iq3_s) or quantize with llama-imatrix and llama-quantize")
+            raise ConfigError(
+                f"quant type {name!r} needs an importance matrix, which mergesmith does not compute; "
+                "choose a K-quant of similar size (q2_k, q3_k_s, iq3_s) or quantize with llama-imatrix and llama-quantize"
+            )
         if name in NOT_FOR_DENSE:
-            raise ConfigError(f"quant type {name!r} is meant for ternary / MoE models only; choose one of {', '.join(BY_NAME)}")
+            raise ConfigError(
+                f"quant type {name!r} is meant for ternary / MoE models only; choose one of {', '.join(BY_NAME)}"
+            )
         if name not in BY_NAME:
             raise ConfigError(f"unknown quant type {name!r}; choose from {', '.join(BY_NAME)}")
         if BY_NAME[name] not in out:

@@ -25,7 +25,7 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class Quality:
     ppl: float
-    delta_ppl: float | None   # None for the reference itself
+    delta_ppl: float | None  # None for the reference itself
     kl_mean: float | None
     top1: float | None
 
@@ -43,8 +43,8 @@ class Row:
 @dataclass(frozen=True)
 class Report:
     rows: tuple[Row, ...]
-    ref: str | None          # what KL is measured against (a file name or the HF model), None without --eval
-    data: str                   # "austen_heldout (2303 tokens), ..." when evaluated
+    ref: str | None  # what KL is measured against (a file name or the HF model), None without --eval
+    data: str  # "austen_heldout (2303 tokens), ..." when evaluated
     context: int | None = None
     stride: int | None = None
     limit: int | None = None
@@ -68,9 +68,16 @@ def plain_report(result: ExportResult) -> Report:
     return Report(rows, None, "", date=date.today().isoformat())
 
 
-def evaluate_export(result: ExportResult, *, ref: str = "f16", texts: Sequence | None = None,
-                    context: int | None = None, stride: int | None = None, limit: int | None = None,
-                    progress: bool = False) -> Report:
+def evaluate_export(
+    result: ExportResult,
+    *,
+    ref: str = "f16",
+    texts: Sequence | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> Report:
     """Score every file of ``result`` against ``ref``: "f16" (the F16 file of the export) or "hf" (the model)."""
     from mergesmith.eval import evaluate
     from mergesmith.eval.data import bundled_texts
@@ -78,7 +85,9 @@ def evaluate_export(result: ExportResult, *, ref: str = "f16", texts: Sequence |
     if ref == "f16":
         f16 = result.file("f16")
         if f16 is None:
-            raise ConfigError("--eval against f16 needs the f16 file: add f16 to --quant, or measure against the HF model (--eval-ref hf)")
+            raise ConfigError(
+                "--eval against f16 needs the f16 file: add f16 to --quant, or measure against the HF model (--eval-ref hf)"
+            )
         ref_path = str(f16.path)
     elif ref == "hf":
         ref_path = str(result.model)
@@ -86,15 +95,24 @@ def evaluate_export(result: ExportResult, *, ref: str = "f16", texts: Sequence |
         raise ConfigError(f"--eval-ref {ref!r}: choose f16 (the F16 GGUF) or hf (the Hugging Face model)")
     texts = list(texts) if texts else bundled_texts()
     files = [str(f.path) for f in result.files]
-    scored = evaluate(files, ref=ref_path, texts=texts, tasks=None, context=context, stride=stride,
-                      limit=limit, progress=progress)
+    scored = evaluate(
+        files, ref=ref_path, texts=texts, tasks=None, context=context, stride=stride, limit=limit, progress=progress
+    )
     ref_score = scored.model(ref_path)
     ref_ppl = _pooled(ref_score, None).ppl
     rows = []
     for f in result.files:
         score = scored.model(str(f.path))
-        rows.append(Row(f.path.name, f.quant, f.bytes, f.bits_per_weight, f.seconds,
-                        _pooled(score, ref_ppl) if not score.is_ref else Quality(ref_ppl, None, None, None)))
+        rows.append(
+            Row(
+                f.path.name,
+                f.quant,
+                f.bytes,
+                f.bits_per_weight,
+                f.seconds,
+                _pooled(score, ref_ppl) if not score.is_ref else Quality(ref_ppl, None, None, None),
+            )
+        )
     data = ", ".join(f"{t.text} ({t.tokens} tokens)" for t in ref_score.texts)
     ref_name = Path(ref_path).name if ref == "f16" else f"{ref_path} (Hugging Face, float32)"
     return Report(tuple(rows), ref_name, data, scored.context, scored.stride, limit, scored.date)
@@ -104,8 +122,12 @@ def _cells(row: Row, evaluated: bool) -> list[str]:
     cells = [row.file, row.quant, f"{row.bytes / MIB:.1f}", f"{row.bits_per_weight:.2f}"]
     if evaluated:
         q = row.quality
-        cells += [f"{q.ppl:.3f}", "ref" if q.delta_ppl is None else f"{q.delta_ppl:+.3f}",
-                  "-" if q.kl_mean is None else f"{q.kl_mean:.5f}", "-" if q.top1 is None else f"{q.top1:.4f}"]
+        cells += [
+            f"{q.ppl:.3f}",
+            "ref" if q.delta_ppl is None else f"{q.delta_ppl:+.3f}",
+            "-" if q.kl_mean is None else f"{q.kl_mean:.5f}",
+            "-" if q.top1 is None else f"{q.top1:.4f}",
+        ]
     return cells
 
 
@@ -119,11 +141,15 @@ def render_text(report: Report) -> str:
     evaluated = report.ref is not None
     rows = [_head(evaluated) + ["export s"]] + [_cells(r, evaluated) + [f"{r.seconds:.1f}"] for r in report.rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    ]
     if evaluated:
-        lines.append(f"# vs {report.ref} on {report.data}; context {report.context}, stride {report.stride}"
-                     + (f", first {report.limit} windows per text" if report.limit else ""))
+        lines.append(
+            f"# vs {report.ref} on {report.data}; context {report.context}, stride {report.stride}"
+            + (f", first {report.limit} windows per text" if report.limit else "")
+        )
     return "\n".join(lines)
 
 
@@ -140,7 +166,7 @@ def _card_ref(ref: str) -> str:
     must not print (output/card_names.py); a file name stays as it is."""
     from mergesmith.output.card_names import shown_path
 
-    path, marker, rest = ref.partition(" (Hugging Face")   # evaluate_export's "PATH (Hugging Face, float32)"
+    path, marker, rest = ref.partition(" (Hugging Face")  # evaluate_export's "PATH (Hugging Face, float32)"
     return shown_path(Path(path).absolute()).text + marker + rest if marker else ref
 
 
@@ -149,9 +175,13 @@ def card_section(report: Report) -> str:
 
     note = "GGUF files for llama.cpp, converted and quantized with llama.cpp by `mergesmith export-gguf`."
     if report.ref is not None:
-        window = f"context {report.context}, stride {report.stride}" + (f", first {report.limit} windows per text" if report.limit else "")
-        note += (f" Measured on {report.date} against {_card_ref(report.ref)} on {report.data} ({window}): perplexity, its change, "
-                 "mean KL divergence KL(reference || file) per token (nats) and top-1 agreement with the reference.")
+        window = f"context {report.context}, stride {report.stride}" + (
+            f", first {report.limit} windows per text" if report.limit else ""
+        )
+        note += (
+            f" Measured on {report.date} against {_card_ref(report.ref)} on {report.data} ({window}): perplexity, its change, "
+            "mean KL divergence KL(reference || file) per token (nats) and top-1 agreement with the reference."
+        )
     return gguf_section(render_markdown(report), note=note)
 
 
@@ -161,7 +191,9 @@ def read_card(card_path: Path, title: str) -> str:
     try:
         return card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {title}\n"
     except UnicodeDecodeError:
-        raise InputFormatError(f"{card_path} is not UTF-8; re-encode it as UTF-8, move it aside or pass --no-card") from None
+        raise InputFormatError(
+            f"{card_path} is not UTF-8; re-encode it as UTF-8, move it aside or pass --no-card"
+        ) from None
 
 
 def write_card_section(card_path: Path, section: str, title: str, *, quantized_from: Path | None = None) -> None:

@@ -66,7 +66,7 @@ def _spec(config: Mapping, shapes: Mapping[str, tuple[int, ...]], source: str) -
         return spec
     try:
         return infer_arch(config, shapes, source)
-    except ArchitectureError:   # inspection still works by name; only merges need a definition
+    except ArchitectureError:  # inspection still works by name; only merges need a definition
         return None
 
 
@@ -80,7 +80,9 @@ def _roles(spec: ArchSpec, config: Mapping, source: str) -> dict[str, tuple[int 
     return roles
 
 
-def places(names: Iterable[str], config: Mapping, shapes: Mapping[str, tuple[int, ...]], source: str) -> dict[str, Place]:
+def places(
+    names: Iterable[str], config: Mapping, shapes: Mapping[str, tuple[int, ...]], source: str
+) -> dict[str, Place]:
     """Layer and module type of each tensor name of one model (``config``, header ``shapes``)."""
     spec = _spec(config, shapes, source)
     roles = _roles(spec, config, source) if spec is not None else {}

@@ -34,9 +34,9 @@ class TensorRow:
     shape: tuple[int, ...]
     cosine: tuple[tuple[float | None, ...], ...]
     rel_l2: tuple[tuple[float, ...], ...]
-    delta_norm: tuple[float | None, ...] | None = None              # with a base
-    sign_agreement: tuple[tuple[float | None, ...], ...] | None = None   # with a base
-    topk_energy: tuple[float | None, ...] | None = None             # with a base
+    delta_norm: tuple[float | None, ...] | None = None  # with a base
+    sign_agreement: tuple[tuple[float | None, ...], ...] | None = None  # with a base
+    topk_energy: tuple[float | None, ...] | None = None  # with a base
 
     @property
     def numel(self) -> int:
@@ -49,13 +49,18 @@ class Inspection:
     base: str | None
     top_k: int
     rows: tuple[TensorRow, ...]
-    skipped: tuple[str, ...] = ()   # names not compared: missing from some input, or not floating point
+    skipped: tuple[str, ...] = ()  # names not compared: missing from some input, or not floating point
 
     def to_dict(self) -> dict:
         """The ``--json`` document: None (JSON null) where a number is undefined."""
         rows = [{k: (list(v) if k == "shape" else v) for k, v in asdict(r).items()} for r in self.rows]
-        return {"models": list(self.models), "base": self.base, "top_k": self.top_k, "rows": rows,
-                "skipped": list(self.skipped)}
+        return {
+            "models": list(self.models),
+            "base": self.base,
+            "top_k": self.top_k,
+            "rows": rows,
+            "skipped": list(self.skipped),
+        }
 
 
 def _check_request(models: Sequence[str], base: str | None, top_k: int) -> list[str]:
@@ -79,7 +84,9 @@ def _names(opened: Mapping[str, ModelInput], reference: str) -> tuple[list[str],
     common = set.intersection(*every)
     if not common:
         keys = ", ".join(f"'{k}'" for k in opened)
-        raise ArchitectureError(f"models {keys} have no tensor name in common; inspect compares models of one architecture")
+        raise ArchitectureError(
+            f"models {keys} have no tensor name in common; inspect compares models of one architecture"
+        )
     ref = opened[reference].tensors
     names = [n for n in ref if n in common and ref[n].dtype_name in _FLOAT_DTYPES]
     return names, sorted(union - set(names))
@@ -94,7 +101,8 @@ def _check_shapes(opened: Mapping[str, ModelInput], names: list[str], reference:
             if got != want:
                 raise ShapeMismatchError(
                     f"tensor {name}: model '{key}' has shape {list(got)}, model '{reference}' has {list(want)}; "
-                    "inspect compares models of one architecture and size")
+                    "inspect compares models of one architecture and size"
+                )
 
 
 def _check_finite(sums: stats.Sums, name: str, keys: Sequence[str], base: str | None) -> None:
@@ -103,8 +111,9 @@ def _check_finite(sums: stats.Sums, name: str, keys: Sequence[str], base: str | 
     if base is not None and not math.isfinite(sums.base_sq):
         bad.insert(0, base)
     if bad:
-        raise NonFiniteError(f"model '{bad[0]}': tensor {name} holds NaN or infinite values; "
-                             "repair or re-download that model")
+        raise NonFiniteError(
+            f"model '{bad[0]}': tensor {name} holds NaN or infinite values; repair or re-download that model"
+        )
 
 
 def _topk(tensors, base_tensor, top_k: int, scratch: stats.Scratch) -> tuple[float | None, ...]:
@@ -121,11 +130,20 @@ def _frozen(matrix) -> tuple:
 def _row(name: str, place: Place, tensors, base_tensor, keys, base, top_k: int, scratch: stats.Scratch) -> TensorRow:
     sums = stats.accumulate(tensors, base_tensor, scratch=scratch)
     _check_finite(sums, name, keys, base)
-    row = dict(name=name, layer=place.layer, module=place.module, shape=tuple(tensors[0].shape),
-               cosine=_frozen(stats.cosine(sums)), rel_l2=_frozen(stats.rel_l2(sums)))
+    row = dict(
+        name=name,
+        layer=place.layer,
+        module=place.module,
+        shape=tuple(tensors[0].shape),
+        cosine=_frozen(stats.cosine(sums)),
+        rel_l2=_frozen(stats.rel_l2(sums)),
+    )
     if base_tensor is not None:
-        row.update(delta_norm=tuple(stats.delta_norm(sums)), sign_agreement=_frozen(stats.sign_agreement(sums)),
-                   topk_energy=_topk(tensors, base_tensor, top_k, scratch))
+        row.update(
+            delta_norm=tuple(stats.delta_norm(sums)),
+            sign_agreement=_frozen(stats.sign_agreement(sums)),
+            topk_energy=_topk(tensors, base_tensor, top_k, scratch),
+        )
     return TensorRow(**row)
 
 
@@ -144,17 +162,23 @@ def _rows(opened, models: list[str], base: str | None, top_k: int, device: str, 
     rows, scratch = [], stats.Scratch(device)
     with _bar(len(names), progress) as bar:
         for name in names:
-            read = {key: opened[key].reader.get(name) for key in opened}   # each input once, the base included
+            read = {key: opened[key].reader.get(name) for key in opened}  # each input once, the base included
             base_tensor = read[base] if base is not None else None
             rows.append(_row(name, where[name], [read[k] for k in models], base_tensor, models, base, top_k, scratch))
-            del read, base_tensor   # mapped input pages go back before the next tensor
+            del read, base_tensor  # mapped input pages go back before the next tensor
             bar.update()
     return tuple(rows), tuple(skipped)
 
 
 def inspect_models(
-    models: Sequence[str], base: str | None = None, *, top_k: int = 8, device: str = "cpu", progress: bool = False,
-    base_dir=None, allow_pickle: bool = False,
+    models: Sequence[str],
+    base: str | None = None,
+    *,
+    top_k: int = 8,
+    device: str = "cpu",
+    progress: bool = False,
+    base_dir=None,
+    allow_pickle: bool = False,
 ) -> Inspection:
     """Pairwise statistics of ``models`` (and each against ``base``) for every tensor they share.
 

@@ -22,7 +22,9 @@ def check_output(path, flag: str, *, suffix: str | None = None, inputs: Iterable
     if suffix is not None and path.suffix.lower() != suffix:
         raise ConfigError(f"{flag} {path}: give a file name ending in {suffix}")
     if path.is_dir():
-        raise OutputWriteError(f"{flag} {path} is a directory; give a file name such as {path / ('inspect' + (suffix or '.json'))}")
+        raise OutputWriteError(
+            f"{flag} {path} is a directory; give a file name such as {path / ('inspect' + (suffix or '.json'))}"
+        )
     if not path.parent.is_dir():
         raise OutputWriteError(f"{flag} {path}: folder {path.parent} does not exist; create it or choose another path")
     if not os.access(path.parent, os.W_OK | os.X_OK):
@@ -34,6 +36,7 @@ def check_output(path, flag: str, *, suffix: str | None = None, inputs: Iterable
 def json_text(data: dict) -> str:
     """``data`` as JSON with one top-level key per line and, in lists of objects (rows, series), one
     object per line: diffable and greppable, where an indented dump puts every number on a line."""
+
     def dump(value) -> str:
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             return "[\n  " + ",\n  ".join(json.dumps(v, allow_nan=False) for v in value) + "\n ]"
@@ -46,6 +49,6 @@ def write_json(data: dict, path) -> None:
     """``data`` as JSON (``json_text``); NaN never appears (undefined values are None, JSON null)."""
     try:
         text = json_text(data)
-    except ValueError as exc:   # a NaN slipped through: a bug here, not the user's input
+    except ValueError as exc:  # a NaN slipped through: a bug here, not the user's input
         raise OutputWriteError(f"{path}: not written, the results hold a non-finite number ({exc})") from None
     replace_text(path, text)

@@ -45,8 +45,9 @@ def schedule_size(panels: int) -> tuple[int, int]:
 
 def _figure(plt, size: tuple[int, int], panels: int):
     # Constrained layout fits labels and colour bars inside the fixed size instead of cropping.
-    fig, axes = plt.subplots(panels, 1, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        panels, 1, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, squeeze=False, layout="constrained"
+    )
     return fig, [ax for row in axes for ax in row]
 
 
@@ -59,7 +60,9 @@ def save_png(fig, path) -> None:
         fig.savefig(staged, format="png", dpi=DPI)
         os.replace(staged, path)
     except OSError as exc:
-        raise OutputWriteError(f"{path} cannot be written ({exc.strerror}); check the folder's permissions and free space") from None
+        raise OutputWriteError(
+            f"{path} cannot be written ({exc.strerror}); check the folder's permissions and free space"
+        ) from None
     finally:
         plt.close(fig)
         staged.unlink(missing_ok=True)
@@ -102,12 +105,16 @@ def plot_inspection(inspection, path) -> tuple[int, int]:
     size = heatmap_size(len(layers), len(modules), len(panels))
     fig, axes = _figure(plt, size, len(panels))
     names = labels(inspection.models)
-    cmap = plt.get_cmap(_CMAP).with_extremes(bad="#dddddd")   # grey: no value (no such tensor, or zero delta)
+    cmap = plt.get_cmap(_CMAP).with_extremes(bad="#dddddd")  # grey: no value (no such tensor, or zero delta)
     step = max(1, math.ceil(len(layers) / 40))
     for ax, index, matrix in zip(axes, panels, matrices):
         image = ax.imshow(matrix, aspect="auto", cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
         ax.set_title(" vs ".join(names[i] for i in index), fontsize=9)
-        ax.set_xticks(range(0, len(layers), step), [GLOBAL if layers[i] is None else str(layers[i]) for i in range(0, len(layers), step)], fontsize=7)
+        ax.set_xticks(
+            range(0, len(layers), step),
+            [GLOBAL if layers[i] is None else str(layers[i]) for i in range(0, len(layers), step)],
+            fontsize=7,
+        )
         ax.set_yticks(range(len(modules)), modules, fontsize=8)
         ax.set_xlabel("layer (grey: no value, i.e. no such tensor or a zero delta)", fontsize=8)
         ax.set_ylabel("module type", fontsize=8)
@@ -144,7 +151,7 @@ def plot_schedule(schedule, path) -> tuple[int, int]:
     names = model_names(schedule)
     for ax, param in zip(axes, params):
         lines = [s for s in schedule.series if s.param == param]
-        for s, style in zip(lines, itertools.cycle(_STYLES)):   # dashes keep coinciding lines visible
+        for s, style in zip(lines, itertools.cycle(_STYLES)):  # dashes keep coinciding lines visible
             ys = [math.nan if v is None else v for v in s.values]
             ax.plot(range(schedule.num_layers), ys, style, markersize=3, label=series_label(s, names))
         ax.set_xlabel("output layer")
@@ -153,7 +160,7 @@ def plot_schedule(schedule, path) -> tuple[int, int]:
         ax.legend(fontsize=7)
     if schedule.is_stack:
         _stack_panel(axes[len(params)], schedule, names)
-    for ax in axes:   # one x range on every panel: a layer lines up across them
+    for ax in axes:  # one x range on every panel: a layer lines up across them
         ax.set_xlim(-0.5, max(schedule.num_layers, 1) - 0.5)
     if not params and not schedule.is_stack:
         axes[0].text(0.5, 0.5, "no numeric per-layer parameters", ha="center", va="center")

@@ -24,18 +24,18 @@ REST, ALL = "rest", "all"
 @dataclass(frozen=True)
 class Series:
     param: str
-    filter: str                       # a recipe filter, REST or ALL
-    model: str | None                 # the model of a per-model parameter; None for a shared one
+    filter: str  # a recipe filter, REST or ALL
+    model: str | None  # the model of a per-model parameter; None for a shared one
     values: tuple[float | None, ...]  # per output layer; None where the parameter has no value
 
 
 @dataclass(frozen=True)
 class Schedule:
-    source: str                             # the recipe file, for titles
+    source: str  # the recipe file, for titles
     method: str
     num_layers: int
     series: tuple[Series, ...]
-    origins: tuple[LayerOrigin, ...]        # per output layer: source model and layer
+    origins: tuple[LayerOrigin, ...]  # per output layer: source model and layer
 
     @property
     def is_stack(self) -> bool:
@@ -43,11 +43,17 @@ class Schedule:
         return len({o.model for o in self.origins}) > 1 or any(o.layer != i for i, o in enumerate(self.origins))
 
     def to_dict(self) -> dict:
-        return {"recipe": self.source, "method": self.method, "layers": self.num_layers,
-                "series": [{"param": s.param, "filter": s.filter, "model": s.model, "values": list(s.values)}
-                           for s in self.series],
-                "stack": [{"layer": i, "model": o.model, "source_layer": o.layer} for i, o in enumerate(self.origins)]
-                if self.is_stack else None}
+        return {
+            "recipe": self.source,
+            "method": self.method,
+            "layers": self.num_layers,
+            "series": [
+                {"param": s.param, "filter": s.filter, "model": s.model, "values": list(s.values)} for s in self.series
+            ],
+            "stack": [{"layer": i, "model": o.model, "source_layer": o.layer} for i, o in enumerate(self.origins)]
+            if self.is_stack
+            else None,
+        }
 
 
 def _scopes(recipe: Recipe):
@@ -65,7 +71,9 @@ def recipe_filters(recipe: Recipe) -> dict[str, list[str]]:
     found: dict[str, list[str]] = defaultdict(list)
     for scope in _scopes(recipe):
         for name, setting in (scope or {}).items():
-            conditions = (setting,) if isinstance(setting, Conditional) else setting if isinstance(setting, tuple) else ()
+            conditions = (
+                (setting,) if isinstance(setting, Conditional) else setting if isinstance(setting, tuple) else ()
+            )
             for cond in conditions:
                 if isinstance(cond, Conditional) and cond.filter not in (None, "*") and cond.filter not in found[name]:
                     found[name].append(cond.filter)
@@ -77,7 +85,7 @@ def param_values(params) -> tuple[dict, list[dict]]:
     if hasattr(params, "as_dict"):
         d = params.as_dict()
         return dict(d["shared"]), [dict(r) for r in d["per_input"]]
-    return dict(params.shared), [dict(r) for r in params.per_input]   # the older form
+    return dict(params.shared), [dict(r) for r in params.per_input]  # the older form
 
 
 def _numeric(v) -> bool:

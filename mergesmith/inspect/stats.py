@@ -29,7 +29,7 @@ CHUNK = 1 << 21
 # above it, torch.svd_lowrank estimates them (see topk_energy). LAPACK's full SVD of a 256 x 2048
 # matrix took longer than the sketch of a 5632 x 2048 one.
 EXACT_MAX = 64
-OVERSAMPLE = 8   # extra columns of the random sketch beyond k (Halko et al. 2011 suggest 5-10)
+OVERSAMPLE = 8  # extra columns of the random sketch beyond k (Halko et al. 2011 suggest 5-10)
 # Power iterations of the sketch. One is within 0.3% of the exact share on a power-law spectrum
 # (tested), and each further one costs two more passes over the matrix: a third of the run time.
 NITER = 1
@@ -57,12 +57,12 @@ class Scratch:
 class Sums:
     """Sums over every entry of one tensor, for ``n`` models (float64, on the CPU)."""
 
-    gram: torch.Tensor        # n x n: D_i . D_j
-    diff_sq: torch.Tensor     # n x n: |W_i - W_j|^2
-    weight_sq: torch.Tensor   # n: |W_i|^2
-    base_sq: float            # |B|^2 (0 without a base)
-    both: torch.Tensor        # n x n: entries where D_i and D_j are both non-zero (pairs only)
-    agree: torch.Tensor       # n x n: of those, entries of equal sign (pairs only)
+    gram: torch.Tensor  # n x n: D_i . D_j
+    diff_sq: torch.Tensor  # n x n: |W_i - W_j|^2
+    weight_sq: torch.Tensor  # n: |W_i|^2
+    base_sq: float  # |B|^2 (0 without a base)
+    both: torch.Tensor  # n x n: entries where D_i and D_j are both non-zero (pairs only)
+    agree: torch.Tensor  # n x n: of those, entries of equal sign (pairs only)
 
 
 def _square_norm(x: torch.Tensor) -> float:
@@ -100,7 +100,7 @@ class _Totals:
                 self.agree[i, j] += (both + float(products.sum())) / 2
 
     def sums(self) -> Sums:
-        for m in (self.gram, self.diff_sq, self.both, self.agree):   # the pair loops fill the upper half
+        for m in (self.gram, self.diff_sq, self.both, self.agree):  # the pair loops fill the upper half
             upper = m.triu(1)
             m.copy_(m.triu() + upper.T)
         return Sums(self.gram, self.diff_sq, self.weight_sq, self.base_sq, self.both, self.agree)
@@ -122,12 +122,12 @@ def accumulate(tensors, base: torch.Tensor | None, *, scratch: Scratch | None = 
         stop = min(numel, start + chunk)
         rows = _load(scratch.take("rows", n, stop - start), tensors, start, stop)
         spare = scratch.take("spare", stop - start)
-        if n > 1:   # weight norms serve the pairs' relative distances only
+        if n > 1:  # weight norms serve the pairs' relative distances only
             totals.weight_sq += torch.linalg.vector_norm(rows, dim=1).double().square().cpu()
         if base is not None:
             b = _load(scratch.take("base", 1, stop - start), [base], start, stop)[0]
             totals.base_sq += _square_norm(b)
-            rows.sub_(b)   # the deltas, in place: the weights are not needed any more
+            rows.sub_(b)  # the deltas, in place: the weights are not needed any more
         totals.add_pairs(rows, spare)
         if base is not None and n > 1:
             totals.add_signs(rows, spare)
@@ -154,7 +154,7 @@ def cosine(sums: Sums) -> list[list[float | None]]:
     norms = sums.gram.diagonal().clamp_min(0).sqrt().tolist()
     g = sums.gram.tolist()
     out = [[_clip(_ratio(g[i][j], norms[i] * norms[j])) for j in range(len(norms))] for i in range(len(norms))]
-    for i, row in enumerate(out):   # exactly 1, not 1 - 1 ulp from rounding the square root
+    for i, row in enumerate(out):  # exactly 1, not 1 - 1 ulp from rounding the square root
         row[i] = None if row[i] is None else 1.0
     return out
 
@@ -172,7 +172,7 @@ def rel_l2(sums: Sums) -> list[list[float]]:
 
 
 def delta_norm(sums: Sums) -> list[float | None]:
-    base = sums.base_sq ** 0.5
+    base = sums.base_sq**0.5
     return [_ratio(float(v) ** 0.5, base) if base > 0 else None for v in sums.gram.diagonal().clamp_min(0)]
 
 
@@ -204,7 +204,7 @@ def topk_energy(delta: torch.Tensor, k: int, *, exact_max: int = EXACT_MAX) -> f
         top = torch.linalg.svdvals(matrix)[:k]
     else:
         devices = [matrix.device.index or 0] if matrix.is_cuda else []
-        with torch.random.fork_rng(devices=devices):   # seeded, without touching the caller's RNG
+        with torch.random.fork_rng(devices=devices):  # seeded, without touching the caller's RNG
             torch.manual_seed(SKETCH_SEED)
             _, top, _ = torch.svd_lowrank(matrix, q=min(k + OVERSAMPLE, *matrix.shape), niter=NITER)
         top = top[:k]

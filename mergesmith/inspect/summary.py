@@ -32,7 +32,7 @@ class Grid:
     """One metric for one pair (or model): ``values[(layer, module)]``, layer None for global."""
 
     metric: str
-    index: tuple[int, ...]     # (i, j) for a pair, (i,) for a model
+    index: tuple[int, ...]  # (i, j) for a pair, (i,) for a model
     values: dict
 
 
@@ -75,7 +75,7 @@ def labels(keys: Sequence[str]) -> list[str]:
 
 
 def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _title(inspection: Inspection, g: Grid, names: list[str]) -> str:
@@ -103,9 +103,17 @@ def summary_text(inspection: Inspection) -> str:
     modules = [m for m in MODULES if any(r.module == m for r in inspection.rows)]
     layers = [None] + sorted({r.layer for r in inspection.rows if r.layer is not None})
     against = f" against base '{inspection.base}'" if inspection.base is not None else ""
-    head = [_fit(f"inspect: {len(inspection.models)} models{against}: {len(inspection.rows)} tensors compared"
-                 + (f", {len(inspection.skipped)} skipped (not in every model, or not floating point)"
-                    if inspection.skipped else ""), 100)]
+    head = [
+        _fit(
+            f"inspect: {len(inspection.models)} models{against}: {len(inspection.rows)} tensors compared"
+            + (
+                f", {len(inspection.skipped)} skipped (not in every model, or not floating point)"
+                if inspection.skipped
+                else ""
+            ),
+            100,
+        )
+    ]
     if names != list(inspection.models):
         head += [_fit(f"  {n} = {k}", 100) for n, k in zip(names, inspection.models)]
     for metric in metrics(inspection):
@@ -137,15 +145,20 @@ def schedule_text(schedule, per_block: int = 7) -> str:
     """The schedule as tables: a row per output layer, a column per series (blocks of ``per_block``),
     and for a layer stack the source model and layer of each output layer."""
     names = model_names(schedule)
-    lines = [_fit(f"{schedule.source}: {schedule.method}, {schedule.num_layers} output layers, "
-                  f"{len(schedule.series)} parameter series", 100)]
+    lines = [
+        _fit(
+            f"{schedule.source}: {schedule.method}, {schedule.num_layers} output layers, "
+            f"{len(schedule.series)} parameter series",
+            100,
+        )
+    ]
     columns = [(series_label(s, names), s.values) for s in schedule.series]
     if schedule.is_stack:
         columns.append(("source layer", tuple(f"{names[o.model]}:{o.layer}".lstrip(":") for o in schedule.origins)))
     width = min(26, max([_CELL] + [len(c[0]) + 2 for c in columns]))
     per_block = max(1, min(per_block, (100 - _LABEL) // width))
     for start in range(0, len(columns), per_block):
-        block = columns[start:start + per_block]
+        block = columns[start : start + per_block]
         lines += ["", "layer".ljust(_LABEL) + "".join(_fit(t, width - 1).rjust(width) for t, _ in block)]
         for i in range(schedule.num_layers):
             cells = [v[i] if isinstance(v[i], str) else _number(v[i]) for _, v in block]

@@ -26,8 +26,8 @@ from pathlib import Path
 from mergesmith._torch import torch
 from mergesmith.errors import MergesmithError
 
-BLOCK = 4096              # the page size: also the largest logical block size in common use
-STAGE = 8 << 20           # bytes per direct write (and per staging buffer, one per thread)
+BLOCK = 4096  # the page size: also the largest logical block size in common use
+STAGE = 8 << 20  # bytes per direct write (and per staging buffer, one per thread)
 
 
 def _reserve(fd: int, size: int, path) -> None:
@@ -41,7 +41,9 @@ def _reserve(fd: int, size: int, path) -> None:
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             # The merge names the output; the shard's size is what the user needs to know here.
-            raise OSError(errno.ENOSPC, f"not enough disk space for {size / 1e9:.2f} GB of output shard {Path(path).name}") from None
+            raise OSError(
+                errno.ENOSPC, f"not enough disk space for {size / 1e9:.2f} GB of output shard {Path(path).name}"
+            ) from None
         # EOPNOTSUPP, EINVAL...: a filesystem without preallocation; the writes allocate instead.
 
 
@@ -71,7 +73,7 @@ class BlockFile:
         os.ftruncate(self._fd, size)
         _reserve(self._fd, size, path)
         self._lock = threading.Lock()
-        self._partial: dict[int, list] = {}     # block offset -> [bytearray(BLOCK), bytes still missing]
+        self._partial: dict[int, list] = {}  # block offset -> [bytearray(BLOCK), bytes still missing]
         self._local = threading.local()
 
     def write(self, offset: int, data: torch.Tensor) -> None:
@@ -87,11 +89,11 @@ class BlockFile:
             self._gather(offset, data)
             return
         self._gather(offset, data[: lo - offset])
-        self._gather(hi, data[hi - offset:])
+        self._gather(hi, data[hi - offset :])
         for start in range(lo, hi, STAGE):
             stop = min(hi, start + STAGE)
             stage = self._stage()
-            stage[: stop - start].copy_(data[start - offset: stop - offset])   # torch: no GIL held
+            stage[: stop - start].copy_(data[start - offset : stop - offset])  # torch: no GIL held
             self._direct(memoryview(stage.numpy())[: stop - start], start)
 
     def _stage(self) -> torch.Tensor:
@@ -100,7 +102,7 @@ class BlockFile:
         if stage is None:
             raw = torch.empty(STAGE + BLOCK, dtype=torch.uint8)
             skip = -raw.data_ptr() % BLOCK
-            stage = self._local.stage = raw[skip: skip + STAGE]
+            stage = self._local.stage = raw[skip : skip + STAGE]
         return stage
 
     def _direct(self, data: memoryview, offset: int) -> None:
@@ -129,7 +131,7 @@ class BlockFile:
                 if entry is None:
                     entry = self._partial[block] = [bytearray(BLOCK), min(BLOCK, self.size - block)]
                 at = offset + pos - block
-                entry[0][at: at + take] = memoryview(data[pos: pos + take].numpy())
+                entry[0][at : at + take] = memoryview(data[pos : pos + take].numpy())
                 entry[1] -= take
                 whole = entry[1] == 0
                 if whole:
@@ -137,7 +139,7 @@ class BlockFile:
             if whole and block + BLOCK <= self.size:
                 self._flush(block, entry[0])
             elif whole:
-                with self._lock:              # the short last block: written by close()
+                with self._lock:  # the short last block: written by close()
                     self._partial[block] = entry
             pos += take
 
@@ -156,7 +158,7 @@ class BlockFile:
                 self._flush(block, content)
             self._partial.clear()
             if self.direct:
-                os.ftruncate(self._fd, self.size)   # a whole last block may have run past the end
+                os.ftruncate(self._fd, self.size)  # a whole last block may have run past the end
         finally:
             os.close(self._fd)
             self._fd = -1

@@ -97,9 +97,11 @@ class GGUFTensorReader:
         meta, spans = self.meta, self.meta.tensors
         arch = meta.architecture()
         n_blocks = meta.integer(gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch), required=True)
-        if n_blocks > len(spans):   # gguf-py's name table below is built per block
-            raise InputFormatError(f"{self.path}: GGUF metadata says {n_blocks} blocks but the file has only "
-                                   f"{len(spans)} tensors; the metadata does not match, re-export the file")
+        if n_blocks > len(spans):  # gguf-py's name table below is built per block
+            raise InputFormatError(
+                f"{self.path}: GGUF metadata says {n_blocks} blocks but the file has only "
+                f"{len(spans)} tensors; the metadata does not match, re-export the file"
+            )
         n_head = meta.integer(gguf.Keys.Attention.HEAD_COUNT.format(arch=arch), required=True)
         # No head_count_kv means multi-head attention: as many kv heads as query heads.
         n_head_kv = meta.integer(gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch), n_head)
@@ -124,7 +126,7 @@ class GGUFTensorReader:
 
     def _check_heads(self, entry: _Entry) -> None:
         shape = entry.info.shape
-        if entry.n_head is not None and (not shape or shape[0] % (2 * entry.n_head)):   # a 0-d q/k has no rows
+        if entry.n_head is not None and (not shape or shape[0] % (2 * entry.n_head)):  # a 0-d q/k has no rows
             raise InputFormatError(
                 f"{self.path}: tensor {entry.span.name} has {shape[0] if shape else 'no'} rows, not a multiple of "
                 f"2 x {entry.n_head} heads; the GGUF head_count metadata does not match its tensors, re-export the file"
@@ -146,14 +148,14 @@ class GGUFTensorReader:
     def _load(self, span: TensorSpan, info: TensorInfo) -> torch.Tensor:
         import numpy as np  # comes with gguf; imported here so a missing gguf gets gguf_meta's fix-it error
 
-        if span.nbytes == 0:   # a dimension of 0: nothing to read or dequantise
+        if span.nbytes == 0:  # a dimension of 0: nothing to read or dequantise
             return torch.zeros(info.shape, dtype=info.dtype)
         raw = read_tensor_bytes(self.meta.layout, span)
         qtype = gguf.GGMLQuantizationType(span.ggml_type)
         if qtype in _PLAIN:
             code, _ = _PLAIN[qtype]
             stored = np.frombuffer(raw, dtype=np.dtype(code).newbyteorder(self.meta.layout.order))
-            values = torch.from_numpy(stored.astype(code, copy=False))   # swaps bytes only in big-endian files
+            values = torch.from_numpy(stored.astype(code, copy=False))  # swaps bytes only in big-endian files
             return values.view(info.dtype).reshape(info.shape)
         block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
         rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, span.dims[0] // block * block_bytes)

@@ -20,7 +20,7 @@ _COUNTS = {
     _K.LLM.BLOCK_COUNT: "num_hidden_layers",
     _K.Attention.HEAD_COUNT: "num_attention_heads",
     _K.Attention.HEAD_COUNT_KV: "num_key_value_heads",
-    _K.Rope.DIMENSION_COUNT: "head_dim",    # rope covers the whole head in llama-family models
+    _K.Rope.DIMENSION_COUNT: "head_dim",  # rope covers the whole head in llama-family models
     _K.LLM.CONTEXT_LENGTH: "max_position_embeddings",
 }
 # Without these the model's shapes are unknown: transformers' defaults (4096 wide, 32 layers)
@@ -37,10 +37,19 @@ _GENERATION_IDS = (_K.Tokenizer.BOS_ID, _K.Tokenizer.EOS_ID)
 _OUTPUT = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
 _TOKEN_EMBD = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"
 # ".attn_q.bias" ...: the names of bias tensors, whatever the block number.
-_ATTN_BIASES = tuple("." + gguf.TENSOR_NAMES[kind].split(".", 2)[-1] + ".bias" for kind in (
-    gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_OUT))
-_MLP_BIASES = tuple("." + gguf.TENSOR_NAMES[kind].split(".", 2)[-1] + ".bias" for kind in (
-    gguf.MODEL_TENSOR.FFN_GATE, gguf.MODEL_TENSOR.FFN_UP, gguf.MODEL_TENSOR.FFN_DOWN))
+_ATTN_BIASES = tuple(
+    "." + gguf.TENSOR_NAMES[kind].split(".", 2)[-1] + ".bias"
+    for kind in (
+        gguf.MODEL_TENSOR.ATTN_Q,
+        gguf.MODEL_TENSOR.ATTN_K,
+        gguf.MODEL_TENSOR.ATTN_V,
+        gguf.MODEL_TENSOR.ATTN_OUT,
+    )
+)
+_MLP_BIASES = tuple(
+    "." + gguf.TENSOR_NAMES[kind].split(".", 2)[-1] + ".bias"
+    for kind in (gguf.MODEL_TENSOR.FFN_GATE, gguf.MODEL_TENSOR.FFN_UP, gguf.MODEL_TENSOR.FFN_DOWN)
+)
 
 
 def hf_config(meta: GGUFMeta) -> dict:
@@ -51,7 +60,7 @@ def hf_config(meta: GGUFMeta) -> dict:
         value = meta.integer(key.format(arch=arch), required=key in _REQUIRED)
         if value is not None:
             config[name] = value
-    config.setdefault("num_key_value_heads", config["num_attention_heads"])   # no kv count: plain multi-head
+    config.setdefault("num_key_value_heads", config["num_attention_heads"])  # no kv count: plain multi-head
     if "vocab_size" not in config and _vocab_size(meta) is not None:
         config["vocab_size"] = _vocab_size(meta)
     for key, name in _REALS.items():
@@ -65,7 +74,7 @@ def hf_config(meta: GGUFMeta) -> dict:
     # llama export with biases does not load with them silently dropped.
     config["attention_bias"] = any(name.endswith(_ATTN_BIASES) for name in names)
     config["mlp_bias"] = any(name.endswith(_MLP_BIASES) for name in names)
-    config["hidden_act"] = "silu"   # the only activation llama.cpp's llama architecture computes
+    config["hidden_act"] = "silu"  # the only activation llama.cpp's llama architecture computes
     return config
 
 

@@ -25,9 +25,9 @@ from mergesmith.errors import InputFormatError
 
 _MAGIC = b"GGUF"
 _VERSIONS = (2, 3)
-_MAX_DIMS = 4                  # GGML_MAX_DIMS
-_MAX_NESTING = 8               # arrays of arrays; real files use none
-_MAX_NUMEL = 2**63 - 1         # numpy and torch count elements in int64
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_NESTING = 8  # arrays of arrays; real files use none
+_MAX_NUMEL = 2**63 - 1  # numpy and torch count elements in int64
 _DEFAULT_ALIGNMENT = 32
 _ALIGNMENT_KEY = "general.alignment"
 # gguf_metadata_value_type -> struct code, for the fixed-size types.
@@ -49,9 +49,9 @@ class ArrayValue:
 @dataclass(frozen=True)
 class TensorSpan:
     name: str
-    dims: tuple[int, ...]      # GGUF order: the fastest-moving dimension first (torch's reversed)
+    dims: tuple[int, ...]  # GGUF order: the fastest-moving dimension first (torch's reversed)
     ggml_type: int
-    start: int                 # file offset of the first byte
+    start: int  # file offset of the first byte
     nbytes: int
 
 
@@ -62,9 +62,9 @@ class Layout:
     ``ArrayValue``."""
 
     path: Path
-    stamp: tuple[int, int]     # (size, mtime_ns) when walked: later reads refuse a changed file
-    order: str                 # struct byte order: "<", or ">" for a file written big-endian
-    metadata: Mapping[str, tuple[int, Any]]   # key -> (value type, value)
+    stamp: tuple[int, int]  # (size, mtime_ns) when walked: later reads refuse a changed file
+    order: str  # struct byte order: "<", or ">" for a file written big-endian
+    metadata: Mapping[str, tuple[int, Any]]  # key -> (value type, value)
     tensors: tuple[TensorSpan, ...]
 
 
@@ -89,7 +89,7 @@ class _Cursor:
 
     def raw(self, what: str) -> bytes:
         length = self.number(8, what)
-        return bytes(self.view[self.skip(length, f"{what} ({length} bytes)"):self.pos])
+        return bytes(self.view[self.skip(length, f"{what} ({length} bytes)") : self.pos])
 
     def text(self, what: str) -> str:
         raw = self.raw(what)
@@ -133,7 +133,7 @@ def _walk(cur: _Cursor, stamp: tuple[int, int], type_sizes: Mapping[int, tuple[i
         raise cur.fail(f"not a GGUF file (starts with {bytes(cur.view[:4])!r}, not {_MAGIC!r})")
     cur.skip(4, "magic")
     version = cur.number(4, "version")
-    if version & 0xFFFF == 0:   # written on a big-endian machine; gguf-py reads those too
+    if version & 0xFFFF == 0:  # written on a big-endian machine; gguf-py reads those too
         cur.order, version = ">", int.from_bytes(version.to_bytes(4, "little"), "big")
     if version not in _VERSIONS:
         raise cur.fail(f"GGUF version {version}; mergesmith reads versions {_VERSIONS[0]} and {_VERSIONS[-1]}")
@@ -159,7 +159,7 @@ def _value(cur: _Cursor, vtype: int, what: str) -> Any:
     if vtype in _CODE:
         return struct.unpack_from(cur.order + _CODE[vtype], cur.view, cur.skip(_SIZE[vtype], what))[0]
     if vtype == _STRING:
-        return bytes(cur.view[cur.skip(cur.number(8, what), f"{what}: a string"):cur.pos])
+        return bytes(cur.view[cur.skip(cur.number(8, what), f"{what}: a string") : cur.pos])
     if vtype == _ARRAY:
         etype, count = cur.number(4, what), cur.number(8, what)
         array = ArrayValue(etype, count, cur.pos)
@@ -174,7 +174,7 @@ def _skip_array(cur: _Cursor, etype: int, count: int, what: str, depth: int) -> 
         return
     if etype not in (_STRING, _ARRAY):
         raise cur.fail(f"{what} has value type {etype}, which is not a GGUF type")
-    if count * 8 > len(cur.view) - cur.pos:   # strings and arrays take 8 bytes at least
+    if count * 8 > len(cur.view) - cur.pos:  # strings and arrays take 8 bytes at least
         raise cur.fail(f"{what}: an array of {count} entries runs past the end of the file")
     if etype == _STRING:
         _skip_strings(cur, count, what)
@@ -220,7 +220,9 @@ def _tensor_info(cur: _Cursor, type_sizes: Mapping[int, tuple[int, int]]) -> tup
         raise cur.fail(f"tensor {name!r} has dimensions {list(dims)}, more elements than an array can hold")
     block, block_bytes = type_sizes[ttype]
     if (dims and dims[0] % block) or (block > 1 and not dims):
-        raise cur.fail(f"tensor {name!r}: its rows of {dims[0] if dims else 'no'} elements are not whole blocks of {block}")
+        raise cur.fail(
+            f"tensor {name!r}: its rows of {dims[0] if dims else 'no'} elements are not whole blocks of {block}"
+        )
     return name, dims, ttype, offset, (numel if 0 not in dims else 0) * block_bytes // block
 
 
@@ -240,7 +242,9 @@ def read_array(layout: Layout, array: ArrayValue, what: str) -> list:
     try:
         view, _ = _mapped(layout.path, layout.stamp)
         with view:
-            return _decode_array(_Cursor(layout.path, view, layout.order, array.start), array.etype, array.count, what, 0)
+            return _decode_array(
+                _Cursor(layout.path, view, layout.order, array.start), array.etype, array.count, what, 0
+            )
     except OSError as exc:
         raise InputFormatError(f"{layout.path}: cannot read the GGUF file ({exc})") from None
 
@@ -269,7 +273,7 @@ def read_tensor_bytes(layout: Layout, span: TensorSpan) -> bytearray:
             fh.seek(span.start)
             with memoryview(buf) as view:
                 done = 0
-                while done < span.nbytes:   # one read returns at most ~2 GiB on Linux
+                while done < span.nbytes:  # one read returns at most ~2 GiB on Linux
                     got = fh.readinto(view[done:])
                     if not got:
                         raise InputFormatError(f"{layout.path}: tensor {span.name} is cut short; {_FIX}")

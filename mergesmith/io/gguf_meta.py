@@ -16,12 +16,10 @@ from typing import Any
 from mergesmith.errors import ArchitectureError, InputFormatError
 from mergesmith.io.gguf_layout import ArrayValue, Layout, TensorSpan, check_layout, read_array
 
-try:   # the one import of gguf-py for io/gguf*.py, which take it from here
+try:  # the one import of gguf-py for io/gguf*.py, which take it from here
     import gguf
 except ImportError as exc:  # gguf is an optional extra; say how to get it.
-    raise InputFormatError(
-        f"reading GGUF files needs the gguf package ({exc}); pip install mergesmith[gguf]"
-    ) from exc
+    raise InputFormatError(f"reading GGUF files needs the gguf package ({exc}); pip install mergesmith[gguf]") from exc
 
 # GGUF architecture name -> whether llama.cpp permuted the q/k rows when converting.
 # Mistral is written by llama.cpp as "llama", so it is covered by the same entry.
@@ -60,7 +58,9 @@ class GGUFMeta:
             try:
                 return value.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InputFormatError(f"{self.path}: GGUF metadata {key} is unreadable ({exc}); re-export it") from None
+                raise InputFormatError(
+                    f"{self.path}: GGUF metadata {key} is unreadable ({exc}); re-export it"
+                ) from None
         return value
 
     def count(self, key: str) -> int | None:
@@ -71,7 +71,9 @@ class GGUFMeta:
     def require(self, key: str) -> Any:
         value = self.get(key)
         if value is None:
-            raise InputFormatError(f"{self.path}: GGUF metadata has no {key}; re-export the file with a current llama.cpp")
+            raise InputFormatError(
+                f"{self.path}: GGUF metadata has no {key}; re-export the file with a current llama.cpp"
+            )
         return value
 
     def integer(self, key: str, default: int | None = None, *, least: int = 1, required: bool = False) -> int | None:

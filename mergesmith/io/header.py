@@ -22,7 +22,7 @@ class ModelHeader:
     and the tokenizer files even when no weight has been downloaded) or the ``.gguf`` file.
     """
 
-    key: str                       # the reference as written in the recipe
+    key: str  # the reference as written in the recipe
     path: Path
     config: Mapping
     tensors: Mapping[str, TensorInfo]

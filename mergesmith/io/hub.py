@@ -29,9 +29,18 @@ _PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "*.jinja", "*.tiktok
 # What planning reads: the config, the shard index, and what the output's tokenizer, vocabulary
 # and chat template come from (output/tokenizer.py's TOKENIZER_FILES, plus generation_config.json).
 HEADER_FILES = (
-    "config.json", "generation_config.json", SAFETENSORS_INDEX, "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json",
+    "config.json",
+    "generation_config.json",
+    SAFETENSORS_INDEX,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 
 
@@ -49,7 +58,7 @@ def has_weights(folder: Path, allow_pickle: bool = False) -> bool:
         try:
             shards = set(read_index(folder, index).values())
         except InputFormatError:
-            return True   # complete as far as we can tell: the reader reports the bad index
+            return True  # complete as far as we can tell: the reader reports the bad index
         return all(shard.is_file() for shard in shards)
     return any(folder.glob("*.safetensors")) or (allow_pickle and any(folder.glob("*.bin")))
 
@@ -58,7 +67,7 @@ def has_weights(folder: Path, allow_pickle: bool = False) -> bool:
 class _Repo:
     """One Hub reference of a recipe model, with what its error messages need."""
 
-    key: str                  # the whole recipe reference (it may be ``base+adapter``)
+    key: str  # the whole recipe reference (it may be ``base+adapter``)
     repo_id: str
     revision: str | None
     looked_in: Sequence[Path]
@@ -86,10 +95,13 @@ class _Repo:
         """The snapshot with the files matching ``patterns``: from the cache when ``complete`` says it
         has them, else from the Hub (which skips the files already cached)."""
         hub = self.module()
-        with self.errors(), (_no_progress_bars(hub) if quiet else contextlib.nullcontext()):
-            with contextlib.suppress(hub.utils.LocalEntryNotFoundError):   # not cached, or only partly
-                cached = Path(hub.snapshot_download(self.repo_id, revision=self.revision,
-                                                    allow_patterns=list(patterns), local_files_only=True))
+        with self.errors(), _no_progress_bars(hub) if quiet else contextlib.nullcontext():
+            with contextlib.suppress(hub.utils.LocalEntryNotFoundError):  # not cached, or only partly
+                cached = Path(
+                    hub.snapshot_download(
+                        self.repo_id, revision=self.revision, allow_patterns=list(patterns), local_files_only=True
+                    )
+                )
                 if complete(cached):
                     return cached
             return Path(hub.snapshot_download(self.repo_id, revision=self.revision, allow_patterns=list(patterns)))
@@ -105,29 +117,36 @@ class _Repo:
         except utils.GatedRepoError:
             reason = "is gated on the Hugging Face Hub; accept its terms on the Hub and log in (`hf auth login`)"
         except utils.RevisionNotFoundError:
-            reason = (f"has no revision '{self.revision}' on the Hugging Face Hub; give a branch, tag or commit "
-                      "that exists")
+            reason = (
+                f"has no revision '{self.revision}' on the Hugging Face Hub; give a branch, tag or commit that exists"
+            )
         except utils.RepositoryNotFoundError:
-            reason = ("is not on the Hugging Face Hub either (or is private: log in with `hf auth login`); "
-                      "check the spelling, or give a local directory")
+            reason = (
+                "is not on the Hugging Face Hub either (or is private: log in with `hf auth login`); "
+                "check the spelling, or give a local directory"
+            )
         except (utils.LocalEntryNotFoundError, utils.OfflineModeIsEnabled) as exc:
             offline = any(isinstance(e, utils.OfflineModeIsEnabled) for e in (exc, exc.__cause__))
             why = "offline: HF_HUB_OFFLINE is set" if offline else "offline"
             reason = f"the Hugging Face Hub is unreachable ({why}); " + self.advice()
         except utils.SafetensorsParsingError as exc:
-            reason = (f"has a safetensors header on the Hugging Face Hub that cannot be parsed ({_first_line(exc)}); "
-                      "check the repository, or download it and give the local directory")
-        except (OSError, *_transport_errors()) as exc:   # HfHubHTTPError is an OSError; so is a full disk
+            reason = (
+                f"has a safetensors header on the Hugging Face Hub that cannot be parsed ({_first_line(exc)}); "
+                "check the repository, or download it and give the local directory"
+            )
+        except (OSError, *_transport_errors()) as exc:  # HfHubHTTPError is an OSError; so is a full disk
             reason = f"could not be fetched from the Hugging Face Hub ({_first_line(exc)}); " + self.advice()
-        except ValueError as exc:   # huggingface_hub's own id validation (HFValidationError)
+        except ValueError as exc:  # huggingface_hub's own id validation (HFValidationError)
             reason = f"is not a valid Hugging Face Hub id ({exc}); give a local directory or org/name"
         # Say where it was looked for locally too: a mistyped relative path also lands here.
         raise InputFormatError(f"{self.who} is not found locally (looked in {self._local}) and {reason}")
 
     def advice(self) -> str:
         rev = f" --revision {self.revision}" if self.revision else ""
-        return (f"download it where you have network (`hf download {self.repo_id}{rev}`) and give the local "
-                "directory in the recipe, or point HF_HUB_CACHE at a cache that holds it")
+        return (
+            f"download it where you have network (`hf download {self.repo_id}{rev}`) and give the local "
+            "directory in the recipe, or point HF_HUB_CACHE at a cache that holds it"
+        )
 
 
 @contextlib.contextmanager
@@ -159,7 +178,12 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def snapshot_dir(
-    key: str, repo_id: str, revision: str | None, *, looked_in: Sequence[Path], allow_pickle: bool = False,
+    key: str,
+    repo_id: str,
+    revision: str | None,
+    *,
+    looked_in: Sequence[Path],
+    allow_pickle: bool = False,
 ) -> Path:
     """The snapshot directory of ``repo_id`` at ``revision`` (default branch when None), weights included.
 
@@ -171,7 +195,12 @@ def snapshot_dir(
 
 
 def cached_snapshot(
-    key: str, repo_id: str, revision: str | None, *, looked_in: Sequence[Path], allow_pickle: bool = False,
+    key: str,
+    repo_id: str,
+    revision: str | None,
+    *,
+    looked_in: Sequence[Path],
+    allow_pickle: bool = False,
 ) -> Path | None:
     """The snapshot with its weights when the cache already holds them; None otherwise. No network."""
     repo = _Repo(key, repo_id, revision, tuple(looked_in))
@@ -179,23 +208,26 @@ def cached_snapshot(
     patterns = list(_PATTERNS) + (["*.bin"] if allow_pickle else [])
     with repo.errors():
         try:
-            found = Path(hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
-                                               local_files_only=True))
+            found = Path(
+                hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
+            )
         except hub.utils.LocalEntryNotFoundError:
-            return None   # not cached (or only partly): the caller fetches what it needs
+            return None  # not cached (or only partly): the caller fetches what it needs
     return found if has_weights(found, allow_pickle) else None
 
 
-def header_files(key: str, repo_id: str, revision: str | None, *, looked_in: Sequence[Path],
-                 files: Sequence[str] = HEADER_FILES) -> Path:
+def header_files(
+    key: str, repo_id: str, revision: str | None, *, looked_in: Sequence[Path], files: Sequence[str] = HEADER_FILES
+) -> Path:
     """A snapshot directory holding those of ``files`` the repository has (config.json at least
     for a model); no weights are downloaded."""
     repo = _Repo(key, repo_id, revision, tuple(looked_in))
     return repo.fetch(files, lambda folder: (folder / files[0]).is_file(), quiet=True)
 
 
-def remote_tensors(key: str, repo_id: str, revision: str | None, *, commit: str,
-                   looked_in: Sequence[Path]) -> dict[str, TensorInfo] | None:
+def remote_tensors(
+    key: str, repo_id: str, revision: str | None, *, commit: str, looked_in: Sequence[Path]
+) -> dict[str, TensorInfo] | None:
     """Tensor name → header facts of ``repo_id`` at ``commit`` (``revision`` resolved), read from the
     Hub with range requests: huggingface_hub's ``get_safetensors_metadata`` reads the first 100 kB of
     each safetensors file. None for a repository without ``model.safetensors`` or its index."""
@@ -211,10 +243,12 @@ def remote_tensors(key: str, repo_id: str, revision: str | None, *, commit: str,
     for file, header in metadata.files_metadata.items():
         for name, tensor in header.tensors.items():
             if metadata.weight_map.get(name) != file:
-                continue   # a shard's tensor its index does not list: not read, as by SafetensorsReader
+                continue  # a shard's tensor its index does not list: not read, as by SafetensorsReader
             dtype = _ST_DTYPES.get(tensor.dtype)
             if dtype is None:
-                raise InputFormatError(f"model '{key}': {repo_id}/{file}: tensor {name!r:.200} has dtype "
-                                       f"{tensor.dtype!r:.80}, which mergesmith does not read")
+                raise InputFormatError(
+                    f"model '{key}': {repo_id}/{file}: tensor {name!r:.200} has dtype "
+                    f"{tensor.dtype!r:.80}, which mergesmith does not read"
+                )
             infos[name] = TensorInfo(name, tuple(tensor.shape), dtype)
     return infos

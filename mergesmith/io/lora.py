@@ -54,8 +54,10 @@ SHARD_SIZE = 5 * 10**9
 METADATA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 
 # module.lora_A[.adapter].weight (Linear, Conv1D) and module.lora_embedding_A[.adapter] (Embedding).
-_FACTOR = re.compile(r"(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])"
-                     r"(?:\.(?!weight$|bias$)(?P<adapter>[^.]+))?(?P<suffix>\.weight|\.bias)?")
+_FACTOR = re.compile(
+    r"(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])"
+    r"(?:\.(?!weight$|bias$)(?P<adapter>[^.]+))?(?P<suffix>\.weight|\.bias)?"
+)
 # A whole tensor: module.weight, module.base_layer.weight, module.modules_to_save[.adapter].weight.
 _SAVED = re.compile(r"(?P<module>.+?)(?P<wrapper>\.base_layer|\.modules_to_save(?:\.[^.]+)?)?\.(?P<param>weight|bias)")
 
@@ -73,8 +75,8 @@ class Delta:
 @dataclass(frozen=True)
 class Adapter:
     file: Path
-    deltas: Mapping[str, Delta]          # base tensor name -> its LoRA update
-    replaced: Mapping[str, str]          # base tensor name -> adapter tensor saved whole
+    deltas: Mapping[str, Delta]  # base tensor name -> its LoRA update
+    replaced: Mapping[str, str]  # base tensor name -> adapter tensor saved whole
 
 
 def read_adapter(key: str, adapter_dir: Path, base: Mapping[str, TensorInfo]) -> Adapter:
@@ -84,19 +86,26 @@ def read_adapter(key: str, adapter_dir: Path, base: Mapping[str, TensorInfo]) ->
     file = adapter_dir / ADAPTER_WEIGHTS
     if not file.is_file():
         pickle = (adapter_dir / "adapter_model.bin").is_file()
-        hint = ("adapter_model.bin is pickle: re-save it with peft's save_pretrained(safe_serialization=True)"
-                if pickle else RESAVE)
+        hint = (
+            "adapter_model.bin is pickle: re-save it with peft's save_pretrained(safe_serialization=True)"
+            if pickle
+            else RESAVE
+        )
         raise InputFormatError(f"model '{key}': {adapter_dir} has no {ADAPTER_WEIGHTS}; {hint}")
     header = read_safetensors_header(file)
     factors, transposed, replaced = _classify(config, file, header)
     for target, source in {**replaced, **{t: min(f.values()) for t, f in factors.items()}}.items():
         if target not in base:
-            raise InputFormatError(f"{file}: tensor {source} targets {target}, which base model '{key}' does not "
-                                   "have (tied to another tensor, or the adapter was trained on a different model)")
+            raise InputFormatError(
+                f"{file}: tensor {source} targets {target}, which base model '{key}' does not "
+                "have (tied to another tensor, or the adapter was trained on a different model)"
+            )
     for target, name in replaced.items():
         if tuple(header[name]["shape"]) != base[target].shape:
-            raise InputFormatError(f"{file}: {name} has shape {header[name]['shape']} but {target} in the base has "
-                                   f"{list(base[target].shape)}; resized vocabularies are not supported")
+            raise InputFormatError(
+                f"{file}: {name} has shape {header[name]['shape']} but {target} in the base has "
+                f"{list(base[target].shape)}; resized vocabularies are not supported"
+            )
     deltas = {t: _delta(config, file, header, t, f, transposed[t], base[t]) for t, f in factors.items()}
     return Adapter(file, deltas, replaced)
 
@@ -125,16 +134,19 @@ def _classify(config: dict, file: Path, header: Mapping) -> tuple[dict, dict, di
                 raise InputFormatError(f"{file}: {replaced[target]} and {name} both replace {target}")
             replaced[target] = name
         else:
-            raise InputFormatError(f"{file}: tensor {name} is neither a LoRA factor (lora_A, lora_B, lora_embedding_A, "
-                                   f"lora_embedding_B) nor a module listed in modules_to_save; {SUPPORTED}")
+            raise InputFormatError(
+                f"{file}: tensor {name} is neither a LoRA factor (lora_A, lora_B, lora_embedding_A, "
+                f"lora_embedding_B) nor a module listed in modules_to_save; {SUPPORTED}"
+            )
     if len(adapter_names) > 1:
         shown = ", ".join(sorted(n or "unnamed" for n in adapter_names))
         raise InputFormatError(f"{file}: holds several adapters ({shown}); save one adapter per directory")
     return factors, transposed, replaced
 
 
-def _delta(config: dict, file: Path, header: Mapping, target: str, pair: dict, transpose: bool,
-           info: TensorInfo) -> Delta:
+def _delta(
+    config: dict, file: Path, header: Mapping, target: str, pair: dict, transpose: bool, info: TensorInfo
+) -> Delta:
     if set(pair) != {"A", "B"}:
         have, missing = (pair["A"], "B") if "A" in pair else (pair["B"], "A")
         raise InputFormatError(f"{file}: {have} has no matching lora_{missing}; the adapter file is incomplete")
@@ -142,12 +154,16 @@ def _delta(config: dict, file: Path, header: Mapping, target: str, pair: dict, t
     # B @ A is (out, in) = (b[0], a[1]); embeddings and fan_in_fan_out layers store its transpose.
     shape = None if len(a) != 2 or len(b) != 2 or a[0] != b[1] else (a[1], b[0]) if transpose else (b[0], a[1])
     if shape is None:
-        raise InputFormatError(f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} do not make an update "
-                               f"for {target}; only 2-D (Linear, Conv1D, Embedding) LoRA is supported")
+        raise InputFormatError(
+            f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} do not make an update "
+            f"for {target}; only 2-D (Linear, Conv1D, Embedding) LoRA is supported"
+        )
     if shape != info.shape:
-        raise InputFormatError(f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} make a {list(shape)} update "
-                               f"but {target} is {list(info.shape)} in the base; the adapter was trained on a "
-                               "different model")
+        raise InputFormatError(
+            f"{file}: {pair['A']} {list(a)} and {pair['B']} {list(b)} make a {list(shape)} update "
+            f"but {target} is {list(info.shape)} in the base; the adapter was trained on a "
+            "different model"
+        )
     if not info.dtype.is_floating_point:
         raise InputFormatError(f"{file}: {target} is {info.dtype} in the base; LoRA applies to float tensors")
     factor = scale(config, target.removesuffix(".weight"), a[0], file, pair["A"])
@@ -190,8 +206,10 @@ class LoraReader:
 def lora_view(key: str, base: ModelInput, adapter_dir: Path) -> ModelInput:
     """``base`` with the adapter in ``adapter_dir`` applied on read; takes over ``base.reader``."""
     if base.gguf_file is not None:
-        raise InputFormatError(f"model '{key}': LoRA adapters apply to safetensors or .bin model directories, "
-                               f"not to {base.gguf_file.name}; give the unquantized base model")
+        raise InputFormatError(
+            f"model '{key}': LoRA adapters apply to safetensors or .bin model directories, "
+            f"not to {base.gguf_file.name}; give the unquantized base model"
+        )
     adapter = read_adapter(key, adapter_dir, base.tensors)
     return ModelInput(key, base.path, base.config, base.tensors, LoraReader(base.reader, adapter))
 
@@ -226,7 +244,7 @@ def _claim_staging(final: Path) -> Path:
     """``.KEY.partial-PID`` beside the cache entry, after removing what killed runs left there (with a
     warning). A live process staging the same entry is not an error here: both finish, one rename wins."""
     with parent_lock(final):
-        with contextlib.suppress(OutputExistsError):   # raised only for a live writer: see above
+        with contextlib.suppress(OutputExistsError):  # raised only for a live writer: see above
             clear_stale(final)
         staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -246,8 +264,10 @@ def cached_merge(view: ModelInput, adapter_dir: Path, cache_root: Path) -> Path:
     try:
         staging = _claim_staging(final)
     except OSError as exc:
-        raise InputFormatError(f"LoRA cache {cache_root}: cannot write there ({exc.strerror}); "
-                               "give a writable directory with --lora-cache or MERGESMITH_CACHE") from None
+        raise InputFormatError(
+            f"LoRA cache {cache_root}: cannot write there ({exc.strerror}); "
+            "give a writable directory with --lora-cache or MERGESMITH_CACHE"
+        ) from None
     try:
         slots = [TensorSlot(name, info.shape, info.dtype) for name, info in view.tensors.items()]
         writer = ShardedWriter(staging, slots, SHARD_SIZE)
@@ -267,7 +287,7 @@ def cached_merge(view: ModelInput, adapter_dir: Path, cache_root: Path) -> Path:
         except OSError:
             if not (final / "config.json").is_file():
                 raise
-            shutil.rmtree(staging, ignore_errors=True)   # another process finished the same entry first
+            shutil.rmtree(staging, ignore_errors=True)  # another process finished the same entry first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -19,22 +19,34 @@ from pathlib import Path
 from mergesmith.errors import InputFormatError
 
 ADAPTER_CONFIG = "adapter_config.json"
-SUPPORTED = ("mergesmith folds plain LoRA (peft_type LORA on Linear, Conv1D and Embedding layers, "
-             "with rsLoRA, rank/alpha patterns and modules_to_save)")
+SUPPORTED = (
+    "mergesmith folds plain LoRA (peft_type LORA on Linear, Conv1D and Embedding layers, "
+    "with rsLoRA, rank/alpha patterns and modules_to_save)"
+)
 # Adapter features whose merge is not W + scale·BA: refused rather than merged wrongly.
-UNSUPPORTED_KEYS = ("use_dora", "lora_bias", "layer_replication", "trainable_token_indices",
-                    "target_parameters", "alora_invocation_tokens", "use_qalora", "use_bdlora")
+UNSUPPORTED_KEYS = (
+    "use_dora",
+    "lora_bias",
+    "layer_replication",
+    "trainable_token_indices",
+    "target_parameters",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "use_bdlora",
+)
 RESAVE = "re-save the adapter with peft's save_pretrained()"
 
 
 def read_config(adapter_dir: Path, key: str) -> dict:
     path = adapter_dir / ADAPTER_CONFIG
     if not path.is_file():
-        raise InputFormatError(f"model '{key}': {adapter_dir} has no {ADAPTER_CONFIG}; "
-                               "the part after '+' must be a PEFT LoRA adapter directory")
+        raise InputFormatError(
+            f"model '{key}': {adapter_dir} has no {ADAPTER_CONFIG}; "
+            "the part after '+' must be a PEFT LoRA adapter directory"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:   # UnicodeDecodeError included
+    except ValueError as exc:  # UnicodeDecodeError included
         raise InputFormatError(f"{path}: not valid JSON ({exc}); repair it or {RESAVE}") from None
     if not isinstance(config, dict):
         raise InputFormatError(f"{path}: holds a JSON {type(config).__name__}, not an object; {RESAVE}")
@@ -42,8 +54,10 @@ def read_config(adapter_dir: Path, key: str) -> dict:
         raise InputFormatError(f"{path}: peft_type is {config.get('peft_type')!r}; {SUPPORTED}")
     for name in UNSUPPORTED_KEYS:
         if config.get(name):
-            raise InputFormatError(f"{path}: {name} = {config[name]!r} is not supported; {SUPPORTED}. "
-                                   "Merge this adapter with peft's merge_and_unload() and give the result as a model")
+            raise InputFormatError(
+                f"{path}: {name} = {config[name]!r} is not supported; {SUPPORTED}. "
+                "Merge this adapter with peft's merge_and_unload() and give the result as a model"
+            )
     _check_numbers(config, path)
     return config
 
@@ -63,7 +77,9 @@ def _check_numbers(config: dict, path: Path) -> None:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise InputFormatError(f"{path}: {pattern_key} key '{pattern}' is not a regular expression ({exc})") from None
+                raise InputFormatError(
+                    f"{path}: {pattern_key} key '{pattern}' is not a regular expression ({exc})"
+                ) from None
 
 
 def pattern_value(patterns: Mapping, module: str, default):
@@ -78,8 +94,10 @@ def scale(config: dict, module: str, rank: int, file: Path, a_name: str) -> floa
     r = pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
     alpha = pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha"))
     if r != rank:
-        raise InputFormatError(f"{file}: {a_name} has rank {rank} but {ADAPTER_CONFIG} gives r = {r} for {module}; "
-                               f"the adapter's config and weights disagree: {RESAVE}")
+        raise InputFormatError(
+            f"{file}: {a_name} has rank {rank} but {ADAPTER_CONFIG} gives r = {r} for {module}; "
+            f"the adapter's config and weights disagree: {RESAVE}"
+        )
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
@@ -103,17 +121,25 @@ def check_target_modules(config: dict, path: Path, key: str, tensor_names: Itera
     if isinstance(targets, str):
         try:
             if not any(re.fullmatch(targets, m) for m in modules):
-                raise InputFormatError(f"{path}: target_modules '{targets}' matches no module of the base model in '{key}'; "
-                                       "the adapter was trained on a different model")
+                raise InputFormatError(
+                    f"{path}: target_modules '{targets}' matches no module of the base model in '{key}'; "
+                    "the adapter was trained on a different model"
+                )
         except re.error as exc:
             raise InputFormatError(f"{path}: target_modules '{targets}' is not a regular expression ({exc})") from None
         return
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise InputFormatError(f"{path}: target_modules is {targets!r}; it is a list of module names or a regular expression")
+        raise InputFormatError(
+            f"{path}: target_modules is {targets!r}; it is a list of module names or a regular expression"
+        )
     unmatched = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
     if unmatched and len(unmatched) == len(targets):
-        raise InputFormatError(f"{path}: target_modules {targets} name no module of the base model in '{key}'; "
-                               "the adapter was trained on a different model")
+        raise InputFormatError(
+            f"{path}: target_modules {targets} name no module of the base model in '{key}'; "
+            "the adapter was trained on a different model"
+        )
     if unmatched:
-        warnings.warn(f"{path}: target_modules {unmatched} match no module of the base model in '{key}'; ignored, as PEFT does",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: target_modules {unmatched} match no module of the base model in '{key}'; ignored, as PEFT does",
+            stacklevel=2,
+        )

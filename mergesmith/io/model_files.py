@@ -33,8 +33,10 @@ def require_inside(model_dir: Path, file: Path) -> Path:
     """``file`` itself, or an error if it is a symlink leading out of ``model_dir``."""
     resolved = outside_model(model_dir, file)
     if resolved is not None:
-        raise InputFormatError(f"{file}: a symlink to {resolved}, outside the model directory {model_dir}; "
-                               "mergesmith reads only files inside it: copy the file there")
+        raise InputFormatError(
+            f"{file}: a symlink to {resolved}, outside the model directory {model_dir}; "
+            "mergesmith reads only files inside it: copy the file there"
+        )
     return file
 
 
@@ -43,11 +45,12 @@ def load_json(path: Path, raw: bytes, what: str) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputFormatError(f"{path}: the {what} is not UTF-8 (byte {exc.start}: {exc.reason}); "
-                               "re-download or re-export it") from None
+        raise InputFormatError(
+            f"{path}: the {what} is not UTF-8 (byte {exc.start}: {exc.reason}); re-download or re-export it"
+        ) from None
     try:
         return json.loads(text, object_pairs_hook=partial(_unique_keys, path, what))
-    except (ValueError, RecursionError) as exc:   # RecursionError: nested deeper than the parser goes
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise InputFormatError(f"{path}: the {what} is not valid JSON ({exc}); re-download or re-export it") from None
 
 
@@ -56,8 +59,10 @@ def _unique_keys(path: Path, what: str, pairs: list[tuple[str, Any]]) -> dict:
     found: dict = {}
     for key, value in pairs:
         if key in found:
-            raise InputFormatError(f"{path}: the {what} lists {key!r:.200} twice; which entry is meant is "
-                                   "ambiguous, re-download or re-export the model")
+            raise InputFormatError(
+                f"{path}: the {what} lists {key!r:.200} twice; which entry is meant is "
+                "ambiguous, re-download or re-export the model"
+            )
         found[key] = value
     return found
 
@@ -71,8 +76,10 @@ def read_index(model_dir: Path, index: Path) -> dict[str, Path]:
     data = load_json(index, raw, "shard index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
-        raise InputFormatError(f"{index}: not a shard index: 'weight_map' is {weight_map!r:.80}, expected an object "
-                               "mapping tensor names to shard files; re-download the model")
+        raise InputFormatError(
+            f"{index}: not a shard index: 'weight_map' is {weight_map!r:.80}, expected an object "
+            "mapping tensor names to shard files; re-download the model"
+        )
     return {name: _shard_file(model_dir, index, name, entry) for name, entry in weight_map.items()}
 
 
@@ -85,5 +92,7 @@ def _shard_file(model_dir: Path, index: Path, name: str, entry: Any) -> Path:
     if resolved is None:
         return model_dir / entry
     how = "" if Path(entry).is_absolute() or ".." in Path(entry).parts else f" (a symlink to {resolved})"
-    raise InputFormatError(f"{where}{how}, outside the model directory {model_dir}; an index may only name "
-                           "shards inside its own directory: re-download the model")
+    raise InputFormatError(
+        f"{where}{how}, outside the model directory {model_dir}; an index may only name "
+        "shards inside its own directory: re-download the model"
+    )

@@ -29,12 +29,14 @@ class PickleReader:
         self._shard_of = shard_of
         self._loaded: dict[Path, dict] = dict(loaded or {})
         self._infos = {}
-        held: dict[str, Path] = {}   # every tensor any shard holds -> that shard
+        held: dict[str, Path] = {}  # every tensor any shard holds -> that shard
         for shard in sorted(set(shard_of.values())):
             for name, tensor in self._load(shard).items():
                 if name in held:
-                    raise InputFormatError(f"{path}: tensor {name!r:.200} is stored twice, in {held[name]} and in "
-                                           f"{shard}; which copy is meant is ambiguous, re-download the model")
+                    raise InputFormatError(
+                        f"{path}: tensor {name!r:.200} is stored twice, in {held[name]} and in "
+                        f"{shard}; which copy is meant is ambiguous, re-download the model"
+                    )
                 held[name] = shard
                 if shard_of.get(name) == shard:
                     self._infos[name] = TensorInfo(name, tuple(tensor.shape), tensor.dtype)
@@ -81,18 +83,23 @@ def load_state_dict(shard: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         refused = _REFUSED_GLOBAL.search(str(exc))
         if refused:
-            raise InputFormatError(f"{shard}: the pickle needs the global {refused.group(1).rstrip('.')!r}, which "
-                                   f"is not a tensor type; {CONVERT}") from None
+            raise InputFormatError(
+                f"{shard}: the pickle needs the global {refused.group(1).rstrip('.')!r}, which "
+                f"is not a tensor type; {CONVERT}"
+            ) from None
         raise InputFormatError(f"{shard}: cannot read pickle checkpoint ({_one_line(exc)}); {CONVERT}") from None
     except Exception as exc:  # torch raises many types for a bad file (zip, EOF, runtime); report the file.
         raise InputFormatError(f"{shard}: cannot read pickle checkpoint ({_one_line(exc)}); {CONVERT}") from None
     if not isinstance(loaded, dict):
-        raise InputFormatError(f"{shard}: holds a {type(loaded).__name__}, not a state dict of named tensors; "
-                               f"{CONVERT}")
+        raise InputFormatError(
+            f"{shard}: holds a {type(loaded).__name__}, not a state dict of named tensors; {CONVERT}"
+        )
     for name, value in loaded.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise InputFormatError(f"{shard}: entry {name!r:.200} holds a value of type {type(value).__name__}, "
-                                   f"not a tensor; the file is not a plain state dict, {CONVERT}")
+            raise InputFormatError(
+                f"{shard}: entry {name!r:.200} holds a value of type {type(value).__name__}, "
+                f"not a tensor; the file is not a plain state dict, {CONVERT}"
+            )
     return loaded
 
 

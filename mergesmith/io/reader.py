@@ -29,15 +29,39 @@ MAX_HEADER_BYTES = 100_000_000
 _MAX_NUMEL = 2**63 - 1
 
 # safetensors header dtype codes -> torch dtypes (the subset checkpoints use).
-_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
-             "int8": 1, "uint8": 1, "bool": 1}
+_ITEMSIZE = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
 _ST_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
 }
 # Byte sizes of every whole-byte safetensors dtype, read or not: byte counts are checked for all.
 _ST_ITEMSIZE = {code: _ITEMSIZE[name] for code, name in _ST_DTYPES.items()} | {
-    "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "C64": 8,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "C64": 8,
 }
 
 
@@ -51,7 +75,7 @@ class TensorInfo:
     dtype_name: str
 
     def __post_init__(self):
-        if not isinstance(self.dtype_name, str):   # readers may pass a torch dtype
+        if not isinstance(self.dtype_name, str):  # readers may pass a torch dtype
             object.__setattr__(self, "dtype_name", str(self.dtype_name).removeprefix("torch."))
 
     @property
@@ -90,8 +114,10 @@ def _header_and_start(path: Path) -> tuple[int, dict]:
     raw, file_size = _header_bytes(path)
     header = load_json(path, raw, "safetensors header")
     if not isinstance(header, dict):
-        raise InputFormatError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object; "
-                               "re-download or re-export the model")
+        raise InputFormatError(
+            f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object; "
+            "re-download or re-export the model"
+        )
     header.pop("__metadata__", None)
     data_size = file_size - 8 - len(raw)
     for name, entry in header.items():
@@ -108,12 +134,14 @@ def _header_bytes(path: Path) -> tuple[bytes, int]:
             file_size = os.fstat(fh.fileno()).st_size
             size = int.from_bytes(fh.read(8), "little")
             if file_size < 8 or not 0 < size <= min(MAX_HEADER_BYTES, file_size - 8):
-                raise InputFormatError(f"{path}: not a safetensors file (header length {size}, file size "
-                                       f"{file_size} bytes); re-download or re-export the model")
+                raise InputFormatError(
+                    f"{path}: not a safetensors file (header length {size}, file size "
+                    f"{file_size} bytes); re-download or re-export the model"
+                )
             raw = fh.read(size)
     except OSError as exc:
         raise InputFormatError(f"{path}: cannot read safetensors header ({exc})") from exc
-    if len(raw) != size:   # the file shrank since fstat
+    if len(raw) != size:  # the file shrank since fstat
         raise InputFormatError(f"{path}: file ends inside the safetensors header; re-download the model")
     return raw, file_size
 
@@ -127,21 +155,24 @@ def _check_entry(path: Path, name: str, entry: Any, data_size: int) -> None:
     """Types, offsets inside the file's ``data_size`` bytes of data, bytes matching the shape."""
     where, fix = f"{path}: tensor {name!r:.200}", "re-download or re-export the model"
     if not isinstance(entry, dict):
-        raise InputFormatError(f"{where}: header entry {entry!r:.80} is not an object of dtype, shape and "
-                               f"data_offsets; {fix}")
+        raise InputFormatError(
+            f"{where}: header entry {entry!r:.80} is not an object of dtype, shape and data_offsets; {fix}"
+        )
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str):
-        raise InputFormatError(f"{where}: dtype {dtype!r:.80} is not a dtype name such as \"F16\"; {fix}")
+        raise InputFormatError(f'{where}: dtype {dtype!r:.80} is not a dtype name such as "F16"; {fix}')
     if not isinstance(shape, list) or not all(map(_is_count, shape)):
         raise InputFormatError(f"{where}: shape {shape!r:.80} is not a list of non-negative integers; {fix}")
-    if _numel([dim or 1 for dim in shape], _MAX_NUMEL) > _MAX_NUMEL:   # torch counts in int64, even when empty
+    if _numel([dim or 1 for dim in shape], _MAX_NUMEL) > _MAX_NUMEL:  # torch counts in int64, even when empty
         raise InputFormatError(f"{where}: shape {shape!r:.80} has more elements than a tensor can hold; {fix}")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets)):
         raise InputFormatError(f"{where}: data_offsets {offsets!r:.80} is not [begin, end] in bytes; {fix}")
     begin, end = offsets
     if begin > end or end > data_size:
-        raise InputFormatError(f"{where}: data_offsets [{begin}, {end}] lie outside the file's {data_size} bytes "
-                               f"of tensor data (a truncated file?); {fix}")
+        raise InputFormatError(
+            f"{where}: data_offsets [{begin}, {end}] lie outside the file's {data_size} bytes "
+            f"of tensor data (a truncated file?); {fix}"
+        )
     itemsize = _ST_ITEMSIZE.get(dtype)
     if itemsize is not None and _numel(shape, data_size) * itemsize != end - begin:
         raise InputFormatError(f"{where}: {end - begin} bytes do not hold shape {shape!r:.80} of {dtype}; {fix}")
@@ -163,12 +194,17 @@ def _numel(shape: list[int], limit: int) -> int:
 def _check_overlaps(path: Path, header: dict) -> None:
     # Tensors sharing bytes are corrupt or crafted (safetensors itself refuses them). Sorted by
     # start, any overlap shows between neighbours.
-    spans = sorted((*entry["data_offsets"], name) for name, entry in header.items()
-                   if entry["data_offsets"][0] < entry["data_offsets"][1])
+    spans = sorted(
+        (*entry["data_offsets"], name)
+        for name, entry in header.items()
+        if entry["data_offsets"][0] < entry["data_offsets"][1]
+    )
     for (_, end, name), (begin, _, other) in zip(spans, spans[1:]):
         if begin < end:
-            raise InputFormatError(f"{path}: tensors {name!r:.200} and {other!r:.200} share bytes (data_offsets "
-                                   "overlap); re-download or re-export the model")
+            raise InputFormatError(
+                f"{path}: tensors {name!r:.200} and {other!r:.200} share bytes (data_offsets "
+                "overlap); re-download or re-export the model"
+            )
 
 
 class SafetensorsReader:
@@ -184,16 +220,18 @@ class SafetensorsReader:
     def __init__(self, path: Path, shard_of: dict[str, Path]):
         self.path = path
         self._infos: dict[str, TensorInfo] = {}
-        self._spans: dict[str, tuple[Path, int, int]] = {}   # name -> (shard, byte offset, byte count)
+        self._spans: dict[str, tuple[Path, int, int]] = {}  # name -> (shard, byte offset, byte count)
         self._fds: dict[Path, int] = {}
-        held: dict[str, Path] = {}   # every tensor any shard's header lists -> that shard
+        held: dict[str, Path] = {}  # every tensor any shard's header lists -> that shard
         for shard in sorted(set(shard_of.values())):
             # require_inside again: readers are also built without open_dir (a LoRA adapter's file).
             data_start, header = _header_and_start(require_inside(path, shard))
             for name, entry in header.items():
                 if name in held:
-                    raise InputFormatError(f"{path}: tensor {name!r:.200} is stored twice, in {held[name]} and in "
-                                           f"{shard}; which copy is meant is ambiguous, re-download the model")
+                    raise InputFormatError(
+                        f"{path}: tensor {name!r:.200} is stored twice, in {held[name]} and in "
+                        f"{shard}; which copy is meant is ambiguous, re-download the model"
+                    )
                 held[name] = shard
                 if shard_of.get(name) == shard:
                     self._add(shard, data_start, name, entry)
@@ -210,7 +248,7 @@ class SafetensorsReader:
             raise InputFormatError(
                 f"{shard}: tensor {name!r:.200} has dtype {entry['dtype']!r:.80}, which mergesmith does not read"
             )
-        begin, end = entry["data_offsets"]   # checked against the file by _header_and_start
+        begin, end = entry["data_offsets"]  # checked against the file by _header_and_start
         self._infos[name] = TensorInfo(name, tuple(entry["shape"]), dtype)
         self._spans[name] = (shard, data_start + begin, end - begin)
 
@@ -224,8 +262,8 @@ class SafetensorsReader:
                 raise InputFormatError(f"{shard}: cannot open ({exc})") from None
         sizes = {shard: os.fstat(fd).st_size for shard, fd in self._fds.items()}
         for name, (shard, offset, count) in self._spans.items():
-            if offset + count > sizes[shard]:   # the file shrank since its header was read
-                self.close()   # a map past the end of the file would crash (SIGBUS) on first touch
+            if offset + count > sizes[shard]:  # the file shrank since its header was read
+                self.close()  # a map past the end of the file would crash (SIGBUS) on first touch
                 raise InputFormatError(f"{shard}: file ends inside tensor {name!r:.200}; re-download the model")
 
     @classmethod
@@ -256,7 +294,7 @@ class SafetensorsReader:
             raise MissingTensorError(f"{self.path}: no tensor {name}") from None
 
     def get(self, name: str) -> torch.Tensor:
-        info = self.info(name)   # its byte count matches the shape: checked at open
+        info = self.info(name)  # its byte count matches the shape: checked at open
         numel = self._spans[name][2] // info.itemsize
         return self.get_range(name, 0, numel).reshape(info.shape)
 

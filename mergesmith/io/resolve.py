@@ -45,8 +45,10 @@ def _local(key: str, part: ModelPath, candidates: list[Path]) -> Path | None:
     for candidate in candidates:
         if candidate.exists():
             if part.revision:
-                raise InputFormatError(f"model '{key}': {candidate} is a local path, so '@{part.revision}' (a Hub "
-                                       "revision) does not apply; remove it or check out that revision there")
+                raise InputFormatError(
+                    f"model '{key}': {candidate} is a local path, so '@{part.revision}' (a Hub "
+                    "revision) does not apply; remove it or check out that revision there"
+                )
             return candidate.resolve()
     return None
 
@@ -76,11 +78,11 @@ def local_paths(key: str, base_dir: Path | None = None) -> list[Path]:
     try:
         ref = parse_reference(key)
     except ValueError:
-        return []   # open_model reports it
+        return []  # open_model reports it
     found = []
     for part in (ref.model, ref.lora):
         if part is not None:
-            found += [c.resolve() for c in _candidates(part, base_dir) if c.exists()][:1]   # the one _locate picks
+            found += [c.resolve() for c in _candidates(part, base_dir) if c.exists()][:1]  # the one _locate picks
     return found
 
 
@@ -119,7 +121,11 @@ def _open_hf_dir(key: str, path: Path, allow_pickle: bool) -> ModelInput:
 
 
 def open_model(
-    key: str, *, base_dir: Path | None = None, allow_pickle: bool = False, lora_cache: Path | None = None,
+    key: str,
+    *,
+    base_dir: Path | None = None,
+    allow_pickle: bool = False,
+    lora_cache: Path | None = None,
 ) -> ModelInput:
     """Open one reference; ``base+adapter`` is merged into ``lora_cache`` (on the fly when None)."""
     ref = _parse(key)
@@ -178,7 +184,7 @@ def _hub_header(key: str, part: ModelPath, candidates: list[Path], allow_pickle:
     folder = header_files(key, repo_id, revision, looked_in=candidates)
     # The cache names a snapshot directory by its commit: read the headers of exactly that commit.
     tensors = remote_tensors(key, repo_id, revision, commit=folder.name, looked_in=candidates)
-    if tensors is None:   # no safetensors to read headers from (pickle only): the weights are needed
+    if tensors is None:  # no safetensors to read headers from (pickle only): the weights are needed
         folder = snapshot_dir(key, repo_id, revision, looked_in=candidates, allow_pickle=allow_pickle)
         return _header_at(key, folder, allow_pickle)
     return ModelHeader(key, folder, _read_config(folder, key), tensors)
@@ -191,9 +197,11 @@ def _check_adapter(key: str, base: ModelHeader, part: ModelPath, base_dir: Path 
     from mergesmith.io.lora import ADAPTER_WEIGHTS, read_adapter
     from mergesmith.io.lora_config import ADAPTER_CONFIG, check_target_modules, read_config
 
-    if base.gguf_file is not None:   # as io/lora.py's lora_view says it
-        raise InputFormatError(f"model '{key}': LoRA adapters apply to safetensors or .bin model directories, "
-                               f"not to {base.gguf_file.name}; give the unquantized base model")
+    if base.gguf_file is not None:  # as io/lora.py's lora_view says it
+        raise InputFormatError(
+            f"model '{key}': LoRA adapters apply to safetensors or .bin model directories, "
+            f"not to {base.gguf_file.name}; give the unquantized base model"
+        )
     candidates = _candidates(part, base_dir)
     folder = _local(key, part, candidates)
     if folder is None and not looks_like_hub_id(part.path):
@@ -203,7 +211,7 @@ def _check_adapter(key: str, base: ModelHeader, part: ModelPath, base_dir: Path 
         if not (folder / ADAPTER_WEIGHTS).is_file():
             check_target_modules(read_config(folder, key), folder / ADAPTER_CONFIG, key, base.tensors)
             return
-    read_adapter(key, folder, base.tensors)   # headers only
+    read_adapter(key, folder, base.tensors)  # headers only
 
 
 def open_header(key: str, *, base_dir: Path | None = None, allow_pickle: bool = False) -> ModelHeader:
@@ -227,7 +235,11 @@ def open_headers(keys, *, base_dir: Path | None = None, allow_pickle: bool = Fal
 
 
 def open_models(
-    keys, *, base_dir: Path | None = None, allow_pickle: bool = False, lora_cache: Path | None = None,
+    keys,
+    *,
+    base_dir: Path | None = None,
+    allow_pickle: bool = False,
+    lora_cache: Path | None = None,
 ) -> dict[str, ModelInput]:
     opened: dict[str, ModelInput] = {}
     try:

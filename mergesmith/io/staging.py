@@ -28,7 +28,9 @@ def check_target(out: Path, force: bool) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputExistsError(f"{out} exists and is not a directory; remove it or choose another output path")
     if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; choose another output path, or set force (--force) to replace it")
+        raise OutputExistsError(
+            f"{out} already exists; choose another output path, or set force (--force) to replace it"
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -38,7 +40,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # another user's live process
+    except PermissionError:  # another user's live process
         return True
     return True
 
@@ -105,7 +107,7 @@ def publish(staging: Path, out: Path, force: bool) -> None:
     """Move a complete staging directory (or file) into place as ``out``."""
     out = out.absolute()
     with parent_lock(out):
-        check_target(out, force)   # another run may have published meanwhile
+        check_target(out, force)  # another run may have published meanwhile
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
             os.rename(out, old)
@@ -121,12 +123,14 @@ def replace_text(path, text: str) -> None:
     ``.NAME.partial-PID``, renamed into place, the staged file removed whatever happens."""
     path = Path(path).absolute()
     with parent_lock(path):
-        clear_stale(path)   # what a killed run left (warned about); a live writer is refused
+        clear_stale(path)  # what a killed run left (warned about); a live writer is refused
     staged = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         staged.write_text(text, encoding="utf-8")
         os.replace(staged, path)
     except OSError as exc:
-        raise OutputWriteError(f"{path} cannot be written ({exc.strerror}); check the folder's permissions and free space") from None
+        raise OutputWriteError(
+            f"{path} cannot be written ({exc.strerror}); check the folder's permissions and free space"
+        ) from None
     finally:
-        staged.unlink(missing_ok=True)   # Ctrl-C or a full disk: no stray partial file
+        staged.unlink(missing_ok=True)  # Ctrl-C or a full disk: no stray partial file

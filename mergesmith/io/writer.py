@@ -20,14 +20,32 @@ from mergesmith.io.blockfile import BlockFile
 
 # safetensors dtype codes by torch dtype name (names: importing this module needs no torch).
 ST_CODES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
 }
 INDEX_NAME = "model.safetensors.index.json"
 # More shards than this is almost always a shard size given in the wrong unit.
 MANY_SHARDS = 100
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -38,8 +56,10 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"shard_size '{text}' is not a size; write e.g. 5GB, 500MiB or 1000000B")
     if not match.group(2):
         n = match.group(1)
-        raise ConfigError(f"shard_size '{text}' (--shard-size) has no unit, so it would be {n} bytes; "
-                          f"add the unit: {n}GB, {n}MB, or {n}B if bytes are meant")
+        raise ConfigError(
+            f"shard_size '{text}' (--shard-size) has no unit, so it would be {n} bytes; "
+            f"add the unit: {n}GB, {n}MB, or {n}B if bytes are meant"
+        )
     size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if size <= 0:
         raise ConfigError(f"shard_size '{text}' must be positive")
@@ -76,10 +96,14 @@ def _header(slots: Sequence[TensorSlot]) -> tuple[bytes, dict[str, tuple[int, in
     entries, spans, offset = {"__metadata__": {"format": "pt"}}, {}, 0
     for slot in slots:
         spans[slot.name] = (offset, offset + slot.nbytes)
-        entries[slot.name] = {"dtype": ST_CODES[str(slot.dtype).removeprefix("torch.")], "shape": list(slot.shape), "data_offsets": list(spans[slot.name])}
+        entries[slot.name] = {
+            "dtype": ST_CODES[str(slot.dtype).removeprefix("torch.")],
+            "shape": list(slot.shape),
+            "data_offsets": list(spans[slot.name]),
+        }
         offset += slot.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)   # data must start 8-byte aligned
+    raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
     return len(raw).to_bytes(8, "little") + raw, spans
 
 
@@ -90,12 +114,15 @@ class ShardedWriter:
         shards = _split(slots, shard_size)
         count = len(shards)
         if count > MANY_SHARDS:
-            warnings.warn(f"shard_size {shard_size} bytes splits the output into {count} shards; "
-                          "choose a larger shard size (e.g. 5GB) for fewer files", stacklevel=2)
+            warnings.warn(
+                f"shard_size {shard_size} bytes splits the output into {count} shards; "
+                "choose a larger shard size (e.g. 5GB) for fewer files",
+                stacklevel=2,
+            )
         self.files = [
             "model.safetensors" if count == 1 else f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
         ]
-        self._where: dict[str, tuple[int, int, TensorSlot]] = {}   # name -> (shard, offset, slot)
+        self._where: dict[str, tuple[int, int, TensorSlot]] = {}  # name -> (shard, offset, slot)
         self._shards: list[BlockFile] = []
         try:
             for shard_index, (file, shard) in enumerate(zip(self.files, shards)):
@@ -134,7 +161,9 @@ class ShardedWriter:
     def finish(self) -> list[str]:
         """Close the shards and write the index (sharded outputs only); every slot must be filled."""
         if self._pending:
-            raise MergesmithError(f"internal: {len(self._pending)} planned tensors were never written, e.g. {min(self._pending)}")
+            raise MergesmithError(
+                f"internal: {len(self._pending)} planned tensors were never written, e.g. {min(self._pending)}"
+            )
         self.close()
         if len(self.files) > 1:
             total = sum(slot.nbytes for _, _, slot in self._where.values())

@@ -34,7 +34,22 @@ from mergesmith.lineage.run import (
 )
 
 __all__ = [
-    "FINAL_LABEL", "MERGED", "STAGE_RECORD", "UP_TO_DATE", "Lineage", "Stage", "StageOutcome",
-    "default_intermediate_dir", "fingerprints", "is_lineage", "is_lineage_file", "merge_lineage",
-    "model_references", "parse_lineage", "plan_lineage", "read_lineage", "resolved_recipe", "stage_of",
+    "FINAL_LABEL",
+    "MERGED",
+    "STAGE_RECORD",
+    "UP_TO_DATE",
+    "Lineage",
+    "Stage",
+    "StageOutcome",
+    "default_intermediate_dir",
+    "fingerprints",
+    "is_lineage",
+    "is_lineage_file",
+    "merge_lineage",
+    "model_references",
+    "parse_lineage",
+    "plan_lineage",
+    "read_lineage",
+    "resolved_recipe",
+    "stage_of",
 ]

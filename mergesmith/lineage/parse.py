@@ -28,10 +28,10 @@ _KEYWORDS = frozenset({"base", "union"})
 
 @dataclass(frozen=True)
 class Stage:
-    name: str | None        # None: mergekit-multi's unnamed final merge
-    document: int              # 1-based position in the file, for messages
-    recipe: Recipe             # as written: other stages appear by name
-    uses: tuple[str, ...]      # the stages it reads, by name
+    name: str | None  # None: mergekit-multi's unnamed final merge
+    document: int  # 1-based position in the file, for messages
+    recipe: Recipe  # as written: other stages appear by name
+    uses: tuple[str, ...]  # the stages it reads, by name
 
     @property
     def label(self) -> str:
@@ -41,9 +41,9 @@ class Stage:
 @dataclass(frozen=True)
 class Lineage:
     stages: tuple[Stage, ...]  # dependency order; the last one is the final merge, written to OUT
-    text: str                  # the file as written, for the final card
-    source: str                # file name or "<lineage>", for messages
-    base_dir: Path | None   # where relative model paths are looked up
+    text: str  # the file as written, for the final card
+    source: str  # file name or "<lineage>", for messages
+    base_dir: Path | None  # where relative model paths are looked up
 
     @property
     def final(self) -> Stage:
@@ -103,10 +103,15 @@ def _take_name(doc: Any, number: int, source: str) -> str | None:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: 'name' is the stage's name, a non-empty string; got {name!r}")
     # The name becomes <intermediate dir>/<name>, and '+'/'@' separate the parts of a reference.
-    if any(p == "" or p.startswith(".") for p in name.split("/")) or any(c in name for c in "+@\\") \
-            or name == FINAL_LABEL:
-        raise ConfigError(f"{where}: stage name '{name}' cannot be used (no empty or dot-led path parts, no '+', '@' "
-                          f"or '\\', not '{FINAL_LABEL}'); rename it")
+    if (
+        any(p == "" or p.startswith(".") for p in name.split("/"))
+        or any(c in name for c in "+@\\")
+        or name == FINAL_LABEL
+    ):
+        raise ConfigError(
+            f"{where}: stage name '{name}' cannot be used (no empty or dot-led path parts, no '+', '@' "
+            f"or '\\', not '{FINAL_LABEL}'); rename it"
+        )
     return name
 
 
@@ -118,7 +123,7 @@ def _cycle(pending: list[Stage]) -> str:
     while stage.label not in walk:
         walk.append(stage.label)
         stage = next(by_name[u] for u in stage.uses if u in by_name)
-    loop = walk[walk.index(stage.label):] + [stage.label]
+    loop = walk[walk.index(stage.label) :] + [stage.label]
     return " → ".join(f"'{label}'" for label in loop)
 
 
@@ -126,16 +131,20 @@ def _dependency_order(stages: list[Stage], source: str) -> list[Stage]:
     """Stages after the stages they use; among ready stages, file order."""
     for stage in stages:
         if stage.name in stage.uses:
-            raise ConfigError(f"{source}: stage '{stage.name}' (document {stage.document}) uses its own output; "
-                              "a stage can only use other stages or models: fix that model reference")
+            raise ConfigError(
+                f"{source}: stage '{stage.name}' (document {stage.document}) uses its own output; "
+                "a stage can only use other stages or models: fix that model reference"
+            )
     done: set[str] = set()
     order: list[Stage] = []
     pending = list(stages)
     while pending:
         ready = next((s for s in pending if done.issuperset(s.uses)), None)
         if ready is None:
-            raise ConfigError(f"{source}: stages use each other in a cycle ({_cycle(pending)}); "
-                              "a stage can only use stages that do not need its output")
+            raise ConfigError(
+                f"{source}: stages use each other in a cycle ({_cycle(pending)}); "
+                "a stage can only use stages that do not need its output"
+            )
         order.append(ready)
         pending.remove(ready)
         done.add(ready.label)
@@ -146,16 +155,20 @@ def _final(stages: list[Stage], source: str) -> Stage:
     unnamed = [s for s in stages if s.name is None]
     if len(unnamed) > 1:
         numbers = ", ".join(str(s.document) for s in unnamed)
-        raise ConfigError(f"{source}: documents {numbers} have no 'name'; only the final merge may be unnamed "
-                          "(it is written to OUT), so give the others a name")
+        raise ConfigError(
+            f"{source}: documents {numbers} have no 'name'; only the final merge may be unnamed "
+            "(it is written to OUT), so give the others a name"
+        )
     if unnamed:
         return unnamed[0]
     used = {u for s in stages for u in s.uses}
     unused = [s for s in stages if s.name not in used]
     if len(unused) > 1:
         names = ", ".join(f"'{s.name}'" for s in unused)
-        raise ConfigError(f"{source}: stages {names} are used by no other stage, so which one is OUT is unclear; "
-                          "remove 'name' from the final merge")
+        raise ConfigError(
+            f"{source}: stages {names} are used by no other stage, so which one is OUT is unclear; "
+            "remove 'name' from the final merge"
+        )
     return unused[0]
 
 
@@ -167,8 +180,10 @@ def parse_lineage(text: str, source: str = "<lineage>", base_dir: Path | None = 
     for number, doc in enumerate(docs, 1):
         name = _take_name(doc, number, source)
         if name is not None and name in first_seen:
-            raise ConfigError(f"{source}: documents {first_seen[name]} and {number} are both named '{name}'; "
-                              "stage names must be unique")
+            raise ConfigError(
+                f"{source}: documents {first_seen[name]} and {number} are both named '{name}'; "
+                "stage names must be unique"
+            )
         if name is not None:
             first_seen[name] = number
         where = f"{source}, stage '{name}'" if name else f"{source}, document {number}"
@@ -196,8 +211,9 @@ def read_lineage(path_or_text: str | Path) -> Lineage:
 
 def resolved_recipe(stage: Stage, outputs: Mapping[str, Path]) -> Recipe:
     """The stage's recipe with every stage name replaced by that stage's output directory."""
+
     def swap(ref: str) -> str:
         name = stage_of(ref, outputs)
-        return str(outputs[name]) + ref[len(name):] if name else ref
+        return str(outputs[name]) + ref[len(name) :] if name else ref
 
     return Recipe.model_validate(_map_refs(stage.recipe.model_dump(mode="json", exclude_none=True), swap))

@@ -48,11 +48,11 @@ def default_intermediate_dir(out: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class StageOutcome:
-    stage: str                 # its name, or "final merge"
-    path: Path                 # its output directory
-    status: str                # MERGED or UP_TO_DATE
+    stage: str  # its name, or "final merge"
+    path: Path  # its output directory
+    status: str  # MERGED or UP_TO_DATE
     fingerprint: str
-    tensors: int               # output tensors in its plan
+    tensors: int  # output tensors in its plan
 
 
 def _path_identity(key: str, base_dir: Path | None) -> Any:
@@ -112,14 +112,17 @@ def _check_references(lineage: Lineage, stage: Stage, keys: list[str], planned: 
         if stage_of(key, planned) is None:
             if "/" not in head and _found(head, lineage.base_dir) is None:
                 names = ", ".join(f"'{s.name}'" for s in lineage.stages if s.name) or "none"
-                raise ConfigError(f"{lineage.where(stage)}: model '{head}' not found: it is neither a stage of this "
-                                  f"lineage (stages: {names}) nor a model directory; fix the name")
+                raise ConfigError(
+                    f"{lineage.where(stage)}: model '{head}' not found: it is neither a stage of this "
+                    f"lineage (stages: {names}) nor a model directory; fix the name"
+                )
             continue
         if adapter and (found := _found(adapter.split("@", 1)[0], lineage.base_dir)) is not None:
             read_adapter(key, found, planned[head].tensors)
-        elif adapter and not looks_like_hub_id(adapter):   # a Hub adapter is fetched when the stage runs
-            raise InputFormatError(f"{lineage.where(stage)}: model '{key}': adapter '{adapter}' not found; "
-                                   "give the PEFT adapter directory")
+        elif adapter and not looks_like_hub_id(adapter):  # a Hub adapter is fetched when the stage runs
+            raise InputFormatError(
+                f"{lineage.where(stage)}: model '{key}': adapter '{adapter}' not found; give the PEFT adapter directory"
+            )
 
 
 def plan_lineage(lineage: Lineage, *, seed: int = 0, allow_pickle: bool = False) -> tuple[tuple[Stage, Plan], ...]:
@@ -167,7 +170,11 @@ def _needs_merge(target: Path, stage: Stage, fingerprint: str, force: bool) -> b
 
 
 def _stage_source(
-    lineage: Lineage, stage: Stage, outputs: Mapping[str, Path], fingerprint: str, out: Path,
+    lineage: Lineage,
+    stage: Stage,
+    outputs: Mapping[str, Path],
+    fingerprint: str,
+    out: Path,
 ) -> RecipeSource:
     recipe = resolved_recipe(stage, outputs)
     record = {"stage": stage.label, "fingerprint": fingerprint, "lineage": lineage.source}
@@ -183,9 +190,17 @@ def _stage_source(
 
 
 def merge_lineage(
-    lineage: Lineage, out: str | Path, *, intermediate_dir: str | Path | None = None,
-    force: bool = False, shard_size: str = DEFAULT_SHARD_SIZE, seed: int = 0, allow_pickle: bool = False,
-    progress: bool = False, workers: int = 2, on_stage: Callable[[StageOutcome], None] | None = None,
+    lineage: Lineage,
+    out: str | Path,
+    *,
+    intermediate_dir: str | Path | None = None,
+    force: bool = False,
+    shard_size: str = DEFAULT_SHARD_SIZE,
+    seed: int = 0,
+    allow_pickle: bool = False,
+    progress: bool = False,
+    workers: int = 2,
+    on_stage: Callable[[StageOutcome], None] | None = None,
     **merge_options: Any,
 ) -> tuple[StageOutcome, ...]:
     """Build each stage whose output is missing or stale, in order; the final one into ``out``.
@@ -207,8 +222,14 @@ def merge_lineage(
         target, label = targets[stage.label], stage.label
         if todo[label]:
             merge(
-                _stage_source(lineage, stage, outputs, prints[label], out), target, force=target.exists(),
-                shard_size=shard_size, seed=seed, allow_pickle=allow_pickle, progress=progress, workers=workers,
+                _stage_source(lineage, stage, outputs, prints[label], out),
+                target,
+                force=target.exists(),
+                shard_size=shard_size,
+                seed=seed,
+                allow_pickle=allow_pickle,
+                progress=progress,
+                workers=workers,
                 **merge_options,
             )
         status = MERGED if todo[label] else UP_TO_DATE

@@ -52,6 +52,13 @@ def arcee_fusion(tensors, base_index, params: Params, generator=None) -> torch.T
 
 
 SPEC = MethodSpec(
-    name="arcee_fusion", pretty_name="Arcee Fusion", reference="https://arcee.ai", steps=fixed(WholeTensor(arcee_fusion)),
-    base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, random=True, optional_tensors=OptionalTensors.SINGLETON,
+    name="arcee_fusion",
+    pretty_name="Arcee Fusion",
+    reference="https://arcee.ai",
+    steps=fixed(WholeTensor(arcee_fusion)),
+    base=BasePolicy.REQUIRED,
+    min_inputs=2,
+    max_inputs=2,
+    random=True,
+    optional_tensors=OptionalTensors.SINGLETON,
 )

@@ -18,11 +18,12 @@ from mergesmith.methods.params import Params
 from mergesmith.methods.steps import Combine
 from mergesmith.methods.threshold import KEEP_ALL, kept
 
-WEIGHT_EPS = 1e-8   # without consensus, weights summing below this divide by 1
+WEIGHT_EPS = 1e-8  # without consensus, weights summing below this divide by 1
 
 
-def combine_deltas(base: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor, params: Params,
-                   consensus: bool) -> torch.Tensor:
+def combine_deltas(
+    base: torch.Tensor, deltas: torch.Tensor, weights: torch.Tensor, params: Params, consensus: bool
+) -> torch.Tensor:
     """``base`` plus the weighted (sign-elected) mix of ``deltas`` (stacked on dim 0; scaled in place)."""
     weights = weights.reshape((-1,) + (1,) * base.dim())
     deltas.mul_(weights)
@@ -60,7 +61,7 @@ class Sum(Combine):
         self.weights = torch.tensor([ctx.params.per_input[i].weight for i in others], dtype=ctx.dtype)
         total = float(self.weights.sum())
         self.divisor = 1.0 if abs(total) < WEIGHT_EPS else total
-        self.out = torch.empty(min(ctx.n, steps.RANGE), dtype=ctx.dtype)   # reused: the executor copies each range out
+        self.out = torch.empty(min(ctx.n, steps.RANGE), dtype=ctx.dtype)  # reused: the executor copies each range out
 
     def reads(self):
         return (self.ctx.base_index, *self.ctx.others)
@@ -71,8 +72,17 @@ class Sum(Combine):
             return base
         params = self.ctx.params
         if len(xs) <= native.MAX_MODELS and native.available(base, *xs, self.out):
-            return native.gta(base, xs, [_shifted(t, start) for t in self.thresholds], self.weights, self.consensus,
-                              params.normalize, params.lambda_, self.divisor, self.out)
+            return native.gta(
+                base,
+                xs,
+                [_shifted(t, start) for t in self.thresholds],
+                self.weights,
+                self.consensus,
+                params.normalize,
+                params.lambda_,
+                self.divisor,
+                self.out,
+            )
         deltas = base.new_empty((len(xs), base.numel()))
         for row, (x, threshold) in enumerate(zip(xs, self.thresholds)):
             delta = x - base

@@ -26,7 +26,10 @@ class WeightedSum(Combine):
 
 
 SPEC = MethodSpec(
-    name="linear", pretty_name="Linear", reference="https://arxiv.org/abs/2203.05482", steps=fixed(WeightedSum),
+    name="linear",
+    pretty_name="Linear",
+    reference="https://arxiv.org/abs/2203.05482",
+    steps=fixed(WeightedSum),
     params=(
         Param("weight", float, Scope.INPUT, doc="coefficient of each model"),
         Param("normalize", bool, default=True, doc="divide by the sum of weights"),

@@ -16,8 +16,8 @@ from mergesmith._torch import torch
 from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors, Param
 from mergesmith.methods.steps import Combine, Pass, fixed
 
-COS_EPS = 1e-6      # floor of the norm product in a cosine
-SINGULAR = 1e-6     # |denominator| below this keeps the base
+COS_EPS = 1e-6  # floor of the norm product in a cosine
+SINGULAR = 1e-6  # |denominator| below this keeps the base
 
 
 def mean_pairwise_cosine(offsets: list[torch.Tensor]) -> torch.Tensor:
@@ -51,7 +51,7 @@ class Ratio(Pass):
         self.t = torch.where(singular, torch.zeros_like(cos), (k * cos) / torch.where(singular, 1, denominator))
 
     def result(self) -> torch.Tensor:
-        return self.t    # [1], or [rows, 1] with filter_wise
+        return self.t  # [1], or [rows, 1] with filter_wise
 
 
 class Interpolate(Combine):
@@ -63,13 +63,17 @@ class Interpolate(Combine):
             row = torch.arange(start, start + chunks[0].numel(), device=t.device) // (self.ctx.n // t.numel())
             t = t[row]
         ws = [chunks[i] for i in self.ctx.others]
-        average = sum(ws) / len(ws)   # one rounding per addition, as mergekit
+        average = sum(ws) / len(ws)  # one rounding per addition, as mergekit
         return t * average + (1 - t) * chunks[self.ctx.base_index]
 
 
 SPEC = MethodSpec(
-    name="model_stock", pretty_name="Model Stock", reference="https://arxiv.org/abs/2403.19522",
+    name="model_stock",
+    pretty_name="Model Stock",
+    reference="https://arxiv.org/abs/2403.19522",
     steps=fixed(Ratio, Interpolate),
     params=(Param("filter_wise", bool, default=False, doc="one t per output row instead of per tensor"),),
-    base=BasePolicy.REQUIRED, min_inputs=3, optional_tensors=OptionalTensors.BASE_OR_SKIP,
+    base=BasePolicy.REQUIRED,
+    min_inputs=3,
+    optional_tensors=OptionalTensors.BASE_OR_SKIP,
 )

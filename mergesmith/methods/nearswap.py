@@ -24,7 +24,13 @@ class Swap(Combine):
 
 
 SPEC = MethodSpec(
-    name="nearswap", pretty_name="NearSwap", reference="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
-    steps=fixed(Swap), params=(Param("t", float, doc="distance within which the other model's value is taken"),),
-    base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, optional_tensors=OptionalTensors.BASE_SINGLETON,
+    name="nearswap",
+    pretty_name="NearSwap",
+    reference="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
+    steps=fixed(Swap),
+    params=(Param("t", float, doc="distance within which the other model's value is taken"),),
+    base=BasePolicy.REQUIRED,
+    min_inputs=2,
+    max_inputs=2,
+    optional_tensors=OptionalTensors.BASE_SINGLETON,
 )

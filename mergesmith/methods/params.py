@@ -26,7 +26,7 @@ def attribute(name: str) -> str:
 class Values:
     """Lookup by recipe name and ``as_dict``, shared by a params type and its per-input records."""
 
-    NAMES: ClassVar[tuple[str, ...]] = ()     # recipe names of this type's parameter fields, in order
+    NAMES: ClassVar[tuple[str, ...]] = ()  # recipe names of this type's parameter fields, in order
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.NAMES:
@@ -43,8 +43,8 @@ class Values:
 class Params(Values):
     """Base of the generated types: shared fields, then ``per_input``."""
 
-    Input: ClassVar[type[Values]]       # the record of an input other than the base
-    BaseInput: ClassVar[type[Values]]   # the base's record (no non-base parameters)
+    Input: ClassVar[type[Values]]  # the record of an input other than the base
+    BaseInput: ClassVar[type[Values]]  # the base's record (no non-base parameters)
     per_input: tuple[Values, ...]
 
     @classmethod
@@ -67,10 +67,14 @@ def _record(kind: type[Values], values: Mapping[str, Any]) -> Values:
 
 def _frozen(name: str, names: Sequence[str], base: type, extra: Sequence[tuple] = (), **namespace) -> type:
     fields = [(attribute(n), Any) for n in names] + list(extra)
-    return dataclasses.make_dataclass(name, fields, bases=(base,), frozen=True, namespace={"NAMES": tuple(names), "__module__": __name__, **namespace})
+    return dataclasses.make_dataclass(
+        name, fields, bases=(base,), frozen=True, namespace={"NAMES": tuple(names), "__module__": __name__, **namespace}
+    )
 
 
-def params_type(method: str, shared: Sequence[str], every_input: Sequence[str], non_base: Sequence[str]) -> type[Params]:
+def params_type(
+    method: str, shared: Sequence[str], every_input: Sequence[str], non_base: Sequence[str]
+) -> type[Params]:
     """The frozen params type of ``method``: ``shared`` fields, and per-input records with the
     ``every_input`` parameters (the base's) plus ``non_base`` (the others')."""
     stem = "".join(part.title() for part in method.split("_"))

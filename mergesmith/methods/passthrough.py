@@ -16,7 +16,10 @@ class Copy(Combine):
 
 
 SPEC = MethodSpec(
-    name="passthrough", pretty_name="Passthrough", reference="", steps=fixed(Copy),
+    name="passthrough",
+    pretty_name="Passthrough",
+    reference="",
+    steps=fixed(Copy),
     params=(Param("scale", Optional[float], Scope.INPUT, default=None, doc="multiply the tensor"),),
     max_inputs=1,
 )

@@ -25,11 +25,11 @@ from mergesmith.methods.steps import Combine, Pass, fixed
 class Overlap:
     """Flattened deltas and which models update each entry."""
 
-    deltas: torch.Tensor    # [models, entries], zero where a model does not update
-    active: torch.Tensor    # [models, entries] bool
-    count: torch.Tensor     # [1, entries] int: models updating the entry
-    shared: torch.Tensor    # [1, entries] bool: count > 1
-    unique: torch.Tensor    # [1, entries] bool: count == 1
+    deltas: torch.Tensor  # [models, entries], zero where a model does not update
+    active: torch.Tensor  # [models, entries] bool
+    count: torch.Tensor  # [1, entries] int: models updating the entry
+    shared: torch.Tensor  # [1, entries] bool: count > 1
+    unique: torch.Tensor  # [1, entries] bool: count == 1
 
 
 def overlap(tensors, base_index, epsilon: float) -> Overlap:
@@ -94,10 +94,18 @@ class BoostedRam(Combine):
 EPSILON = Param("epsilon", float, default=1e-5, doc="a delta entry above this counts as an update")
 URL = "https://arxiv.org/abs/2601.13572"
 SPECS = (
-    MethodSpec(name="ram", pretty_name="Reinforced Agent Merging", reference=URL, steps=fixed(Ram),
-               params=(EPSILON,), base=BasePolicy.REQUIRED),
     MethodSpec(
-        name="ramplus_tl", pretty_name="Reinforced Agent Merging Plus (Tensor-Local)", reference=URL,
+        name="ram",
+        pretty_name="Reinforced Agent Merging",
+        reference=URL,
+        steps=fixed(Ram),
+        params=(EPSILON,),
+        base=BasePolicy.REQUIRED,
+    ),
+    MethodSpec(
+        name="ramplus_tl",
+        pretty_name="Reinforced Agent Merging Plus (Tensor-Local)",
+        reference=URL,
         steps=fixed(Boost, BoostedRam),
         params=(
             Param("r", float, default=0.1, doc="strength of the boost of unique updates"),

@@ -20,13 +20,23 @@ from mergesmith.methods import (
 )
 from mergesmith.methods.spec import MethodSpec
 
-METHODS = MappingProxyType({
-    spec.name: spec
-    for spec in (
-        linear.SPEC, slerp.SPEC, passthrough.SPEC, *task_arithmetic.SPECS, model_stock.SPEC, *spherical.SPECS,
-        sce.SPEC, nearswap.SPEC, arcee_fusion.SPEC, *ram.SPECS,
-    )
-})
+METHODS = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            linear.SPEC,
+            slerp.SPEC,
+            passthrough.SPEC,
+            *task_arithmetic.SPECS,
+            model_stock.SPEC,
+            *spherical.SPECS,
+            sce.SPEC,
+            nearswap.SPEC,
+            arcee_fusion.SPEC,
+            *ram.SPECS,
+        )
+    }
+)
 
 
 def get_method(name: str, where: str = "merge_method") -> MethodSpec:

@@ -20,7 +20,7 @@ from mergesmith.methods.params import Params
 from mergesmith.methods.spec import FRACTION, BasePolicy, MethodSpec, Param
 from mergesmith.methods.steps import WholeTensor, fixed
 
-WEIGHT_EPS = 1e-6   # below this the weights' sum counts as zero, and so does the divisor
+WEIGHT_EPS = 1e-6  # below this the weights' sum counts as zero, and so does the divisor
 
 
 def variance_mask(deltas: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -60,11 +60,13 @@ def sce(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
 
 
 SPEC = MethodSpec(
-    name="sce", pretty_name="SCE", reference="https://arxiv.org/abs/2408.07990", steps=fixed(WholeTensor(sce)),
+    name="sce",
+    pretty_name="SCE",
+    reference="https://arxiv.org/abs/2408.07990",
+    steps=fixed(WholeTensor(sce)),
     params=(
         Param("int8_mask", bool, default=False, doc="store the sign mask as int8 (no numeric effect)"),
-        Param("select_topk", float, default=1.0, doc="fraction of highest-variance entries kept",
-              domain=FRACTION),
+        Param("select_topk", float, default=1.0, doc="fraction of highest-variance entries kept", domain=FRACTION),
     ),
     base=BasePolicy.REQUIRED,
 )

@@ -55,12 +55,12 @@ class Norms(_PairPass):
     def add(self, start, chunks):
         for side, (src, parts) in enumerate(zip(chunks, self.parts)):
             exact = native.norm2(src) if self.acc == torch.float32 else None
-            if exact is not None:    # torch's bits straight from bf16/fp16, without the float32 copy
+            if exact is not None:  # torch's bits straight from bf16/fp16, without the float32 copy
                 parts.append(torch.tensor([exact], dtype=self.acc))
                 continue
             buf = self.bufs(src.numel())[side]
             if native.available(src) and self.acc == torch.float32:
-                native.widen(src, buf)   # no torch op (and no thread team) for a plain widening
+                native.widen(src, buf)  # no torch op (and no thread team) for a plain widening
             else:
                 buf.copy_(src)
             parts.append(torch.linalg.vector_norm(buf).reshape(1))
@@ -80,13 +80,13 @@ class Cosine(_PairPass):
         na, nb = float(norm_a), float(norm_b)
         fused = self.acc == torch.float32
         exact = native.scaled_dot(a, b, na, nb) if fused else None
-        if exact is not None:   # torch's sum of the products, bit for bit, without the product buffer
+        if exact is not None:  # torch's sum of the products, bit for bit, without the product buffer
             self.parts[0].append(torch.tensor([exact], dtype=self.acc))
             return
         x, y = self.bufs(a.numel())
         if fused and native.available(a, b):
             native.scaled_product(a, b, na, nb, x)
-        else:     # the same ops, in place in the buffers
+        else:  # the same ops, in place in the buffers
             x.copy_(a)
             y.copy_(b)
             torch.div(x, norm_a, out=x)
@@ -110,7 +110,7 @@ class Blend(Combine):
         sin_theta = torch.sin(theta)
         self.coef_a = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
         self.coef_b = torch.where(linear, tt, torch.sin(tt * theta) / sin_theta)
-        self.out = torch.empty(min(ctx.n, steps.RANGE), dtype=ctx.dtype)   # reused: the executor copies each range out
+        self.out = torch.empty(min(ctx.n, steps.RANGE), dtype=ctx.dtype)  # reused: the executor copies each range out
 
     def reads(self):
         return (self.ctx.base_index, 1 - self.ctx.base_index)
@@ -124,8 +124,13 @@ class Blend(Combine):
 
 
 SPEC = MethodSpec(
-    name="slerp", pretty_name="SLERP", reference="https://en.wikipedia.org/wiki/Slerp",
+    name="slerp",
+    pretty_name="SLERP",
+    reference="https://en.wikipedia.org/wiki/Slerp",
     steps=fixed(Norms, Cosine, Blend),
     params=(Param("t", float, doc="0 gives the base model, 1 the other", domain=UNIT),),
-    base=BasePolicy.REQUIRED, min_inputs=2, max_inputs=2, optional_tensors=OptionalTensors.SINGLETON,
+    base=BasePolicy.REQUIRED,
+    min_inputs=2,
+    max_inputs=2,
+    optional_tensors=OptionalTensors.SINGLETON,
 )

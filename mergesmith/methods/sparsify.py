@@ -37,7 +37,9 @@ def rescale_l1(masked: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return masked * (before / after)
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool, generator=None, tie_break: str = "index") -> torch.Tensor:
+def magnitude(
+    delta: torch.Tensor, density: float, rescale: bool, generator=None, tie_break: str = "index"
+) -> torch.Tensor:
     """Keep the ``max(1, ⌊density·n⌋)`` largest |delta|; see topk.py for the tie rules."""
     if density >= 1:
         return delta
@@ -49,13 +51,17 @@ def magnitude(delta: torch.Tensor, density: float, rescale: bool, generator=None
     return rescale_l1(masked, delta) if rescale else masked
 
 
-def random(delta: torch.Tensor, density: float, rescale: Rescale, generator: torch.Generator | None = None) -> torch.Tensor:
+def random(
+    delta: torch.Tensor, density: float, rescale: Rescale, generator: torch.Generator | None = None
+) -> torch.Tensor:
     if density >= 1:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
     work = _work_dtype(delta)
-    mask = _bernoulli(torch.full(delta.shape, density, dtype=_draw_dtype(delta.dtype)), generator).to(delta.device, work)
+    mask = _bernoulli(torch.full(delta.shape, density, dtype=_draw_dtype(delta.dtype)), generator).to(
+        delta.device, work
+    )
     original = delta.to(work)
     return rescale_kept(original * mask, original, rescale, density).to(delta.dtype)
 
@@ -112,8 +118,9 @@ def check_magprune(density: float, where: str = "", *, epsilon: float) -> None:
         )
 
 
-def magprune(delta: torch.Tensor, density: float, rescale: Rescale, generator: torch.Generator | None = None,
-             *, epsilon: float) -> torch.Tensor:
+def magprune(
+    delta: torch.Tensor, density: float, rescale: Rescale, generator: torch.Generator | None = None, *, epsilon: float
+) -> torch.Tensor:
     if density >= 1:
         return delta
     if density <= 0:

@@ -32,24 +32,24 @@ from mergesmith.methods.steps import Steps
 
 
 class Scope(str, Enum):
-    SHARED = "shared"        # one value per output tensor
-    INPUT = "input"          # one value per input model, the base included
-    NON_BASE = "non_base"    # one value per input model other than the base
+    SHARED = "shared"  # one value per output tensor
+    INPUT = "input"  # one value per input model, the base included
+    NON_BASE = "non_base"  # one value per input model other than the base
 
 
 class BasePolicy(str, Enum):
     REQUIRED = "required"
-    OPTIONAL = "optional"    # the base is used when the recipe names one among the sources
-    IGNORED = "ignored"      # a named base is one more ordinary input
+    OPTIONAL = "optional"  # the base is used when the recipe names one among the sources
+    IGNORED = "ignored"  # a named base is one more ordinary input
 
 
 class OptionalTensors(str, Enum):
     """An optional tensor (e.g. an untied lm_head) that only some inputs have."""
 
-    ERROR = "error"                    # a missing-tensor error
-    SINGLETON = "singleton"            # exactly one input has it: copy that one
+    ERROR = "error"  # a missing-tensor error
+    SINGLETON = "singleton"  # exactly one input has it: copy that one
     BASE_SINGLETON = "base_singleton"  # only the base has it: copy the base's
-    BASE_OR_SKIP = "base_or_skip"      # too few inputs for the method: the base's if only it has it, else omit
+    BASE_OR_SKIP = "base_or_skip"  # too few inputs for the method: the base's if only it has it, else omit
 
 
 REQUIRED = object()
@@ -57,10 +57,16 @@ REQUIRED = object()
 # The range `mergesmith search` explores for a parameter the space marks `search` without a range
 # of its own. Keyed by name because a name means one thing in every method (STYLE: one word, one
 # meaning); `epsilon` is left out on purpose: DELLA's is a probability spread, RAM's a tolerance.
-SEARCH_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
-    "weight": (0.0, 1.0), "t": (0.0, 1.0), "density": (0.1, 1.0), "lambda": (0.0, 2.0),
-    "gamma": (0.0, 0.1), "select_topk": (0.05, 1.0),
-})
+SEARCH_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "weight": (0.0, 1.0),
+        "t": (0.0, 1.0),
+        "density": (0.1, 1.0),
+        "lambda": (0.0, 2.0),
+        "gamma": (0.0, 0.1),
+        "select_topk": (0.05, 1.0),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class Interval:
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
-UNIT = Interval(0.0, 1.0)                   # t of slerp: 0 is the base, 1 the other model
+UNIT = Interval(0.0, 1.0)  # t of slerp: 0 is the base, 1 the other model
 FRACTION = Interval(0.0, 1.0, low_open=True)  # densities and kept fractions
 
 
@@ -116,10 +122,16 @@ class Param:
             raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is not {describe(self.kind)}") from None
         if isinstance(checked, float) and not math.isfinite(checked):
             raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is not a finite number; give a finite value")
-        if self.domain is not None and isinstance(checked, (int, float)) and not isinstance(checked, bool) \
-                and checked not in self.domain:
-            raise ConfigError(f"{where}parameter '{self.name}' = {value!r} is outside {self.domain}, "
-                              f"where this method defines it; give a value in {self.domain}")
+        if (
+            self.domain is not None
+            and isinstance(checked, (int, float))
+            and not isinstance(checked, bool)
+            and checked not in self.domain
+        ):
+            raise ConfigError(
+                f"{where}parameter '{self.name}' = {value!r} is outside {self.domain}, "
+                f"where this method defines it; give a value in {self.domain}"
+            )
         return checked
 
 

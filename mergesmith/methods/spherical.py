@@ -25,9 +25,9 @@ from mergesmith.methods.params import Params
 from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors, Param, Scope
 from mergesmith.methods.steps import WholeTensor, fixed
 
-COLINEAR_EPS = 1e-8   # nuslerp: lerp where 1 - cos²θ ≤ COLINEAR_EPS²
-NORM_FLOOR = 1e-7     # nuslerp: smallest norm a vector is divided by
-WEIGHT_EPS = 1e-6     # nuslerp: weights summing to less than this give t = 0.5
+COLINEAR_EPS = 1e-8  # nuslerp: lerp where 1 - cos²θ ≤ COLINEAR_EPS²
+NORM_FLOOR = 1e-7  # nuslerp: smallest norm a vector is divided by
+WEIGHT_EPS = 1e-6  # nuslerp: weights summing to less than this give t = 0.5
 
 
 def nuslerp_pair(t: float, a: torch.Tensor, b: torch.Tensor, *, flatten: bool, row_wise: bool) -> torch.Tensor:
@@ -164,27 +164,40 @@ def karcher(tensors, base_index, params: Params, generator=None) -> torch.Tensor
 WEIGHT = Param("weight", float, Scope.NON_BASE, doc="coefficient of each model (all models without a base)")
 SPECS = (
     MethodSpec(
-        name="nuslerp", pretty_name="NuSLERP", reference="", steps=fixed(WholeTensor(nuslerp)),
+        name="nuslerp",
+        pretty_name="NuSLERP",
+        reference="",
+        steps=fixed(WholeTensor(nuslerp)),
         params=(
             WEIGHT,
             Param("nuslerp_row_wise", bool, default=False, doc="one angle per column instead of per row"),
             Param("nuslerp_flatten", bool, default=True, doc="one angle for the whole tensor"),
         ),
-        base=BasePolicy.OPTIONAL, min_inputs=2, max_inputs=3, min_non_base=2, max_non_base=2,
+        base=BasePolicy.OPTIONAL,
+        min_inputs=2,
+        max_inputs=3,
+        min_non_base=2,
+        max_non_base=2,
         optional_tensors=OptionalTensors.SINGLETON,
     ),
     MethodSpec(
-        name="multislerp", pretty_name="Multi-SLERP",
-        reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea", steps=fixed(WholeTensor(multislerp)),
+        name="multislerp",
+        pretty_name="Multi-SLERP",
+        reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
+        steps=fixed(WholeTensor(multislerp)),
         params=(
             WEIGHT,
             Param("normalize_weights", bool, default=True, doc="divide weights by their sum"),
             Param("eps", float, default=1e-8, doc="added to norms before dividing"),
         ),
-        base=BasePolicy.OPTIONAL, min_non_base=1,
+        base=BasePolicy.OPTIONAL,
+        min_non_base=1,
     ),
     MethodSpec(
-        name="karcher", pretty_name="Karcher Mean", reference="https://arxiv.org/abs/2603.04972", steps=fixed(WholeTensor(karcher)),
+        name="karcher",
+        pretty_name="Karcher Mean",
+        reference="https://arxiv.org/abs/2603.04972",
+        steps=fixed(WholeTensor(karcher)),
         params=(
             Param("max_iter", int, default=10, doc="fixed-point iterations at most"),
             Param("tol", float, default=1e-5, doc="stop when the tangent step is shorter"),

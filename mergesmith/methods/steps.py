@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from mergesmith._torch import torch
 from mergesmith.methods.params import Params
 
-RANGE = 1 << 20   # elements per range, unless a step sets its own (read at run time: tests shrink it)
+RANGE = 1 << 20  # elements per range, unless a step sets its own (read at run time: tests shrink it)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Context:
     params: Params
     base_index: int | None
     shape: tuple[int, ...]
-    dtype: torch.dtype                      # the compute dtype
+    dtype: torch.dtype  # the compute dtype
     generator: torch.Generator | None = None  # per-tensor draws of random methods
     stats: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -64,8 +64,8 @@ def spans(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
 class Step:
     """A pass or the combine of one tensor, made by the executor with the tensor's context."""
 
-    whole: ClassVar[bool] = False   # True: one range, every input whole and in its shape
-    chunk: ClassVar[int | None] = None   # range length the step is defined over (None: RANGE)
+    whole: ClassVar[bool] = False  # True: one range, every input whole and in its shape
+    chunk: ClassVar[int | None] = None  # range length the step is defined over (None: RANGE)
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -129,7 +129,7 @@ class _Whole(Combine):
         return self.fn(list(chunks), self.ctx.base_index, self.ctx.params, self.ctx.generator)
 
 
-StepFactory = Callable[[Context], Step]   # a Step subclass, or a WholeTensor
+StepFactory = Callable[[Context], Step]  # a Step subclass, or a WholeTensor
 Steps = Callable[[Params], Sequence[StepFactory]]
 
 

@@ -67,7 +67,13 @@ def task_vectors(tensors, base_index, params: Params, sparsifier: Sparsifier | N
 
 
 def generalized_task_arithmetic(
-    tensors, base_index, params: Params, generator=None, *, sparsifier: Sparsifier | None, consensus: str | None,
+    tensors,
+    base_index,
+    params: Params,
+    generator=None,
+    *,
+    sparsifier: Sparsifier | None,
+    consensus: str | None,
 ) -> torch.Tensor:
     """The whole-tensor form: sparsify each whole delta, then the same combine as over ranges."""
     base = tensors[base_index]
@@ -87,7 +93,11 @@ def _steps(params: Params, *, sparsifier: Sparsifier | None, consensus: str | No
     if sparsifier is None:
         return (combine,)
     trimmed = [own for own in params.per_input if "density" in own and own.density < 1]
-    if sparsifier is MAGNITUDE and not (trimmed and params.rescale) and all(own.tie_break == "index" for own in trimmed):
+    if (
+        sparsifier is MAGNITUDE
+        and not (trimmed and params.rescale)
+        and all(own.tie_break == "index" for own in trimmed)
+    ):
         return (MagnitudeThreshold, combine)
     return (WholeTensor(partial(generalized_task_arithmetic, sparsifier=sparsifier, consensus=consensus)),)
 
@@ -97,33 +107,50 @@ def _negative_gamma(method: str) -> Callable[[float], float]:
         if gamma < 0:
             warnings.warn(
                 f"{method}: parameter gamma = {gamma} is negative; mergesmith removes no outliers (as gamma 0), "
-                "mergekit keeps fewer than density of the entries (none when -gamma >= density)", stacklevel=2,
+                "mergekit keeps fewer than density of the entries (none when -gamma >= density)",
+                stacklevel=2,
             )
         return gamma
+
     return check
 
 
 def _check_inputs(params: Params, where: str, *, sparsifier: Sparsifier) -> None:
     for own in params.per_input:
-        if "density" in own:   # the non-base inputs
+        if "density" in own:  # the non-base inputs
             sparsifier.check(own.density, where, **_extra(sparsifier, own))
 
 
-MAGNITUDE = Sparsifier(sparsify.magnitude, extra=(
-    Param("tie_break", Literal["index", "mergekit"], Scope.NON_BASE, default="index",
-          doc="entries tied at the threshold: index keeps the lowest indices (linear time); "
-              "mergekit reproduces mergekit's sort (slow, bit-exact)"),
-))
+MAGNITUDE = Sparsifier(
+    sparsify.magnitude,
+    extra=(
+        Param(
+            "tie_break",
+            Literal["index", "mergekit"],
+            Scope.NON_BASE,
+            default="index",
+            doc="entries tied at the threshold: index keeps the lowest indices (linear time); "
+            "mergekit reproduces mergekit's sort (slow, bit-exact)",
+        ),
+    ),
+)
 RANDOM = Sparsifier(sparsify.random, random=True)
 MAGPRUNE = Sparsifier(
-    sparsify.magprune, random=True, check=sparsify.check_magprune,
+    sparsify.magprune,
+    random=True,
+    check=sparsify.check_magprune,
     extra=(Param("epsilon", float, Scope.NON_BASE, default=0.15, doc="keep probabilities span density ± epsilon"),),
 )
 
 
 def _outliers(method: str) -> Sparsifier:
-    gamma = Param("gamma", Annotated[float, AfterValidator(_negative_gamma(method))], Scope.NON_BASE, default=0.01,
-                  doc="fraction of largest-magnitude delta entries removed")
+    gamma = Param(
+        "gamma",
+        Annotated[float, AfterValidator(_negative_gamma(method))],
+        Scope.NON_BASE,
+        default=0.01,
+        doc="fraction of largest-magnitude delta entries removed",
+    )
     return Sparsifier(sparsify.outliers, extra=(gamma,))
 
 
@@ -132,9 +159,13 @@ def _params(normalize: bool, rescale: bool, sparsifier: Sparsifier | None) -> tu
     return (
         Param("int8_mask", bool, default=False, doc="store the sign mask as int8 (no numeric effect)"),
         Param("normalize", bool, default=normalize, doc="divide by the sum of (agreeing) weights"),
-        Param("rescale", sparsify.Rescale if random else bool, default=rescale,
-              doc="rescale kept delta entries: true to the delta's L1 norm"
-              + (", paper by 1/keep probability" if random else "")),
+        Param(
+            "rescale",
+            sparsify.Rescale if random else bool,
+            default=rescale,
+            doc="rescale kept delta entries: true to the delta's L1 norm"
+            + (", paper by 1/keep probability" if random else ""),
+        ),
         Param("lambda", float, default=1.0, doc="scale of the merged task vector"),
         Param("weight", float, Scope.NON_BASE, doc="coefficient of each model's task vector"),
         Param("density", float, Scope.NON_BASE, default=1.0, doc="fraction of each delta kept", domain=FRACTION),
@@ -144,9 +175,12 @@ def _params(normalize: bool, rescale: bool, sparsifier: Sparsifier | None) -> tu
 
 def _spec(name, pretty, url, sparsifier: Sparsifier | None, consensus, normalize, rescale) -> MethodSpec:
     return MethodSpec(
-        name=name, pretty_name=pretty, reference=url,
+        name=name,
+        pretty_name=pretty,
+        reference=url,
         steps=partial(_steps, sparsifier=sparsifier, consensus=consensus),
-        params=_params(normalize, rescale, sparsifier), base=BasePolicy.REQUIRED,
+        params=_params(normalize, rescale, sparsifier),
+        base=BasePolicy.REQUIRED,
         random=sparsifier is not None and sparsifier.random,
         check=partial(_check_inputs, sparsifier=sparsifier) if sparsifier is not None and sparsifier.check else None,
     )
@@ -161,7 +195,15 @@ SPECS = (
     _spec("dare_ties", "DARE TIES", DARE, RANDOM, "sum", False, True),
     _spec("dare_linear", "Linear DARE", DARE, RANDOM, None, False, True),
     _spec("breadcrumbs", "Model Breadcrumbs", BREADCRUMBS, _outliers("breadcrumbs"), None, False, False),
-    _spec("breadcrumbs_ties", "Model Breadcrumbs with TIES", BREADCRUMBS, _outliers("breadcrumbs_ties"), "sum", False, False),
+    _spec(
+        "breadcrumbs_ties",
+        "Model Breadcrumbs with TIES",
+        BREADCRUMBS,
+        _outliers("breadcrumbs_ties"),
+        "sum",
+        False,
+        False,
+    ),
     _spec("della", "DELLA", DELLA, MAGPRUNE, "sum", True, True),
     _spec("della_linear", "Linear DELLA", DELLA, MAGPRUNE, None, False, True),
 )

@@ -24,7 +24,7 @@ DIGIT = 16
 GROUP_MIN = 2 << 20
 MAX_GROUPS = 64
 KEEP_ALL = (-1, -1)
-KEEP_NONE = (1 << 62, -1)   # a key no magnitude reaches: density 0 keeps nothing
+KEEP_NONE = (1 << 62, -1)  # a key no magnitude reaches: density 0 keeps nothing
 _KEY_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 
@@ -56,7 +56,7 @@ class RadixSelect:
         self.prefix, self.above = -1, 0
         self.group = -(-max(GROUP_MIN, -(-n // MAX_GROUPS)) // chunk) * chunk
         self.hist = torch.zeros((-(-n // self.group), BINS), dtype=torch.int64)
-        self.scan: tuple[int, int] | None = None   # the group searched for the cutoff
+        self.scan: tuple[int, int] | None = None  # the group searched for the cutoff
         self.need = 0
         self.cutoff: int | None = None
 
@@ -84,7 +84,7 @@ class RadixSelect:
             if self.cutoff is None:
                 raise AssertionError("the histogram counted more ties than the scan found")
             return False
-        at_least = self.hist.sum(dim=0).flip(0).cumsum(0).flip(0)   # at_least[d]: entries with digit >= d
+        at_least = self.hist.sum(dim=0).flip(0).cumsum(0).flip(0)  # at_least[d]: entries with digit >= d
         digit = int(torch.nonzero(at_least + self.above >= self.k).max())
         self.above += int(at_least[digit + 1]) if digit + 1 < BINS else 0
         self.prefix = digit if self.prefix < 0 else (self.prefix << DIGIT) | digit
@@ -128,8 +128,11 @@ class MagnitudeThreshold(Pass):
         super().__init__(ctx)
         densities = {i: ctx.params.per_input[i].density for i in ctx.others}
         self.fixed = {i: KEEP_ALL if d >= 1 else KEEP_NONE for i, d in densities.items() if not 0 < d < 1}
-        self.selects = {i: RadixSelect(ctx.n, ctx.dtype, max(1, int(d * ctx.n)), steps.RANGE)
-                        for i, d in densities.items() if 0 < d < 1}
+        self.selects = {
+            i: RadixSelect(ctx.n, ctx.dtype, max(1, int(d * ctx.n)), steps.RANGE)
+            for i, d in densities.items()
+            if 0 < d < 1
+        }
 
     def reads(self):
         return (self.ctx.base_index, *self.selects)

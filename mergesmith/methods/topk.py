@@ -39,7 +39,7 @@ def kth_largest_key(keys: torch.Tensor, bits: int, k: int) -> tuple[int, int]:
     for shift in range(bits - DIGIT, -1, -DIGIT):
         digits = (candidates >> shift) & ((1 << DIGIT) - 1)
         counts = torch.bincount(digits, minlength=1 << DIGIT)
-        at_least = counts.flip(0).cumsum(0).flip(0)          # at_least[d]: entries with digit >= d
+        at_least = counts.flip(0).cumsum(0).flip(0)  # at_least[d]: entries with digit >= d
         digit = int(torch.nonzero(at_least + above >= k).max())
         above += int(at_least[digit + 1]) if digit + 1 < (1 << DIGIT) else 0
         prefix |= digit << shift

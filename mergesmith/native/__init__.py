@@ -22,9 +22,9 @@ except ImportError:  # built without the extension: callers use the torch path
 
 # Keyed by dtype name, so importing this module does not import torch.
 _CODES = {"float32": 0, "bfloat16": 1, "float16": 2}
-BINS = 1 << 16       # histogram bins: one per 16-bit digit of a magnitude key
-MAX_MODELS = 64      # models the gta kernel takes at once (kernels.c)
-PROBE = 1 << 20      # elements of the longest probe of torch's summation order (slerp's chunk)
+BINS = 1 << 16  # histogram bins: one per 16-bit digit of a magnitude key
+MAX_MODELS = 64  # models the gta kernel takes at once (kernels.c)
+PROBE = 1 << 20  # elements of the longest probe of torch's summation order (slerp's chunk)
 
 
 def code(dtype) -> int | None:
@@ -45,8 +45,9 @@ def _ptr(t: torch.Tensor | None) -> int:
     return t.data_ptr() if t is not None else 0
 
 
-def _checked(n: int, *inputs: torch.Tensor | None, out: torch.Tensor | None = None,
-             out_dtype: torch.dtype | None = None) -> int:
+def _checked(
+    n: int, *inputs: torch.Tensor | None, out: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
+) -> int:
     """The kernels' dtype code for ``inputs``, after checking what the C side cannot: every input
     (None: an absent base) is a contiguous CPU tensor of one dtype the kernels take, holding at
     least ``n`` elements, and so is ``out`` (of ``out_dtype``, default the inputs'). A caller's
@@ -59,9 +60,11 @@ def _checked(n: int, *inputs: torch.Tensor | None, out: torch.Tensor | None = No
     wanted = [(t, dtype) for t in present] + ([(out, out_dtype or dtype)] if out is not None else [])
     for t, want in wanted:
         if t.dtype != want or t.device.type != "cpu" or not t.is_contiguous() or t.numel() < n:
-            raise ValueError(f"native kernel given a {'contiguous' if t.is_contiguous() else 'strided'} {t.dtype} "
-                             f"tensor of {t.numel()} elements on {t.device}; it needs {want} on the CPU, "
-                             f"contiguous, with at least {n} elements")
+            raise ValueError(
+                f"native kernel given a {'contiguous' if t.is_contiguous() else 'strided'} {t.dtype} "
+                f"tensor of {t.numel()} elements on {t.device}; it needs {want} on the CPU, "
+                f"contiguous, with at least {n} elements"
+            )
     return dt
 
 
@@ -71,8 +74,10 @@ def histogram(x: torch.Tensor, base: torch.Tensor | None, shift: int, prefix: in
     ``key >> (shift + 16)`` equal ``prefix`` when ``prefix >= 0``. One range of the TIES threshold pass."""
     dt = _checked(x.numel(), x, base)
     if hist.dtype != torch.int64 or not hist.is_contiguous() or hist.numel() != BINS or hist.device.type != "cpu":
-        raise ValueError(f"native kernel histogram given {hist.numel()} {hist.dtype} counts; it needs a contiguous "
-                         f"int64 CPU tensor of {BINS}")
+        raise ValueError(
+            f"native kernel histogram given {hist.numel()} {hist.dtype} counts; it needs a contiguous "
+            f"int64 CPU tensor of {BINS}"
+        )
     _kernels.hist_delta(dt, _ptr(base), x.data_ptr(), x.numel(), 1, shift, shift + 16, prefix, hist.data_ptr())
     return hist
 
@@ -85,8 +90,14 @@ def nth_equal(x: torch.Tensor, base: torch.Tensor | None, key: int, m: int) -> t
 
 
 def gta(
-    base: torch.Tensor, others: Sequence[torch.Tensor], thresholds: Sequence[tuple[int, int]],
-    weights: torch.Tensor, consensus: bool, normalize: bool, lam: float, divisor: float,
+    base: torch.Tensor,
+    others: Sequence[torch.Tensor],
+    thresholds: Sequence[tuple[int, int]],
+    weights: torch.Tensor,
+    consensus: bool,
+    normalize: bool,
+    lam: float,
+    divisor: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused task arithmetic; thresholds[i] = (key, cutoff) or (-1, -1) for no mask. ``out``: a
@@ -100,9 +111,20 @@ def gta(
     cut = torch.tensor([t[1] for t in thresholds], dtype=torch.int64)
     w = weights.to(torch.float32).contiguous()
     _kernels.gta(
-        code(base.dtype), base.data_ptr(), ptrs.data_ptr(), len(others), base.numel(),
-        thr.data_ptr(), cut.data_ptr(), w.data_ptr(), int(consensus), int(normalize),
-        float(lam), int(lam != 1), float(divisor), out.data_ptr(),
+        code(base.dtype),
+        base.data_ptr(),
+        ptrs.data_ptr(),
+        len(others),
+        base.numel(),
+        thr.data_ptr(),
+        cut.data_ptr(),
+        w.data_ptr(),
+        int(consensus),
+        int(normalize),
+        float(lam),
+        int(lam != 1),
+        float(divisor),
+        out.data_ptr(),
     )
     return out
 
@@ -133,8 +155,10 @@ def norm_lanes() -> int | None:
     if _kernels is None or not _order_tested():
         return None
     gen = torch.Generator().manual_seed(0)
-    probes = [(torch.randn(PROBE + 13, generator=gen) * scale).to(dtype)
-              for dtype, scale in ((torch.bfloat16, 3.0), (torch.float16, 0.25))]
+    probes = [
+        (torch.randn(PROBE + 13, generator=gen) * scale).to(dtype)
+        for dtype, scale in ((torch.bfloat16, 3.0), (torch.float16, 0.25))
+    ]
     expected = [torch.linalg.vector_norm(p.float()).item() for p in probes]
     for lanes in (8, 16):
         if all(_kernels.norm2(code(p.dtype), p.data_ptr(), p.numel(), lanes) == e for p, e in zip(probes, expected)):
@@ -159,7 +183,7 @@ def scaled_product(a: torch.Tensor, b: torch.Tensor, na: float, nb: float, out: 
     return out
 
 
-MAX_THREADS = 1024   # torch threads scaled_dot models (its per-thread buffer in kernels.c)
+MAX_THREADS = 1024  # torch threads scaled_dot models (its per-thread buffer in kernels.c)
 
 
 @functools.cache
@@ -171,7 +195,12 @@ def dot_lanes() -> int | None:
         return None
     gen = torch.Generator().manual_seed(1)
     probes = []
-    for n, dtype in ((PROBE, torch.bfloat16), (PROBE - 77, torch.float16), (40_000 + 3, torch.bfloat16), (999, torch.float32)):
+    for n, dtype in (
+        (PROBE, torch.bfloat16),
+        (PROBE - 77, torch.float16),
+        (40_000 + 3, torch.bfloat16),
+        (999, torch.float32),
+    ):
         # Magnitudes spread over decades, so that different summation orders round differently.
         a = (torch.randn(n, generator=gen) * torch.rand(n, generator=gen) * 30).to(dtype)
         b = (a.float() + torch.randn(n, generator=gen)).to(dtype)

@@ -69,8 +69,9 @@ def _merge_front(refs: Sequence[str], names, methods: Sequence[str]) -> dict:
     return front
 
 
-def model_card(recipe: Recipe, recipe_yaml: str, name: str, lineage: Sequence[LineageStep] = (),
-               *, base_dir: Path | None = None) -> str:
+def model_card(
+    recipe: Recipe, recipe_yaml: str, name: str, lineage: Sequence[LineageStep] = (), *, base_dir: Path | None = None
+) -> str:
     """``lineage``: the stages of a multi-stage recipe, final one last (``recipe`` is that one and
     ``recipe_yaml`` the whole file); the front matter then lists the models the lineage starts from.
     ``base_dir``: the recipe's folder, where relative model paths are looked up after the working
@@ -192,16 +193,17 @@ def gguf_card(card: str | None, section: str, *, title: str, model: Path) -> str
     quantization (``base_model``: the model's Hub id, else its directory name) and a sentence naming
     the model; an existing card keeps its text and gets that front matter only if it has none."""
     shown = shown_path(Path(model).absolute())
-    front: dict = {"base_model": shown.hub_id or shown.text, "base_model_relation": "quantized",
-                   "quantized_by": "mergesmith"}
-    if licence := common_license([shown]):    # the licence the model's own card states, if any
+    front: dict = {
+        "base_model": shown.hub_id or shown.text,
+        "base_model_relation": "quantized",
+        "quantized_by": "mergesmith",
+    }
+    if licence := common_license([shown]):  # the licence the model's own card states, if any
         front["license"] = licence
     front["tags"] = ["gguf", "llama.cpp", "mergesmith"]
     if card is None:
         model_md = shown.markdown if shown.hub_id else f"`{shown.text}`"
         about = "" if shown.hub_id else f" The model card of `{shown.text}` says how it was made."
-        card = (f"# {title}\n\nGGUF files of {model_md} for {LLAMA_CPP_MD}, quantized by {MERGESMITH_MD}."
-                f"{about}\n")
+        card = f"# {title}\n\nGGUF files of {model_md} for {LLAMA_CPP_MD}, quantized by {MERGESMITH_MD}.{about}\n"
     card = with_gguf_section(card, section)
     return card if card.startswith("---\n") else _front(front) + card
-

@@ -35,11 +35,11 @@ HUB_URL = "https://huggingface.co"
 
 @dataclass(frozen=True)
 class Shown:
-    text: str                                    # what the card prints
+    text: str  # what the card prints
     kind: Literal["hub", "local", "stage"]
-    hub_id: str | None = None                    # org/name, without revision
+    hub_id: str | None = None  # org/name, without revision
     revision: str | None = None
-    local: Path | None = None                    # where it was found: read for its licence, never printed
+    local: Path | None = None  # where it was found: read for its licence, never printed
 
     @property
     def markdown(self) -> str:
@@ -56,7 +56,7 @@ def _snapshot_id(path: Path) -> str | None:
     parts = path.parts
     for i in range(len(parts) - 2):
         if parts[i].startswith("models--") and parts[i + 1] == "snapshots" and len(parts[i]) > len("models--"):
-            return parts[i][len("models--"):].replace("--", "/")
+            return parts[i][len("models--") :].replace("--", "/")
     return None
 
 
@@ -69,7 +69,7 @@ def _found(path: str, base_dir: Path | None) -> Path | None:
 
 def shown_path(path: Path) -> Shown:
     """A model on this machine: its Hub id when it is a cache snapshot, else its own name."""
-    hub = _snapshot_id(path) or _snapshot_id(path.resolve())   # a snapshot file resolves into blobs/
+    hub = _snapshot_id(path) or _snapshot_id(path.resolve())  # a snapshot file resolves into blobs/
     return Shown(hub or path.name, "hub" if hub else "local", hub_id=hub, local=path)
 
 
@@ -119,7 +119,7 @@ def shown_recipe(text: str, names: Mapping[str, Shown]) -> str:
     as written when no name differs from what the recipe says."""
     changes = {written: s.text for written, s in names.items() if s.kind != "stage" and s.text != written}
     shown = text
-    for written in sorted(changes, key=len, reverse=True):   # longest first: /a/b/c before /a/b
+    for written in sorted(changes, key=len, reverse=True):  # longest first: /a/b/c before /a/b
         shown = re.sub(_EDGE_BEFORE + re.escape(written) + _EDGE_AFTER, lambda _, new=changes[written]: new, shown)
     return text if shown == text else f"{RENAMED_NOTE}\n{shown}"
 
@@ -155,7 +155,7 @@ def _gguf_license(file: Path) -> str | None:
         field = GGUFReader(file).get_field("general.license")
         value = field.contents() if field is not None else None
     except (ImportError, OSError, ValueError, IndexError, KeyError, TypeError):
-        return None   # the merge reads the file strictly; the card only misses a licence
+        return None  # the merge reads the file strictly; the card only misses a licence
     return value if isinstance(value, str) else None
 
 
@@ -167,7 +167,7 @@ def _hub_license(shown: Shown) -> str | None:
         return None
     try:
         cached = try_to_load_from_cache(shown.hub_id, "README.md", revision=shown.revision)
-    except ValueError:   # huggingface_hub's id validation: the merge reports a bad id itself
+    except ValueError:  # huggingface_hub's id validation: the merge reports a bad id itself
         return None
     return _readme_license(Path(cached).parent) if isinstance(cached, str) else None
 
@@ -182,7 +182,7 @@ def license_of(shown: Shown) -> str | None:
         return _gguf_license(path) if path.suffix == ".gguf" else None
     if (found := _readme_license(path)) is not None:
         return found
-    ggufs = sorted(path.glob("*.gguf"))   # a folder holding one GGUF file is that model (io/resolve.py)
+    ggufs = sorted(path.glob("*.gguf"))  # a folder holding one GGUF file is that model (io/resolve.py)
     return _gguf_license(ggufs[0]) if len(ggufs) == 1 and not (path / "config.json").is_file() else None
 
 

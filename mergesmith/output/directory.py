@@ -39,14 +39,14 @@ def check_not_input(out: Path, inputs: Iterable[tuple[str, Path]]) -> None:
 def staged_directory(out: Path, force: bool) -> Iterator[Path]:
     """Yield a staging sibling of ``out``; on success it replaces ``out``, on error it is removed."""
     out = Path(os.path.abspath(out))
-    created = [p for p in out.parents if not p.exists()]   # folders this run makes for the output
+    created = [p for p in out.parents if not p.exists()]  # folders this run makes for the output
     staging = claim_staging(out, force)
     try:
         yield staging
         publish(staging, out, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:   # innermost first; a folder something else wrote into stays
+        for folder in created:  # innermost first; a folder something else wrote into stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise

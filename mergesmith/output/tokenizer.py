@@ -15,13 +15,23 @@ from mergesmith.io.header import ModelInput
 from mergesmith.plan.jobs import AddedToken, OutputVocab
 
 TOKENIZER_FILES = (
-    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
-    "added_tokens.json", "merges.txt", "vocab.json", "chat_template.jinja", "chat_template.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "merges.txt",
+    "vocab.json",
+    "chat_template.jinja",
+    "chat_template.json",
 )
-TEMPLATE_NAMES = tuple(sorted(
-    p.name[: -len(".jinja")] for p in (resources.files("mergesmith.output") / "templates").iterdir()
-    if p.name.endswith(".jinja")
-))
+TEMPLATE_NAMES = tuple(
+    sorted(
+        p.name[: -len(".jinja")]
+        for p in (resources.files("mergesmith.output") / "templates").iterdir()
+        if p.name.endswith(".jinja")
+    )
+)
 
 
 def check_tokenizer_files(donor: ModelInput) -> None:
@@ -65,8 +75,14 @@ def copy_tokenizer(donor: ModelInput, dest: Path, vocab: OutputVocab | None = No
 
 
 def _flags(token: AddedToken) -> dict:
-    return {"content": token.content, "single_word": token.single_word, "lstrip": token.lstrip,
-            "rstrip": token.rstrip, "normalized": token.normalized, "special": token.special}
+    return {
+        "content": token.content,
+        "single_word": token.single_word,
+        "lstrip": token.lstrip,
+        "rstrip": token.rstrip,
+        "normalized": token.normalized,
+        "special": token.special,
+    }
 
 
 def append_tokens(dest: Path, tokens: tuple[AddedToken, ...]) -> None:
@@ -75,6 +91,7 @@ def append_tokens(dest: Path, tokens: tuple[AddedToken, ...]) -> None:
     tokenizer.json's ``added_tokens`` is what fast tokenizers read; ``added_tokens_decoder`` in
     tokenizer_config.json and added_tokens.json are kept in step where present (slow tokenizers).
     """
+
     def update(name: str, change) -> None:
         path = dest / name
         if path.is_file():
@@ -82,7 +99,9 @@ def append_tokens(dest: Path, tokens: tuple[AddedToken, ...]) -> None:
             change(data)
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    update("tokenizer.json", lambda d: d.setdefault("added_tokens", []).extend({"id": t.id, **_flags(t)} for t in tokens))
+    update(
+        "tokenizer.json", lambda d: d.setdefault("added_tokens", []).extend({"id": t.id, **_flags(t)} for t in tokens)
+    )
     slow = not (dest / "tokenizer.json").is_file()
 
     def decoder(config: dict) -> None:

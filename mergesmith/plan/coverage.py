@@ -18,7 +18,7 @@ from mergesmith.arch.spec import ArchSpec, WeightSpec, all_architectures
 from mergesmith.errors import ArchitectureError
 from mergesmith.io.header import ModelHeader
 
-_SHOWN = 3   # tensor names quoted in a message before "..."
+_SHOWN = 3  # tensor names quoted in a message before "..."
 
 
 def _label(model: ModelHeader) -> str:
@@ -34,12 +34,16 @@ def check_coverage(arch: ArchSpec, models: Mapping[str, ModelHeader], source: st
             continue
         shown = ", ".join(extra[:_SHOWN]) + (", ..." if len(extra) > _SHOWN else "")
         if arch in all_architectures():
-            fix = (f"add them to mergesmith/arch/data/{arch.family}.json (\"optional\": true, with the "
-                   "\"config_flag\" that creates them; non-weight buffers under \"ignored_buffers\") "
-                   "or re-save the model without them")
+            fix = (
+                f'add them to mergesmith/arch/data/{arch.family}.json ("optional": true, with the '
+                '"config_flag" that creates them; non-weight buffers under "ignored_buffers") '
+                "or re-save the model without them"
+            )
         else:
-            fix = ("the definition was inferred from another input's tensor names; merge checkpoints with the same "
-                   "tensors, or add a definition (README: Architectures)")
+            fix = (
+                "the definition was inferred from another input's tensor names; merge checkpoints with the same "
+                "tensors, or add a definition (README: Architectures)"
+            )
         raise ArchitectureError(
             f"{source}: model {_label(model)} has {len(extra)} tensor{'s' * (len(extra) > 1)} the {arch.family} "
             "definition does not list "
@@ -60,8 +64,9 @@ def output_ties(arch: ArchSpec, donor: ModelHeader) -> tuple[bool, str]:
     return not own_head, f"{where} omits tie_word_embeddings and its checkpoint has no separate head"
 
 
-def post_weights(arch: ArchSpec, sources: Sequence[ModelHeader],
-                 donor: ModelHeader) -> tuple[list[WeightSpec], list[str]]:
+def post_weights(
+    arch: ArchSpec, sources: Sequence[ModelHeader], donor: ModelHeader
+) -> tuple[list[WeightSpec], list[str]]:
     """``arch.post`` as the output has it, with notes, for the last slice's ``sources``.
 
     A head tied to the embeddings (one with ``tied_to``) is written exactly when the output
@@ -78,18 +83,23 @@ def post_weights(arch: ArchSpec, sources: Sequence[ModelHeader],
         if not ties:
             weights.append(replace(weight, optional=False))
             if not own:
-                notes.append(f"the output unties {weight.name} ({why}) but no model of the last slice has one; "
-                             f"it is merged from their {weight.tied_to[0]}")
+                notes.append(
+                    f"the output unties {weight.name} ({why}) but no model of the last slice has one; "
+                    f"it is merged from their {weight.tied_to[0]}"
+                )
         elif own:
-            notes.append(f"the output ties {weight.name} to {weight.tied_to[0]} ({why}), so the separate "
-                         f"{weight.name} of {', '.join(repr(k) for k in own)} is not merged and the output has "
-                         "none (transformers would ignore it); set tie_word_embeddings: false in that config.json "
-                         "to keep it")
+            notes.append(
+                f"the output ties {weight.name} to {weight.tied_to[0]} ({why}), so the separate "
+                f"{weight.name} of {', '.join(repr(k) for k in own)} is not merged and the output has "
+                "none (transformers would ignore it); set tie_word_embeddings: false in that config.json "
+                "to keep it"
+            )
     return weights, notes
 
 
-def layer_weights(arch: ArchSpec, models: Mapping[str, ModelHeader],
-                  donor: ModelHeader) -> tuple[tuple[WeightSpec, ...], list[str]]:
+def layer_weights(
+    arch: ArchSpec, models: Mapping[str, ModelHeader], donor: ModelHeader
+) -> tuple[tuple[WeightSpec, ...], list[str]]:
     """``arch.layer`` as the output has it, with notes: a tensor whose ``config_flag`` the output
     config (the donor's) leaves off is not written, as transformers would ignore it."""
     kept, off = [], {}
@@ -102,7 +112,9 @@ def layer_weights(arch: ArchSpec, models: Mapping[str, ModelHeader],
     for flag, weights in off.items():
         own = [m.key for m in models.values() if any(w.at_layer(0).name in m.tensors for w in weights)]
         if own:
-            notes.append(f"config.json of '{donor.key}' leaves {flag} off, so the {flag} tensors of "
-                         f"{', '.join(repr(k) for k in own)} are not merged (transformers would ignore them); "
-                         "make a model that has them the config donor (base_model, else the first model) to keep them")
+            notes.append(
+                f"config.json of '{donor.key}' leaves {flag} off, so the {flag} tensors of "
+                f"{', '.join(repr(k) for k in own)} are not merged (transformers would ignore them); "
+                "make a model that has them the config donor (base_model, else the first model) to keep them"
+            )
     return tuple(kept), notes

@@ -18,7 +18,7 @@ class RowFill:
     the mean of this input's own first ``RowMap.token_rows`` output rows instead.
     """
 
-    rule: str                                  # base, mean, zero, override, pad
+    rule: str  # base, mean, zero, override, pad
     rows: tuple[int, ...]
     donors: tuple[int, ...] = ()
     donor_rows: tuple[tuple[int, ...], ...] = ()
@@ -28,19 +28,19 @@ class RowFill:
 class RowMap:
     """A vocabulary tensor re-indexed to the output vocabulary, rows along ``axis``."""
 
-    size: int                                  # output rows
+    size: int  # output rows
     axis: int
-    input_rows: int                            # rows of the input tensor
-    token_rows: int                            # rows [0, token_rows) are token ids
-    copied: tuple[tuple[int, int, int], ...]   # runs (output row, input row, count) of own rows
-    fills: tuple[RowFill, ...] = ()            # in order; pad fills come last
+    input_rows: int  # rows of the input tensor
+    token_rows: int  # rows [0, token_rows) are token ids
+    copied: tuple[tuple[int, int, int], ...]  # runs (output row, input row, count) of own rows
+    fills: tuple[RowFill, ...] = ()  # in order; pad fills come last
 
 
 @dataclass(frozen=True)
 class TensorSource:
-    model: str     # recipe key of the input model
-    name: str      # tensor name inside that model
-    rows: RowMap | None = None   # set when the vocabulary tensor is re-indexed
+    model: str  # recipe key of the input model
+    name: str  # tensor name inside that model
+    rows: RowMap | None = None  # set when the vocabulary tensor is re-indexed
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ class TensorJob:
     sources: tuple[TensorSource, ...]
     base_index: int | None
     method: str
-    params: Params   # the method's own frozen type (methods/params.py)
+    params: Params  # the method's own frozen type (methods/params.py)
     shape: tuple[int, ...]
-    dtype: str       # compute dtype: inputs are cast to it before the method runs
-    out_dtype: str   # dtype written to the output file
-    layer: int | None = None   # output layer index; None for embeddings, norms, heads
+    dtype: str  # compute dtype: inputs are cast to it before the method runs
+    out_dtype: str  # dtype written to the output file
+    layer: int | None = None  # output layer index; None for embeddings, norms, heads
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ class AddedToken:
 class OutputVocab:
     """The output vocabulary: the donor's tokenizer plus ``new_tokens``, ``rows`` rows in all."""
 
-    source: str                        # base, union, or a model
-    donor: str                         # model whose tokenizer files the output starts from
-    token_rows: int                    # ids 0..token_rows-1 (the last token's id + 1)
-    rows: int                          # config vocab_size: kept donor rows, then padding
+    source: str  # base, union, or a model
+    donor: str  # model whose tokenizer files the output starts from
+    token_rows: int  # ids 0..token_rows-1 (the last token's id + 1)
+    rows: int  # config vocab_size: kept donor rows, then padding
     new_tokens: tuple[AddedToken, ...] = ()
 
 
@@ -92,13 +92,13 @@ class OutputVocab:
 class Plan:
     jobs: tuple[TensorJob, ...]
     arch: ArchSpec
-    config_donor: str              # model whose config.json the output starts from
-    tokenizer_donor: str           # model whose tokenizer files the output gets
+    config_donor: str  # model whose config.json the output starts from
+    tokenizer_donor: str  # model whose tokenizer files the output gets
     layer_origins: tuple[LayerOrigin, ...]
-    out_dtype: str | None       # recipe's out_dtype or dtype, for config.json
+    out_dtype: str | None  # recipe's out_dtype or dtype, for config.json
     seed: int
     warnings: tuple[str, ...] = ()
-    vocab: OutputVocab | None = None   # set when tokenizer_source or a tokenizer section is given
+    vocab: OutputVocab | None = None  # set when tokenizer_source or a tokenizer section is given
 
     @property
     def num_layers(self) -> int:

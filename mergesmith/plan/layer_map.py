@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mergesmith.plan.jobs import Plan, TensorJob
 
 WIDTH = 100
-SAMPLES = 5   # values shown for a parameter that changes across a run
+SAMPLES = 5  # values shown for a parameter that changes across a run
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class _Run:
 
     start: int
     stop: int
-    sources: tuple[tuple[str, int], ...]   # (model, first source layer) per input
+    sources: tuple[tuple[str, int], ...]  # (model, first source layer) per input
 
 
 def _number(value) -> str:
@@ -41,6 +41,7 @@ def _resolved(job: TensorJob) -> tuple[dict, list[dict]]:
 def short_names(keys: Sequence[str]) -> dict[str, str]:
     """Each model key as its last path component (both sides of ``base+adapter``), unless two
     models would then read the same: those keep their whole key."""
+
     def short(key: str) -> str:
         return "+".join(part.rstrip("/").rsplit("/", 1)[-1] or part for part in key.split("+"))
 
@@ -69,9 +70,12 @@ def _runs(plan: Plan) -> list[_Run]:
     for layer, sources in sorted(_layer_sources(plan).items()):
         last = runs[-1] if runs else None
         step = layer - (last.start if last else 0)
-        if last and last.stop == layer and all(
-            m == lm and s == ls + step for (m, s), (lm, ls) in zip(sources, last.sources)
-        ) and len(sources) == len(last.sources):
+        if (
+            last
+            and last.stop == layer
+            and all(m == lm and s == ls + step for (m, s), (lm, ls) in zip(sources, last.sources))
+            and len(sources) == len(last.sources)
+        ):
             runs[-1] = _Run(last.start, layer + 1, last.sources)
         else:
             runs.append(_Run(layer, layer + 1, sources))
@@ -82,7 +86,7 @@ def _short(job: TensorJob) -> str:
     """The tensor's name inside its layer: ``self_attn.q_proj.weight``."""
     parts = job.output.split(".")
     digits = [i for i, p in enumerate(parts) if p.isdigit()]
-    return ".".join(parts[digits[0] + 1:]) if digits else job.output
+    return ".".join(parts[digits[0] + 1 :]) if digits else job.output
 
 
 def _label(names: Sequence[str]) -> str:
@@ -129,7 +133,7 @@ def _parameter_lines(jobs: list[TensorJob], models: Sequence[str]) -> list[str]:
 def _run_lines(plan: Plan, run: _Run, names: dict[str, str]) -> list[str]:
     jobs = [j for j in plan.jobs if j.layer is not None and run.start <= j.layer < run.stop]
     count = run.stop - run.start
-    span = lambda first: f"{first}" if count == 1 else f"{first}–{first + count - 1}"   # noqa: E731
+    span = lambda first: f"{first}" if count == 1 else f"{first}–{first + count - 1}"  # noqa: E731
     out = span(run.start)
     sources = " + ".join(f"{names[m]} [{span(s)}]" for m, s in run.sources)
     methods = sorted({j.method for j in jobs})
@@ -142,8 +146,12 @@ def _global_lines(plan: Plan, names: dict[str, str]) -> list[str]:
     for job in (j for j in plan.jobs if j.layer is None):
         shared, per_input = _resolved(job)
         values = [f"{k}={_number(v)}" for k, v in shared.items()]
-        values += [f"{k}[{names[s.model]}]={_number(v)}" for s, own in zip(job.sources, per_input)
-                   for k, v in own.items() if v is not None]
+        values += [
+            f"{k}[{names[s.model]}]={_number(v)}"
+            for s, own in zip(job.sources, per_input)
+            for k, v in own.items()
+            if v is not None
+        ]
         inputs = " + ".join(names[s.model] for s in job.sources)
         lines.append(f"  {job.output} ← {inputs}: {job.method}" + (f" ({', '.join(values)})" if values else ""))
     return lines
@@ -156,9 +164,11 @@ def _fit(line: str) -> str:
 def render_layer_map(plan: Plan, source: str = "") -> str:
     """The compact view (at most WIDTH columns a line)."""
     dtypes = sorted({j.out_dtype for j in plan.jobs})
-    head = (f"# {source + ': ' if source else ''}{len(plan.jobs)} tensors, {plan.num_layers} layers, "
-            f"written as {', '.join(dtypes)}; config from {short_names([plan.config_donor])[plan.config_donor]}, "
-            f"tokenizer from {short_names([plan.tokenizer_donor])[plan.tokenizer_donor]}")
+    head = (
+        f"# {source + ': ' if source else ''}{len(plan.jobs)} tensors, {plan.num_layers} layers, "
+        f"written as {', '.join(dtypes)}; config from {short_names([plan.config_donor])[plan.config_donor]}, "
+        f"tokenizer from {short_names([plan.tokenizer_donor])[plan.tokenizer_donor]}"
+    )
     keys = list(dict.fromkeys(s.model for j in plan.jobs for s in j.sources))
     names = short_names(keys)
     lines = [head] + [f"# {names[k]} = {k}" for k in keys if names[k] != k]

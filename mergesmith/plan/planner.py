@@ -42,7 +42,7 @@ class _Context:
     models: Mapping[str, ModelHeader]
     source: str
     vocab: VocabPlan | None = None
-    notes: list = field(default_factory=list)   # warnings, in order, each once
+    notes: list = field(default_factory=list)  # warnings, in order, each once
 
 
 def _scopes(ctx: _Context, out_slice: OutputSlice, model: str | None):
@@ -112,15 +112,19 @@ def _check_contract(ctx: _Context, out_slice: OutputSlice, where: str) -> None:
     n, lo, hi = len(keys), ctx.method.min_inputs, ctx.method.max_inputs
     if n < lo or (hi is not None and n > hi):
         want = f"exactly {lo}" if lo == hi else (f"at most {hi}" if hi is not None else f"at least {lo}")
-        raise ConfigError(f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models, got {n}: {keys}")
+        raise ConfigError(
+            f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models, got {n}: {keys}"
+        )
     if len(set(keys)) != n:
         raise ConfigError(f"{ctx.source}: {where}: a model appears twice among the sources {keys}; list each once")
     others = n - (_base_index(ctx, out_slice, where) is not None)
     lo, hi = ctx.method.min_non_base, ctx.method.max_non_base
     if others < lo or (hi is not None and others > hi):
         want = f"exactly {lo}" if lo == hi else (f"at most {hi}" if hi is not None else f"at least {lo}")
-        raise ConfigError(f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models besides "
-                          f"the base, got {others}: {keys}")
+        raise ConfigError(
+            f"{ctx.source}: {where}: merge method '{ctx.method.name}' takes {want} models besides "
+            f"the base, got {others}: {keys}"
+        )
 
 
 # Float dtypes by width; half and bfloat16 meet in float32, as torch.promote_types says.
@@ -157,16 +161,19 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
         if weight_out.optional:
             kept = _partial_inputs(ctx, out_slice, present, where)
             if kept == []:
-                return None   # too few inputs for the method (model_stock): omitted, as in mergekit
+                return None  # too few inputs for the method (model_stock): omitted, as in mergekit
             if kept is not None:
                 job = _passthrough_job(ctx, models[kept[0]], found[kept[0]], weight_out, layer)
                 return _reindexed(ctx, out_slice, weight_out, job)
         missing = models[found.index(None)]
         label = f"'{missing.key}'" if str(missing.path) == missing.key else f"'{missing.key}' ({missing.path})"
         flag = weight_out.config_flag
-        hint = (f"its config.json leaves {flag} off, unlike the output's; make it the config donor (base_model, else "
-                f"the first model) to merge without these tensors" if flag and not missing.config.get(flag) else
-                f"is it a complete {missing.config.get('model_type')} checkpoint? re-download or re-save it")
+        hint = (
+            f"its config.json leaves {flag} off, unlike the output's; make it the config donor (base_model, else "
+            f"the first model) to merge without these tensors"
+            if flag and not missing.config.get(flag)
+            else f"is it a complete {missing.config.get('model_type')} checkpoint? re-download or re-save it"
+        )
         raise MissingTensorError(f"{ctx.source}: model {label} has no tensor {in_names[found.index(None)]}; {hint}")
     infos = [m.tensors[f] for m, f in zip(models, found)]
     axis = weight_out.vocab_axis if ctx.vocab is not None else None
@@ -191,7 +198,7 @@ def _reindexed(ctx: _Context, out_slice: OutputSlice, weight_out: WeightSpec, jo
     base = out_slice.base_model or ctx.recipe.base_model
     sources, notes = reindex(ctx.vocab, job.sources, in_rows, axis, base, f"{ctx.source}: output tensor {job.output}")
     ctx.notes.extend(n for n in notes if n not in ctx.notes)
-    shape = job.shape[:axis] + (ctx.vocab.output.rows,) + job.shape[axis + 1:]
+    shape = job.shape[:axis] + (ctx.vocab.output.rows,) + job.shape[axis + 1 :]
     return replace(job, sources=sources, shape=shape)
 
 
@@ -217,8 +224,9 @@ def _partial_inputs(ctx, out_slice, present: list[int], where: str):
     the tensor, None for a missing-tensor error (mergekit's optional tensor policies)."""
     policy = ctx.method.optional_tensors
     base = _base_index(ctx, out_slice, where)
-    if len(present) == 1 and (policy == OptionalTensors.SINGLETON
-                              or (policy == OptionalTensors.BASE_SINGLETON and present[0] == base)):
+    if len(present) == 1 and (
+        policy == OptionalTensors.SINGLETON or (policy == OptionalTensors.BASE_SINGLETON and present[0] == base)
+    ):
         return present
     if policy == OptionalTensors.BASE_OR_SKIP and len(present) < ctx.method.min_inputs:
         return present if present == [base] else []
@@ -229,16 +237,19 @@ def _passthrough_job(ctx, model: ModelHeader, name: str, weight_out: WeightSpec,
     info = model.tensors[name]
     compute, out = _dtype(ctx, [info])
     params = get_method("passthrough").params_type.build({}, [{"scale": None}], None)
-    return TensorJob(weight_out.name, (TensorSource(model.key, name),), None, "passthrough", params,
-                     info.shape, compute, out, layer)
+    return TensorJob(
+        weight_out.name, (TensorSource(model.key, name),), None, "passthrough", params, info.shape, compute, out, layer
+    )
 
 
 def _check_arch(models: Mapping[str, ModelHeader]) -> ArchSpec:
     # No data file for the model's class: a definition inferred from its tensor names, with a warning.
-    specs = arch_for_models({
-        key: ArchInput(dict(m.config), {n: i.shape for n, i in m.tensors.items()}, f"model '{key}' ({m.path})")
-        for key, m in models.items()
-    })
+    specs = arch_for_models(
+        {
+            key: ArchInput(dict(m.config), {n: i.shape for n, i in m.tensors.items()}, f"model '{key}' ({m.path})")
+            for key, m in models.items()
+        }
+    )
     families = {s.family for s in specs.values()}
     if len(families) > 1:
         listing = ", ".join(f"'{k}': {s.family}" for k, s in specs.items())
@@ -266,7 +277,7 @@ def _plan_layers(ctx, arch, slices, jobs: list) -> list[LayerOrigin]:
 def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
     config_donor = recipe.base_model or recipe.referenced_models()[0]
     choice = recipe.tokenizer_choice
-    if choice in (None, "union"):   # a union starts from the base's tokenizer files
+    if choice in (None, "union"):  # a union starts from the base's tokenizer files
         return config_donor, config_donor
     if choice == "base":
         if recipe.base_model is None:
@@ -307,5 +318,6 @@ def build_plan(recipe: Recipe, models: Mapping[str, ModelHeader], *, source: str
     for note in ctx.notes:
         warnings.warn(f"{source}: {note}", stacklevel=2)
     vocab = ctx.vocab.output if ctx.vocab is not None else None
-    return Plan(tuple(jobs), arch, config_donor, tokenizer_donor, tuple(origins), out_dtype, seed,
-                tuple(ctx.notes), vocab)
+    return Plan(
+        tuple(jobs), arch, config_donor, tokenizer_donor, tuple(origins), out_dtype, seed, tuple(ctx.notes), vocab
+    )

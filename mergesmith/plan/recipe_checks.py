@@ -54,8 +54,9 @@ def _scalars(setting: Setting) -> Iterator[tuple[str, object]]:
 def _unknown(name: str, method: MethodSpec, source: str, where: str) -> None:
     known = [p.name for p in method.params]
     if name in _HARMLESS:
-        warnings.warn(f"{source}: {where}.{name} does nothing for merge method '{method.name}'; remove it",
-                      stacklevel=4)
+        warnings.warn(
+            f"{source}: {where}.{name} does nothing for merge method '{method.name}'; remove it", stacklevel=4
+        )
         return
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     others = sorted(m for m, spec in METHODS.items() if any(p.name == name for p in spec.params))
@@ -110,5 +111,6 @@ def check_filters(recipe: Recipe, tensor_names: Iterable[str], source: str) -> N
         hint = f"did you mean '{match[0]}'?" if match else f"module names here: {', '.join(parts[:12])}"
         warnings.warn(
             f"{source}: {where} = '{filter_}' matches no tensor of this merge, so its values apply nowhere "
-            f"(a filter is a substring of tensor names); {hint}", stacklevel=3,
+            f"(a filter is a substring of tensor names); {hint}",
+            stacklevel=3,
         )

@@ -49,9 +49,12 @@ def _vocab_text(plan: Plan) -> list[str]:
     v = plan.vocab
     if v is not None:
         new = ", ".join(repr(t.content) for t in v.new_tokens[:5]) + (", ..." if len(v.new_tokens) > 5 else "")
-        lines.insert(0, f"# vocabulary: {v.source}, {v.token_rows} token ids, {v.rows} rows (vocab_size)"
-                        + (f"; {len(v.new_tokens)} tokens added to {v.donor}'s tokenizer: {new}" if v.new_tokens else "")
-                        + "; {rows: ...} marks re-indexed inputs")
+        lines.insert(
+            0,
+            f"# vocabulary: {v.source}, {v.token_rows} token ids, {v.rows} rows (vocab_size)"
+            + (f"; {len(v.new_tokens)} tokens added to {v.donor}'s tokenizer: {new}" if v.new_tokens else "")
+            + "; {rows: ...} marks re-indexed inputs",
+        )
     return lines
 
 
@@ -73,20 +76,37 @@ def plan_to_dict(plan: Plan) -> dict:
         "num_layers": plan.num_layers,
         "config_from": plan.config_donor,
         "tokenizer_from": plan.tokenizer_donor,
-        "vocabulary": None if plan.vocab is None else {
-            "source": plan.vocab.source, "token_ids": plan.vocab.token_rows, "rows": plan.vocab.rows,
+        "vocabulary": None
+        if plan.vocab is None
+        else {
+            "source": plan.vocab.source,
+            "token_ids": plan.vocab.token_rows,
+            "rows": plan.vocab.rows,
             "new_tokens": [{"id": t.id, "content": t.content, "special": t.special} for t in plan.vocab.new_tokens],
         },
         "warnings": list(plan.warnings),
         "tensors": [
             {
-                "output": job.output, "method": job.method, "shape": list(job.shape),
-                "dtype": job.dtype, "out_dtype": job.out_dtype, "layer": job.layer,
+                "output": job.output,
+                "method": job.method,
+                "shape": list(job.shape),
+                "dtype": job.dtype,
+                "out_dtype": job.out_dtype,
+                "layer": job.layer,
                 "base_index": job.base_index,
-                "inputs": [{"model": s.model, "tensor": s.name, **job.params.as_dict()["per_input"][i],
-                            **({"rows": {"input": s.rows.input_rows, "size": s.rows.size, **row_counts(s.rows)}}
-                               if s.rows else {})}
-                           for i, s in enumerate(job.sources)],
+                "inputs": [
+                    {
+                        "model": s.model,
+                        "tensor": s.name,
+                        **job.params.as_dict()["per_input"][i],
+                        **(
+                            {"rows": {"input": s.rows.input_rows, "size": s.rows.size, **row_counts(s.rows)}}
+                            if s.rows
+                            else {}
+                        ),
+                    }
+                    for i, s in enumerate(job.sources)
+                ],
                 "parameters": job.params.as_dict()["shared"],
             }
             for job in plan.jobs

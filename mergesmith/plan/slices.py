@@ -29,7 +29,9 @@ def canonical_slices(recipe: Recipe, arch: ArchSpec, models: Mapping[str, ModelI
     return (OutputSlice(sources=tuple(sources)),)
 
 
-def check_slices(slices: tuple[OutputSlice, ...], arch: ArchSpec, models: Mapping[str, ModelInput], source: str) -> None:
+def check_slices(
+    slices: tuple[OutputSlice, ...], arch: ArchSpec, models: Mapping[str, ModelInput], source: str
+) -> None:
     for i, out_slice in enumerate(slices):
         lengths = []
         for j, src in enumerate(out_slice.sources):
@@ -44,7 +46,8 @@ def check_slices(slices: tuple[OutputSlice, ...], arch: ArchSpec, models: Mappin
             lengths.append(end - start)
         if len(set(lengths)) > 1:
             spans = ", ".join(
-                f"'{s.model}' [{s.layer_range[0]}, {s.layer_range[1]}) = {n}" for s, n in zip(out_slice.sources, lengths)
+                f"'{s.model}' [{s.layer_range[0]}, {s.layer_range[1]}) = {n}"
+                for s, n in zip(out_slice.sources, lengths)
             )
             raise ConfigError(
                 f"{source}: slices[{i}] sources span different numbers of layers: {spans}; "

@@ -42,16 +42,16 @@ from mergesmith.plan.vocab_files import InputVocab, read_vocab
 @dataclass(frozen=True)
 class VocabPlan:
     output: OutputVocab
-    tokens: tuple[str | None, ...]       # output id → token (None: an id no token has)
-    inputs: Mapping[str, InputVocab]        # merged model → its vocabulary
+    tokens: tuple[str | None, ...]  # output id → token (None: an id no token has)
+    inputs: Mapping[str, InputVocab]  # merged model → its vocabulary
     overrides: Mapping[str, TokenOverride]
-    kept_rows: int                          # rows before pad_to_multiple_of
+    kept_rows: int  # rows before pad_to_multiple_of
     warnings: tuple[str, ...] = ()
 
 
 def other_dims(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
     """The shape without the vocabulary axis: what must agree between inputs."""
-    return shape if axis is None else shape[:axis] + shape[axis + 1:]
+    return shape if axis is None else shape[:axis] + shape[axis + 1 :]
 
 
 def _embed_rows(model: ModelHeader, arch: ArchSpec) -> int:
@@ -63,10 +63,14 @@ def _embed_rows(model: ModelHeader, arch: ArchSpec) -> int:
 
 
 def _unreadable(key: str, model: ModelHeader, why: str, source: str) -> InputFormatError:
-    kind = "is a GGUF file (mergesmith does not read GGUF vocabularies)" if model.gguf_file else \
-        "has no tokenizer.json or vocab.json"
-    return InputFormatError(f"{source}: model '{key}' {kind}, {why}; merge from a Hugging Face "
-                            "directory with its tokenizer.json")
+    kind = (
+        "is a GGUF file (mergesmith does not read GGUF vocabularies)"
+        if model.gguf_file
+        else "has no tokenizer.json or vocab.json"
+    )
+    return InputFormatError(
+        f"{source}: model '{key}' {kind}, {why}; merge from a Hugging Face directory with its tokenizer.json"
+    )
 
 
 def _donor(recipe: Recipe, choice: str, source: str) -> str:
@@ -83,7 +87,7 @@ def _union(ids: dict, vocabs, merged, donor, rows, next_id: int) -> list[AddedTo
         if key == donor:
             continue
         for token, i in sorted(vocabs[key].ids.items(), key=lambda item: item[1]):
-            if token not in ids and i < rows[key]:   # a token past a model's rows brings no row
+            if token not in ids and i < rows[key]:  # a token past a model's rows brings no row
                 ids[token] = next_id
                 new.append(replace(vocabs[key].added.get(token, AddedToken(0, token)), id=next_id))
                 next_id += 1
@@ -106,20 +110,27 @@ def build_vocab(recipe: Recipe, models: Mapping[str, ModelHeader], arch: ArchSpe
     if vocabs[donor] is None:
         if choice == "union" or overrides or multiple or any(rows[k] != rows[donor] for k in merged):
             raise _unreadable(donor, models[donor], f"and tokenizer_source '{choice}' needs its vocabulary", source)
-        return None   # every input has the donor's rows and the output keeps its tokenizer: nothing to map
+        return None  # every input has the donor's rows and the output keeps its tokenizer: nothing to map
     for key in merged:
         if vocabs[key] is None:
             if rows[key] != rows[donor]:
-                raise _unreadable(key, models[key], f"and {rows[key]} vocabulary rows against {rows[donor]} of "
-                                  f"'{donor}', so its token ids cannot be matched", source)
+                raise _unreadable(
+                    key,
+                    models[key],
+                    f"and {rows[key]} vocabulary rows against {rows[donor]} of "
+                    f"'{donor}', so its token ids cannot be matched",
+                    source,
+                )
             vocabs[key] = vocabs[donor]
-            notes.append(f"model '{key}' has no readable tokenizer; its token ids are taken to be those of "
-                         f"'{donor}' (both have {rows[key]} rows)")
+            notes.append(
+                f"model '{key}' has no readable tokenizer; its token ids are taken to be those of "
+                f"'{donor}' (both have {rows[key]} rows)"
+            )
     ids = dict(vocabs[donor].ids)
     next_id = max(ids.values(), default=-1) + 1
     new = _union(ids, vocabs, merged, donor, rows, next_id) if choice == "union" else []
     for token in overrides:
-        if token not in ids:   # as mergekit's add_tokens: a plain, normalized added token
+        if token not in ids:  # as mergekit's add_tokens: a plain, normalized added token
             ids[token] = next_id + len(new)
             new.append(AddedToken(ids[token], token))
     token_rows = max(ids.values(), default=-1) + 1
@@ -153,8 +164,10 @@ def _override_rule(vp, keys, avail, in_rows, r, token, spec, where):
     model = spec.model if isinstance(spec, ModelTokenEmbedding) else spec
     label = f"{where}: tokenizer.tokens['{token}']"
     if model not in keys:
-        raise ConfigError(f"{label} takes its row from model '{model}', which is not an input of this tensor "
-                          f"({', '.join(keys)}); name one of them or use {{kind: zero}}")
+        raise ConfigError(
+            f"{label} takes its row from model '{model}', which is not an input of this tensor "
+            f"({', '.join(keys)}); name one of them or use {{kind: zero}}"
+        )
     k = keys.index(model)
     if isinstance(spec, ModelTokenEmbedding):
         row = spec.token_id if spec.token_id is not None else vp.inputs[model].ids.get(spec.token)
@@ -163,7 +176,9 @@ def _override_rule(vp, keys, avail, in_rows, r, token, spec, where):
             raise ConfigError(f"{label}: model '{model}' has no row for {what} ({in_rows[k]} rows); fix the token")
         return "override", ((k, row),)
     if avail[k][r] < 0:
-        raise ConfigError(f"{label}: model '{model}' has no token '{token}'; name a model that has it or use {{kind: zero}}")
+        raise ConfigError(
+            f"{label}: model '{model}' has no token '{token}'; name a model that has it or use {{kind: zero}}"
+        )
     return "override", ((k, avail[k][r]),)
 
 
@@ -197,16 +212,21 @@ def _dropped(vp: VocabPlan, key: str, n: int, used: set[int]) -> str | None:
     lost = [t for t, i in vp.inputs[key].ids.items() if i < n and i not in used]
     past = n - len(used) - len(lost)
     if not lost and vp.output.rows >= n:
-        return None   # only padding rows moved: the vocabulary is whole
-    shown = ", ".join(repr(t) for t in sorted(lost, key=vp.inputs[key].ids.get)[:5]) + (", ..." if len(lost) > 5 else "")
+        return None  # only padding rows moved: the vocabulary is whole
+    shown = ", ".join(repr(t) for t in sorted(lost, key=vp.inputs[key].ids.get)[:5]) + (
+        ", ..." if len(lost) > 5 else ""
+    )
     parts = ([f"{len(lost)} tokens ({shown})"] if lost else []) + ([f"{past} rows past its last token"] if past else [])
     fix = "; tokenizer_source: union keeps every token" if lost and vp.output.source != "union" else ""
-    return (f"model '{key}': {' and '.join(parts)} of its {n} vocabulary rows are not in the output vocabulary "
-            f"({vp.output.rows} rows) and are dropped{fix}")
+    return (
+        f"model '{key}': {' and '.join(parts)} of its {n} vocabulary rows are not in the output vocabulary "
+        f"({vp.output.rows} rows) and are dropped{fix}"
+    )
 
 
-def reindex(vp: VocabPlan, sources: tuple[TensorSource, ...], in_rows: list[int], axis: int, base: str | None,
-            where: str) -> tuple[tuple[TensorSource, ...], list[str]]:
+def reindex(
+    vp: VocabPlan, sources: tuple[TensorSource, ...], in_rows: list[int], axis: int, base: str | None, where: str
+) -> tuple[tuple[TensorSource, ...], list[str]]:
     """Sources with row maps (None where the input already is the output vocabulary) + warnings."""
     keys = [s.model for s in sources]
     forced = {t for t, o in vp.overrides.items() if o.force}
@@ -224,8 +244,14 @@ def reindex(vp: VocabPlan, sources: tuple[TensorSource, ...], in_rows: list[int]
         for (rule, donors), members in groups.items():
             mine = [(r, rows) for r, rows in members if own[k][r] < 0]
             if mine:
-                fills.append(RowFill(rule, tuple(r for r, _ in mine), donors,
-                                     tuple(tuple(rows[d] for _, rows in mine) for d in range(len(donors)))))
+                fills.append(
+                    RowFill(
+                        rule,
+                        tuple(r for r, _ in mine),
+                        donors,
+                        tuple(tuple(rows[d] for _, rows in mine) for d in range(len(donors))),
+                    )
+                )
         copied = _runs(own[k])
         if copied == ((0, 0, total),) and in_rows[k] == total and not fills and not pad:
             out.append(src)
@@ -235,11 +261,17 @@ def reindex(vp: VocabPlan, sources: tuple[TensorSource, ...], in_rows: list[int]
         message = _dropped(vp, keys[k], in_rows[k], {i for i in avail[k] if i >= 0})
         if message:
             warnings.append(message)
-    zero = [vp.tokens[r] if r < len(vp.tokens) else f"row {r}" for (rule, _), members in groups.items()
-            if rule == "zero" for r, _ in members]
+    zero = [
+        vp.tokens[r] if r < len(vp.tokens) else f"row {r}"
+        for (rule, _), members in groups.items()
+        if rule == "zero"
+        for r, _ in members
+    ]
     zero = [t for t in zero if t not in vp.overrides or vp.overrides[t].source is None]
     if zero:
         names = ", ".join(repr(t) for t in zero[:5]) + (", ..." if len(zero) > 5 else "")
-        warnings.append(f"{len(zero)} output tokens are in none of the merged models and get zero rows ({names}); "
-                        "give them a source under tokenizer.tokens")
+        warnings.append(
+            f"{len(zero)} output tokens are in none of the merged models and get zero rows ({names}); "
+            "give them a source under tokenizer.tokens"
+        )
     return tuple(out), warnings

@@ -20,8 +20,8 @@ from mergesmith.plan.jobs import AddedToken
 
 @dataclass(frozen=True)
 class InputVocab:
-    ids: Mapping[str, int]              # token → id, added tokens included
-    added: Mapping[str, AddedToken]     # added tokens by content, with their flags
+    ids: Mapping[str, int]  # token → id, added tokens included
+    added: Mapping[str, AddedToken]  # added tokens by content, with their flags
     file: Path
 
 
@@ -35,20 +35,26 @@ def _json(path: Path):
 def _added(entry: dict, path: Path) -> AddedToken:
     try:
         return AddedToken(
-            id=int(entry["id"]), content=str(entry["content"]), special=bool(entry.get("special", False)),
-            normalized=bool(entry.get("normalized", True)), lstrip=bool(entry.get("lstrip", False)),
-            rstrip=bool(entry.get("rstrip", False)), single_word=bool(entry.get("single_word", False)),
+            id=int(entry["id"]),
+            content=str(entry["content"]),
+            special=bool(entry.get("special", False)),
+            normalized=bool(entry.get("normalized", True)),
+            lstrip=bool(entry.get("lstrip", False)),
+            rstrip=bool(entry.get("rstrip", False)),
+            single_word=bool(entry.get("single_word", False)),
         )
     except (KeyError, TypeError, ValueError):
-        raise InputFormatError(f"{path}: added token {entry!r} needs 'id' and 'content'; re-save the tokenizer") from None
+        raise InputFormatError(
+            f"{path}: added token {entry!r} needs 'id' and 'content'; re-save the tokenizer"
+        ) from None
 
 
 def _from_tokenizer_json(path: Path) -> InputVocab:
     data = _json(path)
     vocab = (data.get("model") or {}).get("vocab") if isinstance(data, dict) else None
-    if isinstance(vocab, dict):        # BPE, WordPiece, WordLevel
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel
         ids = {str(token): int(i) for token, i in vocab.items()}
-    elif isinstance(vocab, list):      # Unigram: [piece, score] pairs, the id is the position
+    elif isinstance(vocab, list):  # Unigram: [piece, score] pairs, the id is the position
         ids = {str(entry[0]): i for i, entry in enumerate(vocab)}
     else:
         raise InputFormatError(f"{path}: no model.vocab; re-save the tokenizer with a fast tokenizer")

@@ -20,7 +20,7 @@ import torch
 from mergesmith.errors import MergesmithError
 from mergesmith.search.resident import Evaluator, Outcome, Setup
 
-Task = tuple[int, dict]       # (candidate index, recipe mapping)
+Task = tuple[int, dict]  # (candidate index, recipe mapping)
 POLL_SECONDS = 1.0
 
 
@@ -131,7 +131,7 @@ class LocalProcesses:
             yield self._next("done")
 
     def close(self) -> None:
-        try:   # candidates not started yet (the search stopped early) are dropped, not scored
+        try:  # candidates not started yet (the search stopped early) are dropped, not scored
             while True:
                 self._inbox.get_nowait()
         except queue_module.Empty:

@@ -70,7 +70,9 @@ def _check_spelling(setting: Any, param: Param, where: str) -> None:
     for key in setting:
         match = difflib.get_close_matches(str(key), MARKER_KEYS, n=1, cutoff=0.6)
         if match:
-            raise ConfigError(f"{where}: unknown key '{key}' in the search marker of '{param.name}'; did you mean '{match[0]}'?")
+            raise ConfigError(
+                f"{where}: unknown key '{key}' in the search marker of '{param.name}'; did you mean '{match[0]}'?"
+            )
 
 
 def _marker_dims(param: Param, marker: Any, label: str, where: str) -> tuple[list[Dim], bool]:
@@ -83,17 +85,28 @@ def _marker_dims(param: Param, marker: Any, label: str, where: str) -> tuple[lis
     choice, bounds, anchors = spec.get("choice"), spec.get("range"), spec.get("gradient")
     if choice is not None:
         if bounds is not None or anchors is not None or not isinstance(choice, list) or len(choice) < 2:
-            raise ConfigError(f"{where}: '{param.name}': choice is a list of at least 2 values, without range or gradient")
+            raise ConfigError(
+                f"{where}: '{param.name}': choice is a list of at least 2 values, without range or gradient"
+            )
         return [Dim(label, options=tuple(param.validate(v, f"{where}: ") for v in choice))], False
     if bounds is None and anchors is None and param.search_bounds is None and finite_options(param.kind):
         return [Dim(label, options=finite_options(param.kind))], False
     bounds = param.search_bounds if bounds is None else bounds
     if bounds is None:
-        raise ConfigError(f"{where}: '{param.name}' has no search range in the method registry; write {{range: [lo, hi]}}")
-    if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(_number(b) for b in bounds) and bounds[0] < bounds[1]):
+        raise ConfigError(
+            f"{where}: '{param.name}' has no search range in the method registry; write {{range: [lo, hi]}}"
+        )
+    if not (
+        isinstance(bounds, (list, tuple))
+        and len(bounds) == 2
+        and all(_number(b) for b in bounds)
+        and bounds[0] < bounds[1]
+    ):
         raise ConfigError(f"{where}: '{param.name}': range is [lo, hi] with finite numbers lo < hi, got {bounds!r}")
     if not _takes_floats(param):
-        raise ConfigError(f"{where}: '{param.name}' is not a float parameter, so it takes no range; use {{choice: [...]}}")
+        raise ConfigError(
+            f"{where}: '{param.name}' is not a float parameter, so it takes no range; use {{choice: [...]}}"
+        )
     if anchors is None:
         return [Dim(label, float(bounds[0]), float(bounds[1]))], False
     if not isinstance(anchors, int) or isinstance(anchors, bool) or anchors < 2:
@@ -125,6 +138,7 @@ def _model_label(value: Any) -> str:
 
 def _param_mappings(tpl: dict) -> Iterator[tuple[tuple, str, dict]]:
     """(path, label prefix, parameters mapping) of every parameters block in a recipe mapping."""
+
     def block(owner: dict, path: tuple, prefix: str):
         params = owner.get("parameters")
         if isinstance(params, dict):
@@ -150,7 +164,9 @@ def _param_for(spec: MethodSpec, name: str, methods: Sequence[str], where: str) 
     if name in known:
         return None
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    hint = f"did you mean '{match[0]}'?" if match else f"parameters of {', '.join(methods)}: {', '.join(known) or 'none'}"
+    hint = (
+        f"did you mean '{match[0]}'?" if match else f"parameters of {', '.join(methods)}: {', '.join(known) or 'none'}"
+    )
     raise ConfigError(f"{where}: unknown parameter '{name}'; {hint}")
 
 
@@ -210,17 +226,24 @@ def _auto_required(tpl: dict, spec: MethodSpec, build: _Builder) -> None:
                 owners += [(("slices", i, "sources", j), s, base) for j, s in enumerate(out_slice.get("sources") or ())]
         for path, owner, base in owners:
             if not isinstance(owner, dict):
-                continue   # not a model entry: parsing the candidate recipe reports it
+                continue  # not a model entry: parsing the candidate recipe reports it
             is_base = base is not None and _model_label(owner.get("model")) == _model_label(base)
             if param.name in (owner.get("parameters") or {}) or (param.scope == Scope.NON_BASE and is_base):
                 continue
             owner["parameters"] = owner.get("parameters") or {}
-            build.add(tpl, path + ("parameters", param.name), param, MARKER, f"{_model_label(owner.get('model'))}.{param.name}")
+            build.add(
+                tpl,
+                path + ("parameters", param.name),
+                param,
+                MARKER,
+                f"{_model_label(owner.get('model'))}.{param.name}",
+            )
 
 
 def _short_labels(dims: list[Dim]) -> tuple[Dim, ...]:
     """``../../out/base+adapters/kjv.weight`` → ``base+kjv.weight`` (last path part of each side),
     unless two dims would then read alike."""
+
     def short(label: str) -> str:
         head, dot, tail = label.rpartition(".")
         if not dot or "/" not in head:
@@ -282,5 +305,7 @@ def build_space(recipe: dict | None, candidates: Sequence[str | dict] | None, ba
     names = [b.name for b in branches]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
-        raise ConfigError(f"{source}: two candidates are both named '{duplicate}'; give the recipe files distinct names")
+        raise ConfigError(
+            f"{source}: two candidates are both named '{duplicate}'; give the recipe files distinct names"
+        )
     return Space(tuple(branches))

@@ -33,7 +33,7 @@ from mergesmith.search.store import Record, ReportRow, Store
 
 WINNER_DIR = "winner"
 PLOT_FILE = "fitness.png"
-REPORT_KEY = "report_key"   # settings entry: what the stored report scored
+REPORT_KEY = "report_key"  # settings entry: what the stored report scored
 
 
 def _baseline(evaluator: Evaluator, heldout: Scorer, path: Path, seed: int) -> ReportRow:
@@ -52,7 +52,9 @@ def _baseline(evaluator: Evaluator, heldout: Scorer, path: Path, seed: int) -> R
 def heldout_report(prepared, records: list[Record], seed: int, threads: int) -> list[ReportRow]:
     """Held-out NLL of the ``report.top`` best candidates, fitness and held-out NLL of the baselines."""
     before = torch.get_num_threads()
-    setup = Setup(prepared.source, str(prepared.base_dir), prepared.keys, _probe(records), prepared.objective, seed, threads)
+    setup = Setup(
+        prepared.source, str(prepared.base_dir), prepared.keys, _probe(records), prepared.objective, seed, threads
+    )
     evaluator = Evaluator(setup, "report")
     try:
         heldout = Scorer(evaluator.scorer.target, prepared.heldout)
@@ -79,13 +81,20 @@ def _top(prepared, records: list[Record]) -> list[Record]:
 
 def report_key(prepared, records: list[Record], settings: dict) -> str:
     """What a stored report depends on beyond the search's own settings (checked on resume)."""
+
     def digest(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
-    baselines = [(name, digest(resolve_path(name, prepared.base_dir).read_bytes())) for name in prepared.search.report.baselines]
+    baselines = [
+        (name, digest(resolve_path(name, prepared.base_dir).read_bytes())) for name in prepared.search.report.baselines
+    ]
     texts = [digest(t.text.encode()) for term in prepared.heldout.terms for t in term.texts]
-    data = {"heldout": [settings["heldout"], texts], "top": [(r.index, r.recipe) for r in _top(prepared, records)],
-            "baselines": baselines, "candidates": len(records)}   # the card says "the best of N"
+    data = {
+        "heldout": [settings["heldout"], texts],
+        "top": [(r.index, r.recipe) for r in _top(prepared, records)],
+        "baselines": baselines,
+        "candidates": len(records),
+    }  # the card says "the best of N"
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -98,12 +107,22 @@ def stored_report(prepared, store: Store, records: list[Record], settings: dict,
     return rows if rows and current else None
 
 
-def finish(prepared, store: Store, records: list[Record], settings: dict, out: Path, seed: int, threads: int,
-           on_status: Callable[[str], None] = lambda _: None) -> list[ReportRow]:
+def finish(
+    prepared,
+    store: Store,
+    records: list[Record],
+    settings: dict,
+    out: Path,
+    seed: int,
+    threads: int,
+    on_status: Callable[[str], None] = lambda _: None,
+) -> list[ReportRow]:
     baselines = len(prepared.search.report.baselines)
-    on_status(f"scoring the held-out report: {len(_top(prepared, records))} best candidates"
-              + (f" and {baselines} baselines" if baselines else ""))
-    store.save_settings({REPORT_KEY: None})   # set again only once the report and the winner are written
+    on_status(
+        f"scoring the held-out report: {len(_top(prepared, records))} best candidates"
+        + (f" and {baselines} baselines" if baselines else "")
+    )
+    store.save_settings({REPORT_KEY: None})  # set again only once the report and the winner are written
     rows = heldout_report(prepared, records, seed, threads)
     store.save_report(rows)
     on_status("writing the winner")
@@ -111,7 +130,11 @@ def finish(prepared, store: Store, records: list[Record], settings: dict, out: P
     best = ranked(records)[0]
     recipe = parse_recipe(best.recipe, prepared.source)
     text = yaml.safe_dump(best.recipe, sort_keys=False)
-    card = model_card(recipe, text, out.name, base_dir=prepared.base_dir).rstrip("\n") + "\n\n" + card_section(records, rows, settings)
+    card = (
+        model_card(recipe, text, out.name, base_dir=prepared.base_dir).rstrip("\n")
+        + "\n\n"
+        + card_section(records, rows, settings)
+    )
     source = RecipeSource(recipe, text, f"{prepared.source} (candidate #{best.index})", prepared.base_dir, card=card)
     # lora_cache=None: base+adapter inputs are folded on the fly, nothing is written outside OUT
     merge(source, out / WINNER_DIR, force=True, seed=seed, workers=1, lora_cache=None)

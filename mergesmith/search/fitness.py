@@ -26,10 +26,10 @@ from mergesmith.search.settings import Fitness, resolve_path, resolve_text
 
 @dataclass(frozen=True)
 class ObjectiveTerm:
-    metric: str                      # nll | kl | accuracy
+    metric: str  # nll | kl | accuracy
     weight: float
     texts: tuple[Text, ...] = ()
-    ref: str | None = None        # reference model directory (kl)
+    ref: str | None = None  # reference model directory (kl)
     task: Task | None = None
     fewshot: int = 0
 
@@ -61,7 +61,7 @@ def objective(fitness: Fitness, base_dir: Path) -> Objective:
             task = read_task(local if local.is_file() else term.accuracy)
         terms.append(ObjectiveTerm(term.metric, term.weight, texts, ref, task, term.fewshot))
     stride = fitness.stride if fitness.stride is not None else max(1, fitness.context // 2)
-    perplexity.windows(2, fitness.context, stride)   # checks the pair before any model loads
+    perplexity.windows(2, fitness.context, stride)  # checks the pair before any model loads
     return Objective(tuple(terms), fitness.context, stride, fitness.batch_size, fitness.limit)
 
 
@@ -82,8 +82,10 @@ class Scorer:
     def __init__(self, target: LoadedModel, obj: Objective):
         positions = getattr(target.model.config, "max_position_embeddings", None)
         if isinstance(positions, int) and obj.context > positions:
-            raise ConfigError(f"fitness.context {obj.context} is longer than the model handles "
-                              f"(max_position_embeddings {positions}); set fitness.context to {positions} or less")
+            raise ConfigError(
+                f"fitness.context {obj.context} is longer than the model handles "
+                f"(max_position_embeddings {positions}); set fitness.context to {positions} or less"
+            )
         self.target, self.obj = target, obj
         self.refs: dict[str, LoadedModel] = {}
         for term in obj.terms:
@@ -94,8 +96,15 @@ class Scorer:
 
     def _text(self, text: Text, ref: LoadedModel | None) -> tuple[float, float]:
         o = self.obj
-        sums = perplexity.score_ids(self.target, self.ids[text.path], context=o.context, stride=o.stride,
-                                    batch_size=o.batch_size, ref=ref, limit=o.limit)
+        sums = perplexity.score_ids(
+            self.target,
+            self.ids[text.path],
+            context=o.context,
+            stride=o.stride,
+            batch_size=o.batch_size,
+            ref=ref,
+            limit=o.limit,
+        )
         kl = float(torch.cat(sums.kl).mean()) if ref is not None else float("nan")
         return sums.nll / sums.tokens, kl
 
@@ -105,8 +114,14 @@ class Scorer:
         for term in self.obj.terms:
             if term.metric == "accuracy":
                 o = self.obj
-                result = choice.score_task(self.target, term.task, fewshot=term.fewshot, context=o.context,
-                                           batch_size=o.batch_size, limit=o.limit)
+                result = choice.score_task(
+                    self.target,
+                    term.task,
+                    fewshot=term.fewshot,
+                    context=o.context,
+                    batch_size=o.batch_size,
+                    limit=o.limit,
+                )
                 value = 1.0 - result.acc
             else:
                 ref = self.refs.get(term.ref) if term.ref else None

@@ -49,6 +49,7 @@ class Grid:
 
 def _grid_steps(space: Space, budget: int) -> int:
     """The most values per range (at least 2) whose grid still fits in the budget."""
+
     def total(steps: int) -> int:
         return sum(math.prod(len(d.options) if d.is_choice else steps for d in b.dims) for b in space.branches)
 
@@ -70,7 +71,7 @@ class Random:
         rng = random.Random(f"mergesmith-search:{seed}")
         size = space.size()
         if size is not None and size <= ENUMERATE_LIMIT:
-            points = list(space.grid(2))   # steps are unused: every dim is a choice
+            points = list(space.grid(2))  # steps are unused: every dim is a choice
             rng.shuffle(points)
             self._points = points[:budget]
         else:
@@ -96,11 +97,15 @@ class CMAES:
             import cma
             import numpy as np
         except ImportError as exc:
-            raise MergesmithError(f"the cma optimizer needs the cma package ({exc}); pip install 'mergesmith[search]'") from None
+            raise MergesmithError(
+                f"the cma optimizer needs the cma package ({exc}); pip install 'mergesmith[search]'"
+            ) from None
         self._space, self._dims = space, space.branches[0].dims
         rng = np.random.default_rng([seed, 0x6D65726765])
         options = {
-            "bounds": [0.0, 1.0], "seed": float("nan"), "verbose": -9,
+            "bounds": [0.0, 1.0],
+            "seed": float("nan"),
+            "verbose": -9,
             # cma draws from numpy's global generator unless given its own: keep ours, seeded.
             "randn": lambda *shape: rng.standard_normal(shape),
         }

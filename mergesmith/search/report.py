@@ -39,8 +39,17 @@ def _rows(records: Sequence[Record], report: Sequence[ReportRow], top: int) -> l
     heldout = {r.name: r.heldout for r in report if r.kind == "candidate"}
     rows = []
     for rank, r in enumerate(ranked(records)[:top], 1):
-        rows.append([str(rank), f"#{r.index}", _num(r.fitness), _num(heldout.get(f"#{r.index}")),
-                     f"{r.seconds:.1f}", r.worker, params_text(r.params) if r.error is None else f"{params_text(r.params)} ({r.error})"])
+        rows.append(
+            [
+                str(rank),
+                f"#{r.index}",
+                _num(r.fitness),
+                _num(heldout.get(f"#{r.index}")),
+                f"{r.seconds:.1f}",
+                r.worker,
+                params_text(r.params) if r.error is None else f"{params_text(r.params)} ({r.error})",
+            ]
+        )
     for b in (r for r in report if r.kind == "baseline"):
         rows.append(["base", b.name, _num(b.fitness), _num(b.heldout), "", "", "hand-written recipe"])
     return rows
@@ -97,7 +106,9 @@ def plot(records: Sequence[Record], report: Sequence[ReportRow], path: Path, tit
         best = min(best, r.fitness)
         steps.append(best)
     ax.step([r.index for r in scored], steps, where="post", color="tab:orange", label="best so far")
-    for b, color in zip((r for r in report if r.kind == "baseline"), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")):
+    for b, color in zip(
+        (r for r in report if r.kind == "baseline"), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray")
+    ):
         if math.isfinite(b.fitness):
             ax.axhline(b.fitness, linestyle="--", linewidth=1, color=color, label=f"{b.name} (hand-written)")
     ax.set_xlabel("evaluation")
@@ -105,7 +116,7 @@ def plot(records: Sequence[Record], report: Sequence[ReportRow], path: Path, tit
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    staged = path.with_name(f".{path.name}.partial-{os.getpid()}")   # the final name only when whole
+    staged = path.with_name(f".{path.name}.partial-{os.getpid()}")  # the final name only when whole
     try:
         fig.savefig(staged, format="png")
         os.replace(staged, path)

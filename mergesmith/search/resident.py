@@ -33,19 +33,19 @@ from mergesmith.search.fitness import Objective, Scorer, loaded
 class Setup:
     """Everything a worker needs, as plain data (it is pickled to processes and Ray actors)."""
 
-    source: str                 # the search file, for messages
-    base_dir: str               # where relative model references start
-    keys: tuple[str, ...]       # every input model of every branch
-    probe: str                  # a candidate recipe (JSON) that fixes the model's shape and tokenizer
+    source: str  # the search file, for messages
+    base_dir: str  # where relative model references start
+    keys: tuple[str, ...]  # every input model of every branch
+    probe: str  # a candidate recipe (JSON) that fixes the model's shape and tokenizer
     objective: Objective
-    seed: int                   # merge seed (DARE and other random methods)
-    threads: int                # torch threads per worker: fixed, so results do not depend on the backend
+    seed: int  # merge seed (DARE and other random methods)
+    threads: int  # torch threads per worker: fixed, so results do not depend on the backend
     allow_pickle: bool = False
 
 
 @dataclass(frozen=True)
 class Outcome:
-    fitness: float              # inf when the candidate failed
+    fitness: float  # inf when the candidate failed
     details: dict
     seconds: float
     worker: str
@@ -100,7 +100,7 @@ class ResidentSink:
                 f"candidate tensor {name} has no place in the resident model; a search needs candidates of one "
                 "shape (no layer slicing that changes the layer count between candidates)"
             )
-        target.view(-1)[start: start + tensor.numel()].copy_(tensor.reshape(-1))
+        target.view(-1)[start : start + tensor.numel()].copy_(tensor.reshape(-1))
 
     def complete(self, name: str) -> None:
         """Every element of ``name`` has been written (after ``write_range``)."""
@@ -126,7 +126,7 @@ def _build_model(plan, models, tmp: Path):
     copy_tokenizer(models[plan.tokenizer_donor], tmp)
     config = AutoConfig.from_pretrained(tmp)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)   # every parameter is overwritten; seeded anyway so nothing is left to chance
+        torch.manual_seed(0)  # every parameter is overwritten; seeded anyway so nothing is left to chance
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval(), AutoTokenizer.from_pretrained(tmp)
 
@@ -160,8 +160,10 @@ class Evaluator:
     def load(self, plan, models=None) -> None:
         """Merge ``plan`` into the resident model (from this worker's inputs unless ``models`` given)."""
         if {job.output for job in plan.jobs} != self.sink.written:
-            raise ArchitectureError(f"{self.setup.source}: a candidate produces other tensors than the first one; "
-                                    "a search needs candidates of one shape")
+            raise ArchitectureError(
+                f"{self.setup.source}: a candidate produces other tensors than the first one; "
+                "a search needs candidates of one shape"
+            )
         execute(plan, self.models if models is None else models, self.sink, workers=1)
 
     def evaluate(self, recipe: dict) -> Outcome:

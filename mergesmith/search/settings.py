@@ -78,8 +78,8 @@ class Report(Frozen):
 class OptimizerSettings(Frozen):
     name: Literal["cma", "random", "grid"]
     popsize: int | None = Field(None, ge=2)
-    sigma: float = Field(0.25, gt=0, le=1)      # CMA-ES step size, as a fraction of each range
-    steps: int | None = Field(None, ge=2)    # grid points per range (default: as many as the budget allows)
+    sigma: float = Field(0.25, gt=0, le=1)  # CMA-ES step size, as a fraction of each range
+    steps: int | None = Field(None, ge=2)  # grid points per range (default: as many as the budget allows)
 
 
 class SearchFile(Frozen):

@@ -35,8 +35,8 @@ class Dim:
 
 @dataclass(frozen=True)
 class Slot:
-    path: tuple               # where the value goes in the recipe mapping
-    dims: tuple[int, ...]     # one dim, or one per gradient anchor
+    path: tuple  # where the value goes in the recipe mapping
+    dims: tuple[int, ...]  # one dim, or one per gradient anchor
     gradient: bool
 
 
@@ -44,7 +44,7 @@ class Slot:
 class Branch:
     name: str
     method: str
-    template: str             # the recipe as JSON, each slot holding null
+    template: str  # the recipe as JSON, each slot holding null
     dims: tuple[Dim, ...]
     slots: tuple[Slot, ...]
 
@@ -59,7 +59,7 @@ class Branch:
 @dataclass(frozen=True)
 class Point:
     branch: int
-    values: tuple             # one value per dim of the branch, in the recipe's units
+    values: tuple  # one value per dim of the branch, in the recipe's units
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,11 @@ class Space:
 
     @property
     def continuous(self) -> bool:
-        return len(self.branches) == 1 and bool(self.branches[0].dims) and not any(d.is_choice for d in self.branches[0].dims)
+        return (
+            len(self.branches) == 1
+            and bool(self.branches[0].dims)
+            and not any(d.is_choice for d in self.branches[0].dims)
+        )
 
     def size(self) -> int | None:
         """How many distinct points, when every dim is a choice; None when a range makes it infinite."""
@@ -93,7 +97,9 @@ class Space:
     def grid(self, steps: int) -> Iterator[Point]:
         """Every branch's grid: all options of each choice, ``steps`` evenly spaced values per range."""
         for b, branch in enumerate(self.branches):
-            axes = [d.options if d.is_choice else tuple(d.at(k / (steps - 1)) for k in range(steps)) for d in branch.dims]
+            axes = [
+                d.options if d.is_choice else tuple(d.at(k / (steps - 1)) for k in range(steps)) for d in branch.dims
+            ]
             for values in itertools.product(*axes):
                 yield Point(b, tuple(values))
 

@@ -35,10 +35,10 @@ CREATE TABLE IF NOT EXISTS report (
 @dataclass(frozen=True)
 class Record:
     index: int
-    params: dict            # {"branch": name, label: value, ...}
+    params: dict  # {"branch": name, label: value, ...}
     recipe: dict
-    fitness: float          # inf for a candidate that failed to merge
-    details: dict           # term values
+    fitness: float  # inf for a candidate that failed to merge
+    details: dict  # term values
     seconds: float
     worker: str
     error: str | None = None
@@ -46,12 +46,12 @@ class Record:
 
 @dataclass(frozen=True)
 class ReportRow:
-    name: str               # "#12" for a candidate, the file stem for a baseline
-    kind: str               # candidate | baseline
+    name: str  # "#12" for a candidate, the file stem for a baseline
+    kind: str  # candidate | baseline
     recipe: dict
     fitness: float
     heldout: float
-    details: dict           # held-out NLL per text
+    details: dict  # held-out NLL per text
 
 
 def _real(value: float) -> float | None:
@@ -59,8 +59,10 @@ def _real(value: float) -> float | None:
 
 
 def _unreadable(path: Path, why: str) -> InputFormatError:
-    return InputFormatError(f"{path} is not a readable search database ({why}); it cannot be resumed: start afresh "
-                            f"with --force (replaces {path.parent}) or search into another directory")
+    return InputFormatError(
+        f"{path} is not a readable search database ({why}); it cannot be resumed: start afresh "
+        f"with --force (replaces {path.parent}) or search into another directory"
+    )
 
 
 def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
@@ -78,14 +80,14 @@ def check_database(path: Path) -> None:
     try:
         db = sqlite3.connect(path)
         try:
-            check = db.execute("PRAGMA quick_check").fetchall()   # reads every page: finds truncation
+            check = db.execute("PRAGMA quick_check").fetchall()  # reads every page: finds truncation
             if check != [("ok",)]:
                 raise _unreadable(path, f"damaged: {check[0][0]}")
             _check_tables(path, _columns(db), expected)
             _check_json(path, db)
         finally:
             db.close()
-    except sqlite3.DatabaseError as exc:   # "file is not a database", "database disk image is malformed"
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
         raise _unreadable(path, str(exc)) from None
 
 
@@ -101,9 +103,11 @@ def _check_tables(path: Path, found: dict, expected: dict) -> None:
 
 def _check_json(path: Path, db: sqlite3.Connection) -> None:
     """Every JSON column decodes: a hand-edited row is named here, before the resume writes anything."""
-    queries = {"settings": "SELECT key, value FROM settings",
-               "candidate": "SELECT '#' || idx, params, recipe, details FROM candidates",
-               "report row": "SELECT name, recipe, details FROM report"}
+    queries = {
+        "settings": "SELECT key, value FROM settings",
+        "candidate": "SELECT '#' || idx, params, recipe, details FROM candidates",
+        "report row": "SELECT name, recipe, details FROM report",
+    }
     for what, query in queries.items():
         for name, *values in db.execute(query):
             for value in values:
@@ -127,8 +131,9 @@ def _lock(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise OutputExistsError(f"{path} is in use by another search; wait for it to finish or search "
-                                "into another directory") from None
+        raise OutputExistsError(
+            f"{path} is in use by another search; wait for it to finish or search into another directory"
+        ) from None
 
 
 class Store:
@@ -154,7 +159,7 @@ class Store:
         try:
             _lock(fd, path)
         finally:
-            os.close(fd)   # releases the lock
+            os.close(fd)  # releases the lock
 
     @classmethod
     def open_existing(cls, path: Path) -> Store:
@@ -172,8 +177,10 @@ class Store:
 
     def save_settings(self, settings: dict) -> None:
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO settings VALUES (?, ?)",
-                                 [(k, json.dumps(v, sort_keys=True)) for k, v in settings.items()])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO settings VALUES (?, ?)",
+                [(k, json.dumps(v, sort_keys=True)) for k, v in settings.items()],
+            )
 
     def check_settings(self, settings: dict, keys: tuple[str, ...]) -> None:
         """A resume must use the settings the search started with, for the keys that shape its results."""
@@ -186,15 +193,24 @@ class Store:
                 )
 
     def add(self, record: Record) -> None:
-        row = (record.index, json.dumps(record.params), json.dumps(record.recipe), _real(record.fitness),
-               json.dumps(record.details), record.seconds, record.worker, record.error,
-               datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        row = (
+            record.index,
+            json.dumps(record.params),
+            json.dumps(record.recipe),
+            _real(record.fitness),
+            json.dumps(record.details),
+            record.seconds,
+            record.worker,
+            record.error,
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def records(self) -> dict[int, Record]:
         rows = self._db.execute(
-            "SELECT idx, params, recipe, fitness, details, seconds, worker, error FROM candidates ORDER BY idx")
+            "SELECT idx, params, recipe, fitness, details, seconds, worker, error FROM candidates ORDER BY idx"
+        )
         return {
             idx: Record(idx, json.loads(p), json.loads(r), math.inf if f is None else f, json.loads(d), s, w, e)
             for idx, p, r, f, d, s, w, e in rows
@@ -203,12 +219,17 @@ class Store:
     def save_report(self, rows: list[ReportRow]) -> None:
         with self._db:
             self._db.execute("DELETE FROM report")
-            self._db.executemany("INSERT INTO report VALUES (?, ?, ?, ?, ?, ?)", [
-                (r.name, r.kind, json.dumps(r.recipe), _real(r.fitness), _real(r.heldout), json.dumps(r.details))
-                for r in rows
-            ])
+            self._db.executemany(
+                "INSERT INTO report VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (r.name, r.kind, json.dumps(r.recipe), _real(r.fitness), _real(r.heldout), json.dumps(r.details))
+                    for r in rows
+                ],
+            )
 
     def report(self) -> list[ReportRow]:
         rows = self._db.execute("SELECT name, kind, recipe, fitness, heldout, details FROM report")
-        return [ReportRow(n, k, json.loads(r), math.inf if f is None else f, math.inf if h is None else h, json.loads(d))
-                for n, k, r, f, h, d in rows]
+        return [
+            ReportRow(n, k, json.loads(r), math.inf if f is None else f, math.inf if h is None else h, json.loads(d))
+            for n, k, r, f, h, d in rows
+        ]

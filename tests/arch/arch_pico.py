@@ -35,12 +35,26 @@ def arch_config(kind: str, num_layers: int = DEFAULT_LAYERS, variant: str = ""):
     import transformers as tf
 
     ids = dict(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    common = dict(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                  num_hidden_layers=num_layers, num_attention_heads=HEADS, max_position_embeddings=256, **ids)
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=num_layers,
+        num_attention_heads=HEADS,
+        max_position_embeddings=256,
+        **ids,
+    )
     tie = (kind in TIED_BY_DEFAULT) != (variant == "other_tie")
     if kind == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB_SIZE, n_embd=HIDDEN, n_layer=num_layers, n_head=HEADS,
-                             n_positions=256, tie_word_embeddings=tie, **ids)
+        return tf.GPT2Config(
+            vocab_size=VOCAB_SIZE,
+            n_embd=HIDDEN,
+            n_layer=num_layers,
+            n_head=HEADS,
+            n_positions=256,
+            tie_word_embeddings=tie,
+            **ids,
+        )
     if kind == "gpt_neox":
         return tf.GPTNeoXConfig(**common, tie_word_embeddings=tie)
     gqa = dict(common, num_key_value_heads=KV_HEADS, tie_word_embeddings=tie)
@@ -52,8 +66,9 @@ def arch_config(kind: str, num_layers: int = DEFAULT_LAYERS, variant: str = ""):
         return tf.GemmaConfig(**gqa, head_dim=HEAD_DIM)
     if kind == "gemma2":
         layer_types = ["full_attention" if i % 2 else "sliding_attention" for i in range(num_layers)]
-        return tf.Gemma2Config(**gqa, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8,
-                               layer_types=layer_types)
+        return tf.Gemma2Config(
+            **gqa, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=layer_types
+        )
     if kind == "stablelm":
         return tf.StableLmConfig(**gqa, use_qkv_bias=variant == "bias")
     if kind == "starcoder2":

@@ -43,9 +43,12 @@ def run_mergekit_many(jobs: list[tuple[str, Path]]) -> dict[Path, str]:
             listing.append([str(path), str(out)])
         (Path(tmp) / "jobs.json").write_text(json.dumps(listing))
         cmd = [sys.executable, "-c", _DRIVER, str(Path(tmp) / "jobs.json"), str(Path(tmp) / "failures.json")]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
-                              timeout=MERGEKIT_TIMEOUT_S + 30 * len(jobs))
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, check=False, timeout=MERGEKIT_TIMEOUT_S + 30 * len(jobs)
+        )
         if done.returncode != 0:
-            raise MergekitFailed(f"mergekit batch driver exited {done.returncode}\nstderr (tail):\n{done.stderr[-4000:]}")
+            raise MergekitFailed(
+                f"mergekit batch driver exited {done.returncode}\nstderr (tail):\n{done.stderr[-4000:]}"
+            )
         failures = json.loads((Path(tmp) / "failures.json").read_text())
     return {Path(out): text for out, text in failures.items()}

@@ -21,9 +21,15 @@ from mergesmith.arch.spec import ArchSpec, all_architectures, find_arch
 LAYERS = 2
 # (kind, variant): every family as configured by default, the other tie setting where the data
 # file makes the head optional, and StableLM with q/k/v biases.
-CASES = [(k, "") for k in KINDS + NEW_KINDS] + [
-    (k, "other_tie") for k in KINDS + NEW_KINDS if k != "phi2"  # phi-2 has no tied form
-] + [(k, "bias") for k in ("llama", "qwen3", "gemma", "gemma2", "gemma3", "stablelm")]
+CASES = (
+    [(k, "") for k in KINDS + NEW_KINDS]
+    + [
+        (k, "other_tie")
+        for k in KINDS + NEW_KINDS
+        if k != "phi2"  # phi-2 has no tied form
+    ]
+    + [(k, "bias") for k in ("llama", "qwen3", "gemma", "gemma2", "gemma3", "stablelm")]
+)
 # Config flags that make transformers add the optional biases a data file marks with config_flag.
 BIAS_FLAGS = ("attention_bias", "mlp_bias", "use_qkv_bias")
 
@@ -60,12 +66,23 @@ def saved(tmp_path_factory) -> dict[tuple[str, str], tuple[dict, dict]]:
 
 def _names(spec: ArchSpec, n: int, *, optional: bool) -> set[str]:
     weights = [w for w in spec.pre + spec.post if w.optional == optional]
-    return {w.name for w in weights} | {w.at_layer(i).name for i in range(n) for w in spec.layer if w.optional == optional}
+    return {w.name for w in weights} | {
+        w.at_layer(i).name for i in range(n) for w in spec.layer if w.optional == optional
+    }
 
 
 def test_every_data_file_parses_consistently():
     specs = all_architectures()
-    assert {s.family for s in specs} >= {"qwen3", "phi3", "gemma", "gemma2", "gpt2", "gpt_neox", "stablelm", "starcoder2"}
+    assert {s.family for s in specs} >= {
+        "qwen3",
+        "phi3",
+        "gemma",
+        "gemma2",
+        "gpt2",
+        "gpt_neox",
+        "stablelm",
+        "starcoder2",
+    }
     classes = [a for s in specs for a in s.architectures]
     assert len(classes) == len(set(classes)), "an architecture class is claimed by two files"
     for spec in specs:
@@ -87,7 +104,9 @@ def test_data_file_matches_transformers_names(kind, variant, saved):
     expected = _names(spec, LAYERS, optional=False)
     if not config.get("tie_word_embeddings", True):
         expected |= {w.name for w in spec.post if w.role == "lm_head" and w.optional}
-    expected |= {w.at_layer(i).name for i in range(LAYERS) for w in spec.layer if w.config_flag and config.get(w.config_flag)}
+    expected |= {
+        w.at_layer(i).name for i in range(LAYERS) for w in spec.layer if w.config_flag and config.get(w.config_flag)
+    }
     assert set(shapes) == expected
     for w in spec.pre + spec.post:
         if w.vocab_axis is not None and w.name in shapes:
@@ -105,6 +124,7 @@ def test_inference_reproduces_the_data_file(kind, variant, saved):
     """The definition inferred from names alone agrees with the shipped one on this model."""
     config, shapes = saved[kind, variant]
     spec, inferred = find_arch(config), infer_arch(config, shapes, kind)
+
     def present(weights):
         return {w.name: w.vocab_axis for w in weights if w.name.format(layer=0) in shapes}
 

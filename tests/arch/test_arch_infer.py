@@ -75,7 +75,7 @@ def test_unknown_architecture_merges_like_its_definition(recipe, layers, novel, 
     text = recipe.format(a=novel[0], b=novel[1])
     (tmp_path / "recipe.yml").write_text(text)
     with warnings.catch_warnings():
-        warnings.simplefilter("always")   # one line for two inputs even so
+        warnings.simplefilter("always")  # one line for two inputs even so
         code, err = _cli(capsys, "merge", tmp_path / "recipe.yml", tmp_path / "out", "--quiet")
     assert code == 0, err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
@@ -105,7 +105,7 @@ def test_uninferable_input_is_one_error_line(tmp_path, capsys):
 
 # --- the rules on name lists -------------------------------------------------------------
 
-V, H = 50, 8   # vocabulary and hidden size of the synthetic name lists
+V, H = 50, 8  # vocabulary and hidden size of the synthetic name lists
 
 
 def _shapes(layers: int, per_layer=("attn.w", "mlp.w"), prefix="blocks", extra=None) -> dict:
@@ -115,13 +115,20 @@ def _shapes(layers: int, per_layer=("attn.w", "mlp.w"), prefix="blocks", extra=N
 
 
 def test_globals_are_split_by_name_and_vocab_axis():
-    shapes = _shapes(3, extra={
-        "gpt_neox.embed_in.weight": (V, H), "gpt_neox.final_layer_norm.weight": (H,),
-        "embed_out.weight": (V, H), "pos_embed.weight": (16, H),
-    })
+    shapes = _shapes(
+        3,
+        extra={
+            "gpt_neox.embed_in.weight": (V, H),
+            "gpt_neox.final_layer_norm.weight": (H,),
+            "embed_out.weight": (V, H),
+            "pos_embed.weight": (16, H),
+        },
+    )
     spec = infer_arch({"architectures": ["X"], "n_layer": 3, "vocab_size": V}, shapes, "m")
     assert {w.name: (w.role, w.vocab_axis) for w in spec.pre} == {
-        "gpt_neox.embed_in.weight": ("embed", 0), "pos_embed.weight": ("embed_extra", None)}
+        "gpt_neox.embed_in.weight": ("embed", 0),
+        "pos_embed.weight": ("embed_extra", None),
+    }
     post = {w.name: w for w in spec.post}
     assert post["embed_out.weight"].tied_to == ("gpt_neox.embed_in.weight",) and post["embed_out.weight"].optional
     assert post["gpt_neox.final_layer_norm.weight"].role == "final_norm"
@@ -130,19 +137,28 @@ def test_globals_are_split_by_name_and_vocab_axis():
 
 
 def test_per_layer_lists_follow_the_layers():
-    config = {"architectures": ["X"], "num_layers": 3, "vocab_size": V, "layer_types": ["a", "b", "a"],
-              "eos_token_id": [1, 2, 3]}
+    config = {
+        "architectures": ["X"],
+        "num_layers": 3,
+        "vocab_size": V,
+        "layer_types": ["a", "b", "a"],
+        "eos_token_id": [1, 2, 3],
+    }
     assert infer_arch(config, _shapes(3), "m").per_layer_keys == ("layer_types",)
 
 
-@pytest.mark.parametrize("shapes,config,fragment", [
-    (_shapes(2, extra={"blocks.1.extra.w": (H,)}), {}, "'blocks.1' has blocks.1.extra.w"),
-    ({k: v for k, v in _shapes(3).items() if k != "blocks.2.mlp.w"}, {}, "'blocks.2' lacks blocks.2.mlp.w"),
-    ({k: v for k, v in _shapes(3).items() if not k.startswith("blocks.1.")}, {}, "none numbered [1]"),
-    (_shapes(3), {"num_hidden_layers": 4}, "no layer count equal to 3"),
-    (_shapes(3, extra={"vision.layers.0.w": (H,), "tok_embed.weight": (V, H)}), {}, "more than one layer stack"),
-    (_shapes(3), {"tie_word_embeddings": False}, "tie_word_embeddings false but no tensor after the layers"),
-], ids=["extra", "missing", "gap", "count", "stacks", "untied"])
+@pytest.mark.parametrize(
+    "shapes,config,fragment",
+    [
+        (_shapes(2, extra={"blocks.1.extra.w": (H,)}), {}, "'blocks.1' has blocks.1.extra.w"),
+        ({k: v for k, v in _shapes(3).items() if k != "blocks.2.mlp.w"}, {}, "'blocks.2' lacks blocks.2.mlp.w"),
+        ({k: v for k, v in _shapes(3).items() if not k.startswith("blocks.1.")}, {}, "none numbered [1]"),
+        (_shapes(3), {"num_hidden_layers": 4}, "no layer count equal to 3"),
+        (_shapes(3, extra={"vision.layers.0.w": (H,), "tok_embed.weight": (V, H)}), {}, "more than one layer stack"),
+        (_shapes(3), {"tie_word_embeddings": False}, "tie_word_embeddings false but no tensor after the layers"),
+    ],
+    ids=["extra", "missing", "gap", "count", "stacks", "untied"],
+)
 def test_uninferable(shapes, config, fragment):
     config = {"architectures": ["Odd"], "num_hidden_layers": 3, "vocab_size": V, **config}
     with pytest.raises(ArchitectureError) as info:

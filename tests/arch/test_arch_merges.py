@@ -28,7 +28,7 @@ STACKS = {"stack": ((0, 3), (1, 4)), "stack4": ((0, 2), (1, 3))}
 # transformers then rejects its output config when a stack changes the layer count, so mergekit
 # is compared on "stack4" there.
 WITH_LAYER_TYPES = ("qwen3", "gemma2")
-MIXED = "qwen3-mixed-tie"   # qwen3 base with its own head + a fine-tune that ties it
+MIXED = "qwen3-mixed-tie"  # qwen3 base with its own head + a fine-tune that ties it
 
 
 def slerp_recipe(a: Path, b: Path) -> str:

@@ -16,8 +16,10 @@ BASH = shutil.which("bash")
 def complete(script: str, *words: str) -> list[str]:
     """What bash offers for the last of ``words`` (``mergesmith`` first), through the loaded function."""
     array = " ".join(f"'{w}'" for w in words)
-    program = (f"{script}\ncomplete -p mergesmith\nCOMP_WORDS=({array}); COMP_CWORD={len(words) - 1}\n"
-               "_mergesmith; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    program = (
+        f"{script}\ncomplete -p mergesmith\nCOMP_WORDS=({array}); COMP_CWORD={len(words) - 1}\n"
+        "_mergesmith; printf '%s\\n' \"${COMPREPLY[@]}\""
+    )
     done = subprocess.run([BASH, "--norc", "--noprofile", "-c", program], capture_output=True, text=True, check=True)
     first, *offered = done.stdout.splitlines()
     assert first == "complete -o default -F _mergesmith mergesmith"
@@ -46,7 +48,7 @@ def test_bash_completes_commands_options_and_choices(bash_completion):
     assert complete(bash_completion, "mergesmith", "eval", "m/", "--log-format", "") == ["text", "json"]
     assert complete(bash_completion, "mergesmith", "export-gguf", "--eval-ref", "") == ["f16", "hf"]
     assert complete(bash_completion, "mergesmith", "completion", "") == ["bash", "zsh"]
-    assert complete(bash_completion, "mergesmith", "merge", "--shard-size", "") == []   # a value: bash's default
+    assert complete(bash_completion, "mergesmith", "merge", "--shard-size", "") == []  # a value: bash's default
 
 
 @pytest.mark.skipif(BASH is None, reason="no bash on this machine")

@@ -24,7 +24,7 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-COMMANDS = tuple(subparsers())   # every command the CLI has, new ones included
+COMMANDS = tuple(subparsers())  # every command the CLI has, new ones included
 
 
 def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -45,8 +45,13 @@ def test_version_is_the_installed_distributions(capsys):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_a_one_line_description(command):
     """``mergesmith COMMAND --help`` (a real process, default 80 columns) shows it on one line."""
-    text = subprocess.run([sys.executable, "-m", "mergesmith", command, "--help"], capture_output=True, text=True,
-                          check=True, env={**os.environ, "COLUMNS": "80"}).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "mergesmith", command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "80"},
+    ).stdout
     paragraphs = text.split("\n\n")
     description = paragraphs[1]
     assert "\n" not in description and description.endswith("."), description
@@ -57,8 +62,10 @@ def test_a_flag_means_one_thing_and_states_its_default():
     parsers = subparsers()
     threads = {name: options(p)["--threads"].help for name, p in parsers.items() if "--threads" in options(p)}
     assert set(threads) == {"search", "export-gguf"}
-    assert all(h.startswith("CPU threads per worker, for ") and "(default: the machine's cores / the number of workers" in h
-               for h in threads.values()), threads
+    assert all(
+        h.startswith("CPU threads per worker, for ") and "(default: the machine's cores / the number of workers" in h
+        for h in threads.values()
+    ), threads
     for name, p in parsers.items():
         opts = options(p)
         if "--limit" in opts:
@@ -94,8 +101,14 @@ def test_merge_refuses_a_shard_size_without_unit_before_reading_anything(llama_f
 
 
 def test_eval_text_takes_bundled_names_and_lists_them(llama_family, capsys):
-    code, out, err = cli(capsys, "eval", llama_family[0], "--text", "kjv_heldout", "--context", 32, "--limit", 1, "--quiet")
+    code, out, err = cli(
+        capsys, "eval", llama_family[0], "--text", "kjv_heldout", "--context", 32, "--limit", 1, "--quiet"
+    )
     assert code == 0, err
     assert "text kjv_heldout: perplexity" in out
-    assert_one_error_line(*cli(capsys, "eval", llama_family[0], "--text", "kjv_heldot", "--quiet"),
-                          "kjv_heldot not found", "bundled text name", "kjv_heldout")
+    assert_one_error_line(
+        *cli(capsys, "eval", llama_family[0], "--text", "kjv_heldot", "--quiet"),
+        "kjv_heldot not found",
+        "bundled text name",
+        "kjv_heldout",
+    )

@@ -49,8 +49,23 @@ def test_error_is_a_json_event_too(tmp_path, capsys):
 
 
 def test_eval(llama_family, tmp_path, capsys):
-    code, out, err = cli(capsys, "eval", llama_family[1], "--ref", llama_family[0], "--text", "kjv_heldout",
-                         "--context", 32, "--limit", 2, "--log-format", "json", "--json", tmp_path / "r.json")
+    code, out, err = cli(
+        capsys,
+        "eval",
+        llama_family[1],
+        "--ref",
+        llama_family[0],
+        "--text",
+        "kjv_heldout",
+        "--context",
+        32,
+        "--limit",
+        2,
+        "--log-format",
+        "json",
+        "--json",
+        tmp_path / "r.json",
+    )
     assert code == 0, err
     result, events = parse(out, err, "eval")
     assert [m["model"] for m in result["models"]] == [str(llama_family[0]), str(llama_family[1])]
@@ -64,10 +79,21 @@ def test_eval(llama_family, tmp_path, capsys):
 def test_search(llama_family, tmp_path, capsys):
     base, ft1, ft2 = map(str, llama_family)
     space = tmp_path / "space.yml"
-    space.write_text(yaml.safe_dump({
-        "recipe": {"merge_method": "task_arithmetic", "base_model": base,
-                   "models": [{"model": base}, {"model": ft1}, {"model": ft2}], "parameters": {"lambda": "search"}},
-        "optimizer": "random", "fitness": SEARCH_FITNESS, "report": {"texts": ["kjv_heldout"], "limit": 1, "top": 1}}))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": {
+                    "merge_method": "task_arithmetic",
+                    "base_model": base,
+                    "models": [{"model": base}, {"model": ft1}, {"model": ft2}],
+                    "parameters": {"lambda": "search"},
+                },
+                "optimizer": "random",
+                "fitness": SEARCH_FITNESS,
+                "report": {"texts": ["kjv_heldout"], "limit": 1, "top": 1},
+            }
+        )
+    )
     code, out, err = cli(capsys, "search", space, tmp_path / "s", "--budget", 2, "--threads", 1, "--log-format", "json")
     assert code == 0, err
     result, events = parse(out, err, "search")
@@ -111,21 +137,34 @@ def test_export_bars_name_the_final_file_and_show_no_eta(fake_tools, llama_famil
     code, out, err = cli(capsys, "export-gguf", llama_family[0], tmp_path / "g", "--quant", "q4_k_m", "--no-card")
     assert code == 0, err
     name = f"{llama_family[0].name}-Q4_K_M.gguf"
-    assert [c[:2] for c in fake_tools] == [("convert", f".{llama_family[0].name}-F16.gguf.partial-{os.getpid()}"),
-                                           ("quantize", f".{name}.partial-{os.getpid()}")]
+    assert [c[:2] for c in fake_tools] == [
+        ("convert", f".{llama_family[0].name}-F16.gguf.partial-{os.getpid()}"),
+        ("quantize", f".{name}.partial-{os.getpid()}"),
+    ]
     assert ".partial" not in err and f"{name}: quantizing: 100%" in err and "7/7 tensors" in err
     assert f"{llama_family[0].name}-F16.gguf (temporary, the quantizer's input): writing" in err
-    assert not re.search(r"<\d|\?it/s|it/s\]", err)   # no ETA, no rate
+    assert not re.search(r"<\d|\?it/s|it/s\]", err)  # no ETA, no rate
     assert name in out and sorted(p.name for p in (tmp_path / "g").iterdir()) == [name]
 
 
 def test_export_json(fake_tools, llama_family, tmp_path, capsys):
-    code, out, err = cli(capsys, "export-gguf", llama_family[0], tmp_path / "g", "--quant", "f16,q8_0", "--no-card",
-                         "--threads", 3, "--log-format", "json")
+    code, out, err = cli(
+        capsys,
+        "export-gguf",
+        llama_family[0],
+        tmp_path / "g",
+        "--quant",
+        "f16,q8_0",
+        "--no-card",
+        "--threads",
+        3,
+        "--log-format",
+        "json",
+    )
     assert code == 0, err
     result, events = parse(out, err, "export-gguf")
     assert [r["quant"] for r in result["report"]["rows"]] == ["f16", "q8_0"]
-    assert fake_tools[-1][2] == 3   # --threads reaches the quantizer
+    assert fake_tools[-1][2] == 3  # --threads reaches the quantizer
     done = {e["task"]: e["done"] for e in events if e["event"] == "progress"}
     stem = llama_family[0].name
     assert done[f"{stem}-Q8_0.gguf: quantizing"] == 7 and f"{stem}-F16.gguf: writing" in done
@@ -141,6 +180,8 @@ def test_merge_reports_its_steps_as_status_events(llama_family, tmp_path, capsys
     assert code == 0, err
     result, events = parse(out, err, "merge")
     assert [e["message"] for e in events if e["event"] == "status"] == [
-        "reading metadata and planning", "opening the inputs", "writing config, tokenizer and card"]
+        "reading metadata and planning",
+        "opening the inputs",
+        "writing config, tokenizer and card",
+    ]
     assert result["tensors"] > 0 and (tmp_path / "out" / "config.json").is_file()
-

@@ -39,18 +39,30 @@ def test_published_slerp_parses_to_frozen_canonical_types():
         recipe.merge_method = "linear"  # frozen
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("merge_method: ties\nmodels: [{model: a}]\nbase_modle: a\n", "unknown key 'base_modle'; did you mean 'base_model'?"),
-    ("merge_method: ties\nslices: [{sources: [{model: a, layer_rnge: [0, 1]}]}]\n", "did you mean 'layer_range'?"),
-    ("merge_method: ties\nmodels: [{model: a, parameters: {weight: [{filtr: mlp, value: 1}]}}]\n", "did you mean 'filter'?"),
-    ("merge_method: ties\nmodels: [{model: a, paramters: {weight: 1}}]\n", "did you mean 'parameters'?"),
-    ("merge_method: ties\nmodels: [{model: a}]\ndtype: bf16\n", "dtype 'bf16' is not a dtype; did you mean 'bfloat16'?"),
-    ("merge_method: ties\nmodels: [{model: a}]\nout_dtype: float8\n", "out_dtype 'float8'"),
-    ("merge_method: ties\n", "exactly one of 'slices' or 'models'"),
-    ("merge_method: ties\nmodels: [{model: a}]\ntokenizer_source: base\ntokenizer: {source: base}\n", "not both"),
-    ("- just\n- a list\n", "a recipe is a YAML mapping"),
-    ("merge_method: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            "merge_method: ties\nmodels: [{model: a}]\nbase_modle: a\n",
+            "unknown key 'base_modle'; did you mean 'base_model'?",
+        ),
+        ("merge_method: ties\nslices: [{sources: [{model: a, layer_rnge: [0, 1]}]}]\n", "did you mean 'layer_range'?"),
+        (
+            "merge_method: ties\nmodels: [{model: a, parameters: {weight: [{filtr: mlp, value: 1}]}}]\n",
+            "did you mean 'filter'?",
+        ),
+        ("merge_method: ties\nmodels: [{model: a, paramters: {weight: 1}}]\n", "did you mean 'parameters'?"),
+        (
+            "merge_method: ties\nmodels: [{model: a}]\ndtype: bf16\n",
+            "dtype 'bf16' is not a dtype; did you mean 'bfloat16'?",
+        ),
+        ("merge_method: ties\nmodels: [{model: a}]\nout_dtype: float8\n", "out_dtype 'float8'"),
+        ("merge_method: ties\n", "exactly one of 'slices' or 'models'"),
+        ("merge_method: ties\nmodels: [{model: a}]\ntokenizer_source: base\ntokenizer: {source: base}\n", "not both"),
+        ("- just\n- a list\n", "a recipe is a YAML mapping"),
+        ("merge_method: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_recipes_name_the_key_and_the_fix(text, expected):
     with pytest.raises(ConfigError) as info:
         load_recipe(text)

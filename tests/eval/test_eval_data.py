@@ -53,7 +53,9 @@ def test_every_bundled_task_parses_with_answers_in_range():
     for path in bundled_tasks():
         task = read_task(path.stem)  # by bundled name
         assert len(task.items) >= 30
-        assert all(0 <= item.answer < len(item.choices) and len(set(item.choices)) == len(item.choices) for item in task.items)
+        assert all(
+            0 <= item.answer < len(item.choices) and len(set(item.choices)) == len(item.choices) for item in task.items
+        )
 
 
 def test_empty_task_file_is_refused(tmp_path):

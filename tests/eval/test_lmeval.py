@@ -25,7 +25,9 @@ from mergesmith.eval.results import load_results, metric_rows
 from mergesmith.output.card import eval_rows_from_card
 
 HAS_LM_EVAL = importlib.util.find_spec("lm_eval") is not None
-needs_lm_eval = pytest.mark.skipif(not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'mergesmith[lmeval]')")
+needs_lm_eval = pytest.mark.skipif(
+    not HAS_LM_EVAL, reason="lm-eval is not installed (pip install 'mergesmith[lmeval]')"
+)
 
 TASK_YAML = Path(__file__).parent / "data" / "lmeval_task.yaml"
 # general_knowledge items: eight ASCII ones, then "Eyjafjallajökull" and "−273.15" (multi-byte characters)
@@ -75,8 +77,25 @@ def task_dir(tmp_path_factory) -> Path:
 def cli_results(llama_family, task_dir, tmp_path_factory):
     """One `mergesmith eval --tasks items.jsonl --lm-eval task.yaml --json` run (cwd elsewhere)."""
     out = tmp_path_factory.mktemp("out") / "r.json"
-    code = main([str(a) for a in ("eval", llama_family[1], llama_family[2], "--tasks", task_dir / "items.jsonl",
-                                  "--lm-eval", task_dir / "task.yaml", "--context", CONTEXT, "--json", out, "--quiet")])
+    code = main(
+        [
+            str(a)
+            for a in (
+                "eval",
+                llama_family[1],
+                llama_family[2],
+                "--tasks",
+                task_dir / "items.jsonl",
+                "--lm-eval",
+                task_dir / "task.yaml",
+                "--context",
+                CONTEXT,
+                "--json",
+                out,
+                "--quiet",
+            )
+        ]
+    )
     return code, out
 
 
@@ -107,10 +126,12 @@ def test_scores_land_in_the_table_and_the_json(cli_results, llama_family, task_d
     # a second run, on a directory (its group YAML is skipped), prints the same numbers in the table
     shutil.copytree(task_dir, tmp_path / "suite")
     (tmp_path / "suite" / "group.yaml").write_text("group: g\ntask: [gk_local]\n")
-    code, out, err = cli(capsys, "eval", llama_family[1], "--lm-eval", tmp_path / "suite", "--context", CONTEXT, "--quiet")
+    code, out, err = cli(
+        capsys, "eval", llama_family[1], "--lm-eval", tmp_path / "suite", "--context", CONTEXT, "--quiet"
+    )
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    block = lines.index("lm-eval")   # the view's lm-eval block: a header, then one row per model
+    block = lines.index("lm-eval")  # the view's lm-eval block: a header, then one row per model
     head, row = lines[block + 1].split(), lines[block + 2].split()
     assert head == ["model", "gk_local/acc", "gk_local/acc_norm"]
     first = result.model(str(llama_family[1])).lm_eval
@@ -141,8 +162,14 @@ def test_loglikelihoods_agree_item_by_item(llama_family, task_dir):
     loaded = load_model(str(llama_family[2]))
     task = read_task(task_dir / "items.jsonl")
     ours = our_loglikelihoods(loaded, task)
-    raw = lmeval.run(loaded, lmeval.load_tasks([str(task_dir / "task.yaml")]), fewshot=0, batch_size=4,
-                     context=CONTEXT, log_samples=True)
+    raw = lmeval.run(
+        loaded,
+        lmeval.load_tasks([str(task_dir / "task.yaml")]),
+        fewshot=0,
+        batch_size=4,
+        context=CONTEXT,
+        log_samples=True,
+    )
     samples = sorted(raw["samples"]["gk_local"], key=lambda s: s["doc_id"])
     assert [s["doc_id"] for s in samples] == list(range(len(ITEMS)))
     for i, (sample, item) in enumerate(zip(samples, task.items)):
@@ -166,7 +193,10 @@ def test_our_acc_norm_from_the_same_loglikelihoods(llama_family, task_dir, cli_r
     ours = our_loglikelihoods(load_model(str(llama_family[1])), task)
     hits = 0
     for i, item in enumerate(task.items):
-        hits += argmax([ours[(i, j)] / len(continuation(c).encode("utf-8")) for j, c in enumerate(item.choices)]) == item.answer
+        hits += (
+            argmax([ours[(i, j)] / len(continuation(c).encode("utf-8")) for j, c in enumerate(item.choices)])
+            == item.answer
+        )
     assert load_results(path).model(str(llama_family[1])).tasks[0].acc_norm == hits / len(ITEMS)
 
 
@@ -206,8 +236,12 @@ def write_yaml(path: Path, **changes) -> Path:
 
 @needs_lm_eval
 def test_unknown_task_name(llama_family, capsys):
-    assert_one_error_line(cli(capsys, "eval", llama_family[0], "--lm-eval", "arc_eazy", "--quiet"),
-                          "lm-eval task 'arc_eazy'", "did you mean arc_easy", "task YAML")
+    assert_one_error_line(
+        cli(capsys, "eval", llama_family[0], "--lm-eval", "arc_eazy", "--quiet"),
+        "lm-eval task 'arc_eazy'",
+        "did you mean arc_easy",
+        "task YAML",
+    )
 
 
 @needs_lm_eval
@@ -219,9 +253,19 @@ def test_bad_task_yaml(case, llama_family, task_dir, tmp_path, capsys):
         write_yaml(yaml_path, **{"items.jsonl": "nowhere.jsonl"})
         want = ["gk_local", str(tmp_path / "nowhere.jsonl"), "not found", "data_files"]
     elif case == "hub dataset":
-        write_yaml(yaml_path, **{"dataset_path: json": "dataset_path: allenai/ai2_arc\ndataset_name: ARC-Easy",
-                                 "test: items.jsonl": "test: ARC-Easy/test-00000-of-00001.parquet"})
-        want = ["lm-eval task 'gk_local'", "needs the Hub dataset 'allenai/ai2_arc'", "unreachable offline", "data_files"]
+        write_yaml(
+            yaml_path,
+            **{
+                "dataset_path: json": "dataset_path: allenai/ai2_arc\ndataset_name: ARC-Easy",
+                "test: items.jsonl": "test: ARC-Easy/test-00000-of-00001.parquet",
+            },
+        )
+        want = [
+            "lm-eval task 'gk_local'",
+            "needs the Hub dataset 'allenai/ai2_arc'",
+            "unreachable offline",
+            "data_files",
+        ]
     elif case == "bad template":
         write_yaml(yaml_path, **{"{{question}}": "{{nope}}"})
         want = ["lm-eval task 'gk_local'", "'nope' is undefined", "YAML"]
@@ -245,8 +289,11 @@ def test_gguf_models_are_refused_before_anything_loads(tmp_path):
 
 def test_missing_lm_eval_names_the_extra(llama_family, task_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval → ImportError
-    assert_one_error_line(cli(capsys, "eval", llama_family[0], "--lm-eval", task_dir / "task.yaml", "--quiet"),
-                          "--lm-eval", "pip install 'mergesmith[lmeval]'")
+    assert_one_error_line(
+        cli(capsys, "eval", llama_family[0], "--lm-eval", task_dir / "task.yaml", "--quiet"),
+        "--lm-eval",
+        "pip install 'mergesmith[lmeval]'",
+    )
 
 
 @needs_lm_eval
@@ -267,8 +314,14 @@ def test_scores_read_groups_filters_and_missing_stderrs():
     raw = {
         "results": {
             "grp": {"alias": "grp", "acc,none": 0.5, "acc_stderr,none": "N/A"},
-            "gen": {"alias": " - gen", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1,
-                    "exact_match,flexible": 0.75, "exact_match_stderr,flexible": float("nan"), "sample_len": 4},
+            "gen": {
+                "alias": " - gen",
+                "exact_match,strict-match": 0.25,
+                "exact_match_stderr,strict-match": 0.1,
+                "exact_match,flexible": 0.75,
+                "exact_match_stderr,flexible": float("nan"),
+                "sample_len": 4,
+            },
         },
         "n-samples": {"gen": {"original": 8, "effective": 4}},
         "n-shot": {"gen": 3},

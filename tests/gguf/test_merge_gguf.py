@@ -18,8 +18,10 @@ def merged_with_gguf(k_llama_pair, converter_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("merge-gguf")
     a, b = k_llama_pair
     recipe = root / "recipe.yml"
-    recipe.write_text(f"models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n"
-                      "merge_method: linear\ndtype: float32\n")
+    recipe.write_text(
+        f"models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n"
+        "merge_method: linear\ndtype: float32\n"
+    )
     out = root / "merged"
     code = main(["merge", str(recipe), str(out), "--gguf", "q8_0,q4_k_m", "--gguf-eval", "--quiet"])
     assert code == 0
@@ -32,15 +34,15 @@ def test_merge_gguf_writes_the_files_and_the_card_table(merged_with_gguf):
     assert names == ["merged-F16.gguf", "merged-Q4_K_M.gguf", "merged-Q8_0.gguf"]
     for card in (merged_with_gguf / "README.md", gguf_dir / "README.md"):
         text = card.read_text()
-        section = text[text.index("## GGUF\n"):]
+        section = text[text.index("## GGUF\n") :]
         rows = [line for line in section.splitlines() if line.startswith("| merged-")]
         assert [r.split("|")[1].strip() for r in rows] == ["merged-F16.gguf", "merged-Q8_0.gguf", "merged-Q4_K_M.gguf"]
         cells = {r.split("|")[2].strip(): [c.strip() for c in r.split("|")[3:-1]] for r in rows}
-        assert cells["f16"][3] == "ref" and cells["f16"][4] == "-"                # size, bpw, ppl, Δppl, KL, top-1
+        assert cells["f16"][3] == "ref" and cells["f16"][4] == "-"  # size, bpw, ppl, Δppl, KL, top-1
         kl_q8, kl_q4 = float(cells["q8_0"][4]), float(cells["q4_k_m"][4])
         assert 0 < kl_q8 < kl_q4
         assert re.search(r"against merged-F16\.gguf on austen_heldout \(\d+ tokens\), kjv_heldout", section)
-    assert "## Merge Details" in (merged_with_gguf / "README.md").read_text()   # the merge card is kept
+    assert "## Merge Details" in (merged_with_gguf / "README.md").read_text()  # the merge card is kept
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_kl_can_be_measured_against_the_hf_model(merged_export, tmp_path):
     text.write_text("\n".join(CORPUS * 4))
     report = evaluate_export(merged_export, ref="hf", texts=[text], context=64, limit=3)
     quality = {r.quant: r.quality for r in report.rows}
-    assert 0 < quality["f16"].kl_mean < quality["q4_k_m"].kl_mean    # F16 rounding costs less than 4 bits
+    assert 0 < quality["f16"].kl_mean < quality["q4_k_m"].kl_mean  # F16 rounding costs less than 4 bits
     assert quality["f16"].top1 > quality["q4_k_m"].top1
     assert report.ref.endswith("(Hugging Face, float32)") and "text (" in report.data
 
@@ -80,24 +82,38 @@ def test_eval_cli_scores_gguf_files(merged_with_gguf, capsys):
     from pico import CORPUS
 
     text.write_text("\n".join(CORPUS * 4))
-    code = main(["eval", str(gguf_dir / "merged-Q4_K_M.gguf"), "--ref", str(gguf_dir / "merged-F16.gguf"),
-                 "--text", str(text), "--context", "64", "--quiet"])
+    code = main(
+        [
+            "eval",
+            str(gguf_dir / "merged-Q4_K_M.gguf"),
+            "--ref",
+            str(gguf_dir / "merged-F16.gguf"),
+            "--text",
+            str(text),
+            "--context",
+            "64",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
     ranking = [line.split() for line in lines[1:3]]
-    assert {r[-3] for r in ranking} == {"Q4_K_M", "F16"}   # each file's own type, not --dtype's float32
+    assert {r[-3] for r in ranking} == {"Q4_K_M", "F16"}  # each file's own type, not --dtype's float32
     block = lines.index("text text: perplexity, bits per byte, KL(ref ‖ model) per token")
-    rows = [line.split() for line in lines[block + 2: block + 4]]
+    rows = [line.split() for line in lines[block + 2 : block + 4]]
     assert {r[1] for r in rows} == {"merged-Q4_K_M.gguf", "merged-F16.gguf"}
     kl = next(float(r[4]) for r in rows if r[1] == "merged-Q4_K_M.gguf")
     assert kl > 0
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--gguf-eval"], "--gguf TYPES"),
-    (["--gguf", "q9_9"], "unknown quant type 'q9_9'"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--gguf-eval"], "--gguf TYPES"),
+        (["--gguf", "q9_9"], "unknown quant type 'q9_9'"),
+    ],
+)
 def test_bad_gguf_options_fail_before_the_merge(flags, words, k_llama_pair, tmp_path, capsys):
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(f"models:\n  - model: {k_llama_pair[0]}\nmerge_method: passthrough\ndtype: float32\n")

@@ -33,12 +33,15 @@ def test_parse_keeps_order_drops_repeats_and_ignores_case():
     assert [q.name for q in parse_quants("Q4_K_M, f16,q4_k_m,,q8_0")] == ["q4_k_m", "f16", "q8_0"]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("q4_k_x", ["'q4_k_x'", "q4_k_m"]),
-    (" , ", ["names no type", "--quant"]),
-    ("iq2_xs", ["importance matrix", "q2_k"]),
-    ("tq1_0", ["ternary", "q8_0"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("q4_k_x", ["'q4_k_x'", "q4_k_m"]),
+        (" , ", ["names no type", "--quant"]),
+        ("iq2_xs", ["importance matrix", "q2_k"]),
+        ("tq1_0", ["ternary", "q8_0"]),
+    ],
+)
 def test_bad_types_are_config_errors_that_name_the_choices(text, words):
     with pytest.raises(ConfigError) as info:
         parse_quants(text)
@@ -72,14 +75,20 @@ def test_pico_tokenizer_splits_like_gpt2():
     assert pre_tokenizer_name(data) == "gpt-2"
 
 
-@pytest.mark.parametrize("pre, name", [
-    ({"type": "Sequence", "pretokenizers": [_split(LLAMA3_REGEX), _bytelevel(False)]}, "llama-bpe"),
-    ({"type": "Sequence", "pretokenizers": [_split(QWEN2_REGEX), _bytelevel(False)]}, "qwen2"),
-    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _bytelevel()]}, "smollm"),
-    ({"type": "Sequence", "pretokenizers": [_split(r"\d+"), _bytelevel(False)]}, None),   # a split llama.cpp lacks
-    (_bytelevel(prefix=True), None),                                                    # adds a space llama.cpp would not
-    ({"type": "Whitespace"}, None),
-])
+@pytest.mark.parametrize(
+    "pre, name",
+    [
+        ({"type": "Sequence", "pretokenizers": [_split(LLAMA3_REGEX), _bytelevel(False)]}, "llama-bpe"),
+        ({"type": "Sequence", "pretokenizers": [_split(QWEN2_REGEX), _bytelevel(False)]}, "qwen2"),
+        (
+            {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _bytelevel()]},
+            "smollm",
+        ),
+        ({"type": "Sequence", "pretokenizers": [_split(r"\d+"), _bytelevel(False)]}, None),  # a split llama.cpp lacks
+        (_bytelevel(prefix=True), None),  # adds a space llama.cpp would not
+        ({"type": "Whitespace"}, None),
+    ],
+)
 def test_pre_tokenizer_is_chosen_by_its_rule(pre, name):
     assert pre_tokenizer_name(_tokenizer_json(pre)) == name
 
@@ -104,11 +113,28 @@ def _sdist(path, names) -> None:
 
 def test_extract_copies_only_the_converter_and_its_gguf_py(tmp_path):
     sdist = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
-    _sdist(sdist, ["convert_hf_to_gguf.py", "conversion/__init__.py", "conversion/llama.py", "gguf-py/gguf/__init__.py",
-                   "gguf-py/tests/test_x.py", "LICENSE", "src/llama.cpp", "convert_lora_to_gguf.py"])
+    _sdist(
+        sdist,
+        [
+            "convert_hf_to_gguf.py",
+            "conversion/__init__.py",
+            "conversion/llama.py",
+            "gguf-py/gguf/__init__.py",
+            "gguf-py/tests/test_x.py",
+            "LICENSE",
+            "src/llama.cpp",
+            "convert_lora_to_gguf.py",
+        ],
+    )
     _extract(sdist, tmp_path / "conv")
     got = sorted(str(p.relative_to(tmp_path / "conv")) for p in (tmp_path / "conv").rglob("*") if p.is_file())
-    assert got == ["LICENSE", "conversion/__init__.py", "conversion/llama.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+    assert got == [
+        "LICENSE",
+        "conversion/__init__.py",
+        "conversion/llama.py",
+        "convert_hf_to_gguf.py",
+        "gguf-py/gguf/__init__.py",
+    ]
     assert check_converter(tmp_path / "conv") == tmp_path / "conv"
 
 
@@ -139,7 +165,7 @@ def test_export_fetches_the_converter_on_first_use(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="fetching llama.cpp's converter into"):
         assert converter.ensure_converter() == tmp_path / "venv" / "conv-9.9.9"
     assert downloads == ["9.9.9"] and (tmp_path / "venv" / "conv-9.9.9" / "convert_hf_to_gguf.py").is_file()
-    assert converter.ensure_converter() == tmp_path / "venv" / "conv-9.9.9"   # the second time: no download
+    assert converter.ensure_converter() == tmp_path / "venv" / "conv-9.9.9"  # the second time: no download
     assert downloads == ["9.9.9"]
     with pytest.raises(InputFormatError, match="is not in"):
-        converter.ensure_converter(tmp_path / "elsewhere")   # a folder given must hold it: never fetched into
+        converter.ensure_converter(tmp_path / "elsewhere")  # a folder given must hold it: never fetched into

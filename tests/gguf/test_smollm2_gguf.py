@@ -15,7 +15,7 @@ from mergesmith.gguf.report import card_section, evaluate_export, write_card_sec
 
 pytestmark = pytest.mark.smollm2
 
-ORDER = ("q8_0", "q6_k", "q4_k_m", "q3_k_m")   # more bits → less KL
+ORDER = ("q8_0", "q6_k", "q4_k_m", "q3_k_m")  # more bits → less KL
 TEXT = DATA_DIR / "text" / "austen_heldout.txt"
 
 
@@ -34,7 +34,7 @@ def test_kl_and_size_shrink_together(smol_report):
     bpw = [rows[q].bits_per_weight for q in ORDER]
     assert 0 < kl[0] < kl[1] < kl[2] < kl[3], kl
     assert bpw == sorted(bpw, reverse=True), bpw
-    assert rows["q8_0"].quality.top1 > 0.9 and kl[0] < 0.02           # Q8_0 is near lossless
+    assert rows["q8_0"].quality.top1 > 0.9 and kl[0] < 0.02  # Q8_0 is near lossless
     assert all(0.5 < rows[q].quality.ppl / rows["f16"].quality.ppl < 2 for q in ORDER)
 
 
@@ -43,7 +43,7 @@ def test_the_card_lists_every_file_with_its_numbers(smol_report, tmp_path):
     card = tmp_path / "README.md"
     card.write_text("# smol\n\n## Evaluation results\n\nkept\n")
     write_card_section(card, card_section(report), "smol")
-    write_card_section(card, card_section(report), "smol")      # written twice: replaced, not repeated
+    write_card_section(card, card_section(report), "smol")  # written twice: replaced, not repeated
     text = card.read_text()
     assert text.count("## GGUF") == 1 and "## Evaluation results\n\nkept\n" in text
     for f in result.files:

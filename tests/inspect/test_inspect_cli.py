@@ -49,13 +49,22 @@ def test_models_json_and_heatmap(llama_family, tmp_path, capsys):
     assert inspect(ft1, ft2, "--base", base, "--json", out_json, "--plot", out_png, "--quiet") == 0
     data = json.loads(out_json.read_text())
     assert data["models"] == [str(ft1), str(ft2)] and data["base"] == str(base)
-    assert set(data["rows"][0]) >= {"name", "layer", "module", "cosine", "rel_l2", "delta_norm", "sign_agreement", "topk_energy"}
+    assert set(data["rows"][0]) >= {
+        "name",
+        "layer",
+        "module",
+        "cosine",
+        "rel_l2",
+        "delta_norm",
+        "sign_agreement",
+        "topk_energy",
+    }
     assert len(data["rows"]) == len(load_file(str(base / "model.safetensors")))
     # 4 layers + global, 5 module types (attention, mlp, norm, embedding, head), one pair
     assert png_size(out_png) == heatmap_size(5, 5, 1) == (640, 320)
     text = capsys.readouterr().out
     assert "cosine similarity of the deltas: ft1 vs ft2" in text and max(map(len, text.splitlines())) <= 100
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_three_models_without_base_plot_a_panel_per_pair(llama_family, tmp_path):
@@ -127,7 +136,7 @@ merge_method: passthrough
     scale = {s["filter"]: s["values"] for s in data["series"] if s["param"] == "scale"}
     assert scale["o_proj"] == [None] * 6 + [0.5] * 3 + [None] * 4
     assert scale["rest"] == [None] * 6 + [1.0] * 3 + [None] * 4
-    assert png_size(out_png) == schedule_size(2)   # the scale panel and the stack map
+    assert png_size(out_png) == schedule_size(2)  # the scale panel and the stack map
 
 
 def broken_copy(src, dst, name, tensor):
@@ -138,26 +147,32 @@ def broken_copy(src, dst, name, tensor):
     return dst
 
 
-@pytest.mark.parametrize("case, error, culprit", [
-    ("missing", InputFormatError, "nope"),
-    ("shape", ShapeMismatchError, "model.layers.1.mlp.up_proj.weight"),
-    ("nan", NonFiniteError, "model.layers.1.mlp.up_proj.weight"),
-    ("one model", ConfigError, "--base"),
-    ("json folder missing", OutputWriteError, "no/such/folder"),
-    ("json is a folder", OutputWriteError, "is a directory"),
-    ("plot not png", ConfigError, ".png"),
-    ("plot inside an input", UnsafeOutputError, "lies inside"),
-    ("base on a recipe", ConfigError, "--base"),
-    ("lineage", ConfigError, "lineage"),
-    ("top-k 0", ConfigError, "--top-k"),
-])
+@pytest.mark.parametrize(
+    "case, error, culprit",
+    [
+        ("missing", InputFormatError, "nope"),
+        ("shape", ShapeMismatchError, "model.layers.1.mlp.up_proj.weight"),
+        ("nan", NonFiniteError, "model.layers.1.mlp.up_proj.weight"),
+        ("one model", ConfigError, "--base"),
+        ("json folder missing", OutputWriteError, "no/such/folder"),
+        ("json is a folder", OutputWriteError, "is a directory"),
+        ("plot not png", ConfigError, ".png"),
+        ("plot inside an input", UnsafeOutputError, "lies inside"),
+        ("base on a recipe", ConfigError, "--base"),
+        ("lineage", ConfigError, "lineage"),
+        ("top-k 0", ConfigError, "--top-k"),
+    ],
+)
 def test_bad_input_is_one_typed_line(llama_family, tmp_path, case, error, culprit):
     base, ft1, ft2 = llama_family
     name = "model.layers.1.mlp.up_proj.weight"
     argv = {
         "missing": [ft1, tmp_path / "nope"],
         "shape": [ft1, broken_copy(ft2, tmp_path / "short", name, lambda t: t[:-1].clone())],
-        "nan": [ft1, broken_copy(ft2, tmp_path / "nan", name, lambda t: t.index_fill(0, torch.tensor([0]), float("nan")))],
+        "nan": [
+            ft1,
+            broken_copy(ft2, tmp_path / "nan", name, lambda t: t.index_fill(0, torch.tensor([0]), float("nan"))),
+        ],
         "one model": [ft1],
         "json folder missing": [ft1, ft2, "--json", tmp_path / "no/such/folder/x.json"],
         "json is a folder": [ft1, ft2, "--json", tmp_path],
@@ -167,8 +182,10 @@ def test_bad_input_is_one_typed_line(llama_family, tmp_path, case, error, culpri
         "lineage": [tmp_path / "lineage.yml"],
         "top-k 0": [ft1, ft2, "--base", base, "--top-k", "0"],
     }[case]
-    (tmp_path / "lineage.yml").write_text(f"name: c\nmerge_method: linear\nmodels: [{{model: {ft1}}}]\n---\n"
-                                          "merge_method: passthrough\nmodels: [{model: c}]\n")
+    (tmp_path / "lineage.yml").write_text(
+        f"name: c\nmerge_method: linear\nmodels: [{{model: {ft1}}}]\n---\n"
+        "merge_method: passthrough\nmodels: [{model: c}]\n"
+    )
     with pytest.raises(error) as caught:
         inspect(*argv, "--quiet")
     message = str(caught.value)

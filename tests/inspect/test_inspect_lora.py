@@ -18,10 +18,11 @@ RANK = 2
 
 def adapter(path, seed: int):
     """A rank-2 adapter on q_proj and v_proj of the seed-0 pico llama; returns PEFT's merged model."""
-    model = peft.get_peft_model(build_model("llama", seed=0),
-                                peft.LoraConfig(r=RANK, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model = peft.get_peft_model(
+        build_model("llama", seed=0), peft.LoraConfig(r=RANK, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    )
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():   # PEFT zeroes B: a fresh adapter would change nothing
+    with torch.no_grad():  # PEFT zeroes B: a fresh adapter would change nothing
         for name, param in sorted(model.named_parameters()):
             if "lora_B" in name:
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
@@ -30,7 +31,7 @@ def adapter(path, seed: int):
 
 
 def test_lora_deltas(llama_family, tmp_path):
-    base = llama_family[0]   # seed 0: the model the adapters are made on
+    base = llama_family[0]  # seed 0: the model the adapters are made on
     refs, merged = [], []
     for seed in (1, 2):
         folded = adapter(tmp_path / f"a{seed}", seed)

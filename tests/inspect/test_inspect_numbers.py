@@ -56,7 +56,7 @@ def test_every_tensor_against_plain_torch(llama_family, with_base):
         close(row.delta_norm[0], float(d1.norm() / b.norm()))
         close(row.delta_norm[1], float(d2.norm() / b.norm()))
         close(row.sign_agreement[0][1], signs_agree(d1, d2))
-        if b.dim() == 2:   # pico matrices are small: exact singular values
+        if b.dim() == 2:  # pico matrices are small: exact singular values
             close(row.topk_energy[0], topk_share(d1, 4))
             close(row.topk_energy[1], topk_share(d2, 4))
         else:
@@ -76,19 +76,43 @@ def test_without_base_compares_the_weights(llama_family):
 
 def test_rows_carry_layer_and_module(with_base):
     by_name = {r.name: r for r in with_base.rows}
-    assert (by_name["model.layers.2.self_attn.q_proj.weight"].layer, by_name["model.layers.2.self_attn.q_proj.weight"].module) == (2, "attention")
-    assert (by_name["model.layers.3.mlp.down_proj.weight"].layer, by_name["model.layers.3.mlp.down_proj.weight"].module) == (3, "mlp")
-    assert (by_name["model.layers.0.input_layernorm.weight"].layer, by_name["model.layers.0.input_layernorm.weight"].module) == (0, "norm")
-    assert (by_name["model.embed_tokens.weight"].layer, by_name["model.embed_tokens.weight"].module) == (None, "embedding")
+    assert (
+        by_name["model.layers.2.self_attn.q_proj.weight"].layer,
+        by_name["model.layers.2.self_attn.q_proj.weight"].module,
+    ) == (2, "attention")
+    assert (
+        by_name["model.layers.3.mlp.down_proj.weight"].layer,
+        by_name["model.layers.3.mlp.down_proj.weight"].module,
+    ) == (3, "mlp")
+    assert (
+        by_name["model.layers.0.input_layernorm.weight"].layer,
+        by_name["model.layers.0.input_layernorm.weight"].module,
+    ) == (0, "norm")
+    assert (by_name["model.embed_tokens.weight"].layer, by_name["model.embed_tokens.weight"].module) == (
+        None,
+        "embedding",
+    )
     assert (by_name["lm_head.weight"].module, by_name["model.norm.weight"].module) == ("head", "norm")
 
 
 def test_names_without_a_definition_are_placed_by_name():
-    names = ["transformer.h.3.attn.c_attn.weight", "transformer.h.3.ln_1.weight", "transformer.h.3.mlp.c_fc.weight",
-             "transformer.wte.weight", "head.weight", "transformer.h.3.extra"]
+    names = [
+        "transformer.h.3.attn.c_attn.weight",
+        "transformer.h.3.ln_1.weight",
+        "transformer.h.3.mlp.c_fc.weight",
+        "transformer.wte.weight",
+        "head.weight",
+        "transformer.h.3.extra",
+    ]
     found = places(names, {"architectures": ["NoSuchModel"]}, {n: (4, 4) for n in names}, "m")
     assert [(found[n].layer, found[n].module) for n in names] == [
-        (3, "attention"), (3, "norm"), (3, "mlp"), (None, "embedding"), (None, "head"), (3, "other")]
+        (3, "attention"),
+        (3, "norm"),
+        (3, "mlp"),
+        (None, "embedding"),
+        (None, "head"),
+        (3, "other"),
+    ]
 
 
 def test_sign_agreement_counts_only_entries_where_both_deltas_move():
@@ -104,7 +128,7 @@ def test_sign_agreement_counts_only_entries_where_both_deltas_move():
 def test_chunks_add_up_to_one_pass(llama_family):
     base, ft1, ft2 = (load(p)["model.layers.1.mlp.up_proj.weight"].float() for p in llama_family)
     whole = stats.accumulate([ft1, ft2], base)
-    pieces = stats.accumulate([ft1, ft2], base, chunk=1000)   # 8192 entries: 9 chunks, the last short
+    pieces = stats.accumulate([ft1, ft2], base, chunk=1000)  # 8192 entries: 9 chunks, the last short
     for field in ("gram", "diff_sq", "weight_sq", "both", "agree"):
         assert torch.allclose(getattr(whole, field), getattr(pieces, field), rtol=1e-6), field
 
@@ -115,9 +139,9 @@ def test_low_rank_estimate_is_a_tight_lower_bound():
     u, v = torch.randn(600, 12, generator=g), torch.randn(12, 500, generator=g)
     delta = (u * torch.logspace(0, -1.5, 12)) @ v + 0.01 * torch.randn(600, 500, generator=g)
     exact = stats.topk_energy(delta, 8, exact_max=10_000)
-    estimate = stats.topk_energy(delta, 8, exact_max=100)   # 500 > 100: svd_lowrank
+    estimate = stats.topk_energy(delta, 8, exact_max=100)  # 500 > 100: svd_lowrank
     assert estimate <= exact + 1e-6 and exact - estimate < 0.01 * exact
-    assert stats.topk_energy(delta, 8, exact_max=100) == estimate   # seeded: repeats exactly
+    assert stats.topk_energy(delta, 8, exact_max=100) == estimate  # seeded: repeats exactly
     close(exact, topk_share(delta.double(), 8))
 
 
@@ -144,9 +168,11 @@ def test_each_input_tensor_is_read_once(llama_family, monkeypatch):
 
     reads = []
     original = SafetensorsReader.get
-    monkeypatch.setattr(SafetensorsReader, "get", lambda self, name: reads.append((self.path, name)) or original(self, name))
+    monkeypatch.setattr(
+        SafetensorsReader, "get", lambda self, name: reads.append((self.path, name)) or original(self, name)
+    )
     base, ft1, ft2 = llama_family
-    result = inspect_models([str(ft1), str(base), str(ft2)], base=str(base))   # the base among the models too
+    result = inspect_models([str(ft1), str(base), str(ft2)], base=str(base))  # the base among the models too
     assert len(reads) == len(set(reads)) == 3 * len(result.rows)
 
 

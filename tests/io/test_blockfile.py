@@ -31,11 +31,11 @@ def _pieces(size: int, seed: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
 @pytest.mark.parametrize("size", [100, BLOCK, 5 * BLOCK + 17, (3 << 20) + 123])
 def test_every_byte_lands_in_place(tmp_path, monkeypatch, direct, size):
-    monkeypatch.setattr(blockfile, "STAGE", 2 * BLOCK)   # interiors longer than a stage: several writes
+    monkeypatch.setattr(blockfile, "STAGE", 2 * BLOCK)  # interiors longer than a stage: several writes
     expected = torch.randint(0, 256, (size,), dtype=torch.uint8)
     out = BlockFile(tmp_path / "f.bin", size, direct=direct)
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda p: out.write(p[0], expected[p[0]: p[1]]), _pieces(size, size)))
+        list(pool.map(lambda p: out.write(p[0], expected[p[0] : p[1]]), _pieces(size, size)))
     out.close()
     assert (tmp_path / "f.bin").stat().st_size == size
     assert (tmp_path / "f.bin").read_bytes() == expected.numpy().tobytes()

@@ -43,28 +43,41 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 def pico_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     kv = N_HEAD_KV * HEAD_DIM
-    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,),
-              "lm_head.weight": (VOCAB, HIDDEN)}
+    shapes = {
+        "model.embed_tokens.weight": (VOCAB, HIDDEN),
+        "model.norm.weight": (HIDDEN,),
+        "lm_head.weight": (VOCAB, HIDDEN),
+    }
     for i in range(BLOCKS):
         p = f"model.layers.{i}."
-        shapes |= {p + "self_attn.q_proj.weight": (N_HEAD * HEAD_DIM, HIDDEN),
-                   p + "self_attn.k_proj.weight": (kv, HIDDEN), p + "self_attn.v_proj.weight": (kv, HIDDEN),
-                   p + "self_attn.o_proj.weight": (HIDDEN, N_HEAD * HEAD_DIM),
-                   p + "mlp.gate_proj.weight": (FFN, HIDDEN), p + "mlp.up_proj.weight": (FFN, HIDDEN),
-                   p + "mlp.down_proj.weight": (HIDDEN, FFN),
-                   p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,)}
+        shapes |= {
+            p + "self_attn.q_proj.weight": (N_HEAD * HEAD_DIM, HIDDEN),
+            p + "self_attn.k_proj.weight": (kv, HIDDEN),
+            p + "self_attn.v_proj.weight": (kv, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, N_HEAD * HEAD_DIM),
+            p + "mlp.gate_proj.weight": (FFN, HIDDEN),
+            p + "mlp.up_proj.weight": (FFN, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, FFN),
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
+        }
     return {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
 
 
 def gguf_name(hf_name: str) -> tuple[str, int | None]:
     """The GGUF name llama.cpp gives an HF tensor, and the head count it permutes rows with."""
-    kinds = {"self_attn.q_proj": (T.ATTN_Q, N_HEAD), "self_attn.k_proj": (T.ATTN_K, N_HEAD_KV),
-             "self_attn.v_proj": (T.ATTN_V, None), "self_attn.o_proj": (T.ATTN_OUT, None),
-             "mlp.gate_proj": (T.FFN_GATE, None), "mlp.up_proj": (T.FFN_UP, None),
-             "mlp.down_proj": (T.FFN_DOWN, None), "input_layernorm": (T.ATTN_NORM, None),
-             "post_attention_layernorm": (T.FFN_NORM, None)}
-    top = {"model.embed_tokens.weight": T.TOKEN_EMBD, "model.norm.weight": T.OUTPUT_NORM,
-           "lm_head.weight": T.OUTPUT}
+    kinds = {
+        "self_attn.q_proj": (T.ATTN_Q, N_HEAD),
+        "self_attn.k_proj": (T.ATTN_K, N_HEAD_KV),
+        "self_attn.v_proj": (T.ATTN_V, None),
+        "self_attn.o_proj": (T.ATTN_OUT, None),
+        "mlp.gate_proj": (T.FFN_GATE, None),
+        "mlp.up_proj": (T.FFN_UP, None),
+        "mlp.down_proj": (T.FFN_DOWN, None),
+        "input_layernorm": (T.ATTN_NORM, None),
+        "post_attention_layernorm": (T.FFN_NORM, None),
+    }
+    top = {"model.embed_tokens.weight": T.TOKEN_EMBD, "model.norm.weight": T.OUTPUT_NORM, "lm_head.weight": T.OUTPUT}
     if hf_name in top:
         return gguf.TENSOR_NAMES[top[hf_name]] + ".weight", None
     _, _, bid, rest = hf_name.split(".", 3)
@@ -137,8 +150,10 @@ def test_round_trip_exact(tmp_path, qtype):
         assert torch.equal(got, expected), name
     reader.close()
     # After close() the reader reopens the file on demand, like SafetensorsReader.
-    assert torch.equal(reader.get("model.layers.1.self_attn.k_proj.weight"),
-                       stored(hf["model.layers.1.self_attn.k_proj.weight"], qtype))
+    assert torch.equal(
+        reader.get("model.layers.1.self_attn.k_proj.weight"),
+        stored(hf["model.layers.1.self_attn.k_proj.weight"], qtype),
+    )
 
 
 def test_missing_tensor_names_file_and_tensor(tmp_path):
@@ -211,8 +226,10 @@ def test_smollm2_matches_transformers(smollm2_reader, transformers_state):
 def test_smollm2_qk_rows_really_unpermuted(smollm2, smollm2_reader):
     # The file stores q/k permuted: the comparison above exercises the inverse, not a no-op.
     raw = {t.name: t for t in gguf.GGUFReader(str(smollm2)).tensors}
-    for name, gguf_key in [("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
-                           ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight")]:
+    for name, gguf_key in [
+        ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
+        ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight"),
+    ]:
         stored_rows = torch.from_numpy(gguf.quants.dequantize(raw[gguf_key].data, raw[gguf_key].tensor_type))
         assert not torch.equal(stored_rows, smollm2_reader.get(name))
 
@@ -236,7 +253,7 @@ def test_smollm2_config(smollm2):
     assert config["rope_theta"] == 100000.0
     assert not any(key.startswith("_") for key in config)  # no local load paths
     json.dumps(config)  # writable as config.json
-    assert gguf_hf_config(GGUFTensorReader(smollm2).meta) == config   # the reader's parse, handed on
+    assert gguf_hf_config(GGUFTensorReader(smollm2).meta) == config  # the reader's parse, handed on
     assert gguf_generation_config(smollm2) == {"bos_token_id": 1, "eos_token_id": 2}
 
 

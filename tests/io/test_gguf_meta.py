@@ -27,14 +27,26 @@ from mergesmith.io.gguf import GGUFTensorReader, gguf_generation_config, gguf_hf
 from mergesmith.io.gguf_layout import ArrayValue  # noqa: E402
 from mergesmith.io.gguf_meta import GGUFMeta  # noqa: E402
 
-__all__ = ["smollm2"]   # the module-scoped fixture, shared with test_gguf.py
+__all__ = ["smollm2"]  # the module-scoped fixture, shared with test_gguf.py
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
-EVERY_TYPE = [("u8", VT.UINT8, 200), ("i8", VT.INT8, -100), ("u16", VT.UINT16, 60000), ("i16", VT.INT16, -3),
-              ("u32", VT.UINT32, 2**32 - 1), ("i32", VT.INT32, -(2**31)), ("f32", VT.FLOAT32, 1e-5),
-              ("bool", VT.BOOL, True), ("str", VT.STRING, "héllo"), ("u64", VT.UINT64, 2**64 - 1),
-              ("i64", VT.INT64, -(2**63)), ("f64", VT.FLOAT64, 0.1),
-              ("ints", VT.ARRAY, [1, -2, 3]), ("reals", VT.ARRAY, [0.5, -1.25]), ("words", VT.ARRAY, ["a", "", "ü"])]
+EVERY_TYPE = [
+    ("u8", VT.UINT8, 200),
+    ("i8", VT.INT8, -100),
+    ("u16", VT.UINT16, 60000),
+    ("i16", VT.INT16, -3),
+    ("u32", VT.UINT32, 2**32 - 1),
+    ("i32", VT.INT32, -(2**31)),
+    ("f32", VT.FLOAT32, 1e-5),
+    ("bool", VT.BOOL, True),
+    ("str", VT.STRING, "héllo"),
+    ("u64", VT.UINT64, 2**64 - 1),
+    ("i64", VT.INT64, -(2**63)),
+    ("f64", VT.FLOAT64, 0.1),
+    ("ints", VT.ARRAY, [1, -2, 3]),
+    ("reals", VT.ARRAY, [0.5, -1.25]),
+    ("words", VT.ARRAY, ["a", "", "ü"]),
+]
 
 
 def write_every_type(path: Path, endian=gguf.GGUFEndian.LITTLE) -> Path:
@@ -63,7 +75,8 @@ def test_every_value_type_and_the_tensor_table_match_gguf_py(tmp_path, endian):
     assert meta.get("test.f32") == pytest.approx(1e-5, rel=1e-7) and meta.get("test.str") == "héllo"
     assert [(s.name, s.dims, s.ggml_type, s.start, s.nbytes) for s in meta.tensors] == [
         (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.data_offset), int(t.n_bytes))
-        for t in theirs.tensors]
+        for t in theirs.tensors
+    ]
     assert meta.layout.order == ("<" if endian == gguf.GGUFEndian.LITTLE else ">")
 
 
@@ -106,9 +119,11 @@ def test_a_file_changed_after_opening_is_refused_not_misread(tmp_path):
 def test_opening_and_configuring_imports_neither_torch_nor_transformers(tmp_path):
     """What keeps `mergesmith plan` of a GGUF near the cost of a safetensors plan (bench/bench_gguf_plan.py)."""
     path = write_pico_llama(tmp_path / "pico.gguf", pico_tensors())
-    code = ("import sys; from mergesmith.io.gguf import GGUFTensorReader, gguf_hf_config\n"
-            f"r = GGUFTensorReader({str(path)!r}); [r.info(n) for n in r.keys()]; gguf_hf_config(r.meta)\n"
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from mergesmith.io.gguf import GGUFTensorReader, gguf_hf_config\n"
+        f"r = GGUFTensorReader({str(path)!r}); [r.info(n) for n in r.keys()]; gguf_hf_config(r.meta)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -119,18 +134,33 @@ def test_opening_and_configuring_imports_neither_torch_nor_transformers(tmp_path
 def test_pico_config(tmp_path):
     config = gguf_hf_config(write_pico_llama(tmp_path / "pico.gguf", pico_tensors()))
     assert config == {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB, "hidden_size": HIDDEN,
-        "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": N_HEAD, "num_key_value_heads": 2,
-        "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
-    }   # no vocab_size key and no token list: the embedding's rows; lm_head present: untied
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": N_HEAD,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+    }  # no vocab_size key and no token list: the embedding's rows; lm_head present: untied
 
 
 def test_config_reads_biases_and_token_ids_from_the_file(tmp_path):
     tensors = {"token_embd.weight": np.zeros((5, 8), np.float32), "blk.0.attn_q.bias": np.zeros(8, np.float32)}
     path = tmp_path / "biased.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
-    for add, value in [(writer.add_block_count, 1), (writer.add_embedding_length, 8), (writer.add_head_count, 2),
-                       (writer.add_feed_forward_length, 16), (writer.add_bos_token_id, 0), (writer.add_eos_token_id, 4)]:
+    for add, value in [
+        (writer.add_block_count, 1),
+        (writer.add_embedding_length, 8),
+        (writer.add_head_count, 2),
+        (writer.add_feed_forward_length, 16),
+        (writer.add_bos_token_id, 0),
+        (writer.add_eos_token_id, 4),
+    ]:
         add(value)
     writer.add_token_list(["a", "b", "c", "d", "e", "f"])
     for name, array in tensors.items():
@@ -141,19 +171,26 @@ def test_config_reads_biases_and_token_ids_from_the_file(tmp_path):
     writer.close()
     config = gguf_hf_config(path)
     assert (config["attention_bias"], config["mlp_bias"], config["tie_word_embeddings"]) == (True, False, True)
-    assert config["vocab_size"] == 6   # the token list's length wins over the embedding's rows
+    assert config["vocab_size"] == 6  # the token list's length wins over the embedding's rows
     assert (config["bos_token_id"], config["eos_token_id"]) == (0, 4)
     assert config["num_key_value_heads"] == 2 and gguf_generation_config(path) == {"bos_token_id": 0, "eos_token_id": 4}
 
 
-@pytest.mark.parametrize("kvs, why", [
-    ({}, "GGUF metadata has no llama.embedding_length"),
-    ({"llama.embedding_length": (VT.STRING, "64")}, "llama.embedding_length = '64', expected one positive integer"),
-    ({"llama.embedding_length": (VT.UINT32, 64), "tokenizer.ggml.eos_token_id": (VT.FLOAT32, 2.0)},
-     "tokenizer.ggml.eos_token_id = 2.0, expected one integer >= 0"),
-    ({"llama.embedding_length": (VT.UINT32, 64), "llama.rope.freq_base": (VT.FLOAT32, -1.0)},
-     "llama.rope.freq_base = -1.0, expected one positive number"),
-])
+@pytest.mark.parametrize(
+    "kvs, why",
+    [
+        ({}, "GGUF metadata has no llama.embedding_length"),
+        ({"llama.embedding_length": (VT.STRING, "64")}, "llama.embedding_length = '64', expected one positive integer"),
+        (
+            {"llama.embedding_length": (VT.UINT32, 64), "tokenizer.ggml.eos_token_id": (VT.FLOAT32, 2.0)},
+            "tokenizer.ggml.eos_token_id = 2.0, expected one integer >= 0",
+        ),
+        (
+            {"llama.embedding_length": (VT.UINT32, 64), "llama.rope.freq_base": (VT.FLOAT32, -1.0)},
+            "llama.rope.freq_base = -1.0, expected one positive number",
+        ),
+    ],
+)
 def test_config_errors_name_the_file_and_key(tmp_path, kvs, why):
     path = tmp_path / "bad.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -174,7 +211,7 @@ def test_config_errors_name_the_file_and_key(tmp_path, kvs, why):
 
 def test_unsupported_architecture_is_refused_by_every_entry_point(tmp_path):
     path = write_gguf(tmp_path / "other.gguf", "gpt2", {"token_embd.weight": np.zeros((4, 8), np.float32)})
-    meta = GGUFMeta.read(path)   # reading the header is fine; using it as a llama is not
+    meta = GGUFMeta.read(path)  # reading the header is fine; using it as a llama is not
     for read in (GGUFTensorReader, gguf_hf_config, lambda p: meta.architecture()):
         with pytest.raises(ArchitectureError, match=r"other\.gguf: GGUF architecture 'gpt2' is not supported"):
             read(path)
@@ -188,11 +225,12 @@ def test_smollm2_metadata_and_tensor_table_match_gguf_py(smollm2):
     meta, theirs = GGUFMeta.read(smollm2), gguf.GGUFReader(str(smollm2))
     for key, field in theirs.fields.items():
         if not key.startswith("GGUF."):
-            assert meta.get(key) == field.contents(), key   # the 49k tokens and 48.9k merges too
+            assert meta.get(key) == field.contents(), key  # the 49k tokens and 48.9k merges too
     assert meta.count(gguf.Keys.Tokenizer.LIST) == 49152
     assert [(s.name, s.dims, s.ggml_type, s.start, s.nbytes) for s in meta.tensors] == [
         (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.data_offset), int(t.n_bytes))
-        for t in theirs.tensors]
+        for t in theirs.tensors
+    ]
 
 
 @pytest.mark.smollm2
@@ -204,7 +242,7 @@ def test_smollm2_config_equals_transformers(smollm2):
     assert not theirs.get("architectures") and ours["architectures"] == ["LlamaForCausalLM"]
     theirs["architectures"] = ours["architectures"]
     theirs.setdefault("rope_theta", (theirs.get("rope_parameters") or {}).get("rope_theta"))
-    assert {key: theirs.get(key) for key in ours} == ours   # every key we write, key for key
+    assert {key: theirs.get(key) for key in ours} == ours  # every key we write, key for key
     # ... and transformers builds the very same config from ours as from the GGUF.
     rebuilt = transformers.AutoConfig.for_model(**ours).to_dict()
     drop = {key for key in rebuilt.keys() | theirs.keys() if key.startswith("_")} | {"rope_theta"}

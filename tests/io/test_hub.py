@@ -47,13 +47,15 @@ def adapter_files(tmp_path: Path) -> tuple[dict[str, bytes], dict[str, torch.Ten
     """A hand-written PEFT LoRA adapter on layer 0's q_proj of the pico llama."""
     generator = torch.Generator().manual_seed(7)
     tensors = {
-        f"base_model.model.{Q0[:-len('.weight')]}.lora_A.weight": torch.randn(RANK, 64, generator=generator),
-        f"base_model.model.{Q0[:-len('.weight')]}.lora_B.weight": torch.randn(64, RANK, generator=generator),
+        f"base_model.model.{Q0[: -len('.weight')]}.lora_A.weight": torch.randn(RANK, 64, generator=generator),
+        f"base_model.model.{Q0[: -len('.weight')]}.lora_B.weight": torch.randn(64, RANK, generator=generator),
     }
     save_file(tensors, tmp_path / "adapter.safetensors")
     config = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "target_modules": ["q_proj"]}
-    files = {"adapter_config.json": json.dumps(config).encode(),
-             "adapter_model.safetensors": (tmp_path / "adapter.safetensors").read_bytes()}
+    files = {
+        "adapter_config.json": json.dumps(config).encode(),
+        "adapter_model.safetensors": (tmp_path / "adapter.safetensors").read_bytes(),
+    }
     return files, tensors
 
 
@@ -69,7 +71,7 @@ def hub(llama_family, tmp_path, monkeypatch) -> dict:
     # huggingface_hub reads both variables once, when it is imported: set its copies as well.
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)   # 'org/pico' must not exist as a relative path
+    monkeypatch.chdir(tmp_path)  # 'org/pico' must not exist as a relative path
     return {"snapshot": snapshot, "factors": tensors}
 
 
@@ -82,8 +84,10 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 
 def linear(tmp_path: Path, first: str, second: str) -> Path:
     recipe = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {first}\n    parameters: {{weight: 0.5}}\n"
-                      f"  - model: {second}\n    parameters: {{weight: 0.5}}\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {first}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {second}\n    parameters: {{weight: 0.5}}\n"
+    )
     return recipe
 
 
@@ -111,8 +115,10 @@ def test_merge_with_hub_ids_equals_merge_with_local_paths(hub, llama_family, tmp
 def test_adapter_from_the_hub_is_folded_in(hub, llama_family, tmp_path, capsys):
     """``org/pico@<sha>+org/pico-lora``: W + alpha/r · (B @ A) on the one adapted tensor."""
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: org/pico@{COMMIT}+org/pico-lora\n"
-                      "    parameters: {weight: 1.0}\ndtype: float32\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: org/pico@{COMMIT}+org/pico-lora\n"
+        "    parameters: {weight: 1.0}\ndtype: float32\n"
+    )
     code, _, err = cli(capsys, "merge", recipe, tmp_path / "out", "--quiet", "--lora-cache", tmp_path / "c")
     assert code == 0, err
     out, base = load_dir(tmp_path / "out"), load_dir(llama_family[0])
@@ -121,13 +127,25 @@ def test_adapter_from_the_hub_is_folded_in(hub, llama_family, tmp_path, capsys):
     assert all(torch.equal(out[n], base[n]) for n in base if n != Q0)
 
 
-@pytest.mark.parametrize("ref, fragments", [
-    ("org/missing", ["model 'org/missing' is not found locally", "HF_HUB_OFFLINE is set",
-                     "`hf download org/missing`", "HF_HUB_CACHE"]),
-    ("org/pico@v2", ["model 'org/pico@v2' is not found locally", "`hf download org/pico --revision v2`"]),
-    ("org/pico+org/no-lora", ["model 'org/pico+org/no-lora': 'org/no-lora' is not found locally",
-                              "`hf download org/no-lora`"]),
-])
+@pytest.mark.parametrize(
+    "ref, fragments",
+    [
+        (
+            "org/missing",
+            [
+                "model 'org/missing' is not found locally",
+                "HF_HUB_OFFLINE is set",
+                "`hf download org/missing`",
+                "HF_HUB_CACHE",
+            ],
+        ),
+        ("org/pico@v2", ["model 'org/pico@v2' is not found locally", "`hf download org/pico --revision v2`"]),
+        (
+            "org/pico+org/no-lora",
+            ["model 'org/pico+org/no-lora': 'org/no-lora' is not found locally", "`hf download org/no-lora`"],
+        ),
+    ],
+)
 def test_unavailable_hub_id_is_one_error_line(hub, tmp_path, capsys, ref, fragments):
     code, out, err = cli(capsys, "merge", linear(tmp_path, ref, "org/pico"), tmp_path / "out")
     assert code == 2 and out == ""
@@ -138,7 +156,7 @@ def test_unavailable_hub_id_is_one_error_line(hub, tmp_path, capsys, ref, fragme
 
 
 def test_missing_huggingface_hub_names_the_extra(hub, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)   # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails as if not installed
     code, _, err = cli(capsys, "plan", linear(tmp_path, "org/pico", "org/pico"))
     assert code == 2 and len(err.splitlines()) == 1
     assert "model 'org/pico'" in err and "pip install 'mergesmith[hub]'" in err

@@ -34,7 +34,7 @@ hub_constants = pytest.importorskip("huggingface_hub.constants")
 # Wide enough that a plan's reads (config, tokenizer, and huggingface_hub's 100 kB probe of each
 # safetensors file's start) are far below 1% of the weights: about 27 MB per model in float32.
 WIDE_HIDDEN, WIDE_INTERMEDIATE = 512, 1024
-HEADER_PROBE = 100_001   # bytes=0-100000: what get_safetensors_metadata reads of each file
+HEADER_PROBE = 100_001  # bytes=0-100000: what get_safetensors_metadata reads of each file
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 RANK, ALPHA = 2, 4
 
@@ -45,7 +45,7 @@ class StandInHub:
     def __init__(self):
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
         self.served: Counter = Counter()
-        self.requests: list[tuple[str, str, str | None]] = []   # method, path, Range
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range
         self.lock = threading.Lock()
 
     def add(self, repo_id: str, folder: Path) -> str:
@@ -69,7 +69,7 @@ class StandInHub:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, *args) -> None:   # quiet: pytest shows failures
+    def log_message(self, *args) -> None:  # quiet: pytest shows failures
         pass
 
     def do_HEAD(self) -> None:
@@ -109,8 +109,10 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "revision":
             data = {"id": repo_id, "sha": commit, "siblings": [{"rfilename": name} for name in files]}
         else:
-            data = [{"type": "file", "path": name, "size": len(blob), "oid": hashlib.sha1(blob).hexdigest()}
-                    for name, blob in files.items()]
+            data = [
+                {"type": "file", "path": name, "size": len(blob), "oid": hashlib.sha1(blob).hexdigest()}
+                for name, blob in files.items()
+            ]
         self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"}, send_body)
 
     def _file(self, repo_id: str, revision: str, name: str, send_body: bool) -> None:
@@ -122,14 +124,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, send_body)
             return
         blob = files[name]
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(blob).hexdigest()}"',
-                   "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(blob).hexdigest()}"', "Accept-Ranges": "bytes"}
         status, body = 200, blob
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
         if wanted:
             start = int(wanted[1])
             end = min(int(wanted[2]) if wanted[2] else len(blob) - 1, len(blob) - 1)
-            status, body = 206, blob[start:end + 1]
+            status, body = 206, blob[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(blob)}"
         if send_body:
             with self.server.hub.lock:
@@ -161,10 +162,12 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     # huggingface_hub reads these once, when it is imported: set its copies as well.
     monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.chdir(tmp_path)   # 'org/wide' must not exist as a relative path
+    monkeypatch.chdir(tmp_path)  # 'org/wide' must not exist as a relative path
     stand_in.cache = cache
     yield stand_in
     server.shutdown()
@@ -201,8 +204,10 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 
 def linear(tmp_path: Path, first: str, second: str) -> Path:
     recipe = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {first}\n    parameters: {{weight: 0.5}}\n"
-                      f"  - model: {second}\n    parameters: {{weight: 0.5}}\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {first}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {second}\n    parameters: {{weight: 0.5}}\n"
+    )
     return recipe
 
 
@@ -229,8 +234,9 @@ def test_plan_over_hub_ids_reads_headers_not_weights(hub, wide_family, tmp_path,
 
 
 @pytest.mark.parametrize("command", ["plan", "merge"])
-def test_shape_mismatch_fails_before_any_weight_is_downloaded(hub, wide_family, llama_family, tmp_path, capsys,
-                                                              command):
+def test_shape_mismatch_fails_before_any_weight_is_downloaded(
+    hub, wide_family, llama_family, tmp_path, capsys, command
+):
     hub.add("org/wide", wide_family[0])
     hub.add("org/narrow", llama_family[0])
     argv = [command, linear(tmp_path, "org/wide", "org/narrow")] + ([tmp_path / "out"] if command == "merge" else [])
@@ -239,8 +245,9 @@ def test_shape_mismatch_fails_before_any_weight_is_downloaded(hub, wide_family, 
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert "different shapes" in err and "hidden_size: 512 vs 64" in err, err
     assert all(v <= HEADER_PROBE for v in hub.served_weights().values()), hub.served_weights()
-    assert not any(method == "GET" and rng is None and path.endswith(".safetensors")
-                   for method, path, rng in hub.requests)
+    assert not any(
+        method == "GET" and rng is None and path.endswith(".safetensors") for method, path, rng in hub.requests
+    )
     assert _cached_weights(hub.cache) == []
     assert not (tmp_path / "out").exists()
 
@@ -248,12 +255,16 @@ def test_shape_mismatch_fails_before_any_weight_is_downloaded(hub, wide_family, 
 def test_merge_over_hub_ids_downloads_weights_after_the_plan(hub, wide_family, tmp_path, capsys):
     hub.add("org/wide", wide_family[0])
     hub.add("org/wide-ft", wide_family[1])
-    assert cli(capsys, "plan", linear(tmp_path, "org/wide", "org/wide-ft"))[0] == 0   # leaves a partial snapshot
+    assert cli(capsys, "plan", linear(tmp_path, "org/wide", "org/wide-ft"))[0] == 0  # leaves a partial snapshot
     code, _, err = cli(capsys, "merge", linear(tmp_path, "org/wide", "org/wide-ft"), tmp_path / "hub-out", "--quiet")
     assert code == 0, err
-    sizes = {(r, n): len(d) for r in ("org/wide", "org/wide-ft") for n, d in hub.repos[r][1].items()
-             if n.endswith(".safetensors")}
-    assert all(hub.served[k] >= size for k, size in sizes.items())   # every weight file downloaded
+    sizes = {
+        (r, n): len(d)
+        for r in ("org/wide", "org/wide-ft")
+        for n, d in hub.repos[r][1].items()
+        if n.endswith(".safetensors")
+    }
+    assert all(hub.served[k] >= size for k, size in sizes.items())  # every weight file downloaded
     assert cli(capsys, "merge", linear(tmp_path, *wide_family), tmp_path / "local-out", "--quiet")[0] == 0
     hub_out, local_out = load_dir(tmp_path / "hub-out"), load_dir(tmp_path / "local-out")
     assert hub_out.keys() == local_out.keys()
@@ -284,8 +295,10 @@ def _adapter(folder: Path, targets: list[str]) -> tuple[Path, dict[str, torch.Te
     folder.mkdir()
     generator = torch.Generator().manual_seed(7)
     module = f"base_model.model.{Q0.removesuffix('.weight')}"
-    factors = {f"{module}.lora_A.weight": torch.randn(RANK, WIDE_HIDDEN, generator=generator),
-               f"{module}.lora_B.weight": torch.randn(64, RANK, generator=generator)}
+    factors = {
+        f"{module}.lora_A.weight": torch.randn(RANK, WIDE_HIDDEN, generator=generator),
+        f"{module}.lora_B.weight": torch.randn(64, RANK, generator=generator),
+    }
     save_file(factors, folder / "adapter_model.safetensors")
     config = {"peft_type": "LORA", "r": RANK, "lora_alpha": ALPHA, "target_modules": targets}
     (folder / "adapter_config.json").write_text(json.dumps(config))
@@ -298,8 +311,10 @@ def test_hub_adapter_is_checked_from_its_config_then_folded_by_merge(hub, wide_f
     hub.add("org/wide-lora", folder)
     hub.add("org/bad-lora", _adapter(tmp_path / "bad", ["no_such_proj"])[0])
     recipe = tmp_path / "r.yml"
-    recipe.write_text("merge_method: linear\nmodels:\n  - model: org/wide+org/wide-lora\n"
-                      "    parameters: {weight: 1.0}\ndtype: float32\n")
+    recipe.write_text(
+        "merge_method: linear\nmodels:\n  - model: org/wide+org/wide-lora\n"
+        "    parameters: {weight: 1.0}\ndtype: float32\n"
+    )
     assert cli(capsys, "plan", recipe)[0] == 0
     assert hub.served[("org/wide-lora", "adapter_model.safetensors")] == 0
     assert hub.served[("org/wide-lora", "adapter_config.json")] > 0

@@ -28,9 +28,14 @@ peft = pytest.importorskip("peft")
 # Two adapters covering what the merge must honour: per-module rank and alpha patterns,
 # modules_to_save, LoRA on embeddings (transposed update), and rsLoRA's alpha/sqrt(r).
 ADAPTERS = {
-    "patterns": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"],
-                     rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"v_proj": 3},
-                     modules_to_save=["lm_head"]),
+    "patterns": dict(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"],
+        rank_pattern={"layers.1.self_attn.q_proj": 2},
+        alpha_pattern={"v_proj": 3},
+        modules_to_save=["lm_head"],
+    ),
     "rslora": dict(r=8, lora_alpha=16, use_rslora=True, target_modules=["o_proj", "up_proj", "gate_proj"]),
 }
 TOLERANCE = dict(rtol=1e-6, atol=1e-7)
@@ -40,11 +45,11 @@ def make_adapter(path: Path, seed: int, **config) -> torch.nn.Module:
     """Save a PEFT adapter of the seed-0 pico llama; return PEFT's merge_and_unload() model."""
     model = peft.get_peft_model(build_model("llama", seed=0), peft.LoraConfig(**config))
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():   # PEFT zeroes B (A for embeddings): a fresh adapter would change nothing
+    with torch.no_grad():  # PEFT zeroes B (A for embeddings): a fresh adapter would change nothing
         for name, param in sorted(model.named_parameters()):
             if any(part in name for part in ("lora_B", "lora_embedding_", "modules_to_save")):
                 param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    with warnings.catch_warnings():   # PEFT notes that it saves the adapted embedding too
+    with warnings.catch_warnings():  # PEFT notes that it saves the adapted embedding too
         warnings.simplefilter("ignore", UserWarning)
         model.save_pretrained(path)
     return model.merge_and_unload()
@@ -145,8 +150,14 @@ models:
 dtype: float32
 """
     with_adapters = tmp_path / "adapters.yml"
-    with_adapters.write_text(recipe.format(
-        base=base, ft2=ft2, first=f"{base}+{patterns}", second=f"{{model: {{path: {base}}}, lora: {{path: {rslora}}}}}"))
+    with_adapters.write_text(
+        recipe.format(
+            base=base,
+            ft2=ft2,
+            first=f"{base}+{patterns}",
+            second=f"{{model: {{path: {base}}}, lora: {{path: {rslora}}}}}",
+        )
+    )
     premerged = tmp_path / "premerged.yml"
     premerged.write_text(recipe.format(base=base, ft2=ft2, first=patterns_merged, second=rslora_merged))
     cache = tmp_path / "cache"
@@ -157,7 +168,7 @@ dtype: float32
     assert sorted(ours) == sorted(ref)
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], **TOLERANCE, msg=name)
-    assert len(list(cache.iterdir())) == 2   # one cache entry per base+adapter pair
+    assert len(list(cache.iterdir())) == 2  # one cache entry per base+adapter pair
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"{base.name} with the LoRA adapter {rslora.name} merged in" in card and str(base) not in card
 
@@ -174,8 +185,10 @@ dtype: float32
 def test_linear_with_adapter_matches_mergekit(llama_family, lora_setup, tmp_path):
     base, ft1, _ = llama_family
     adapter, _ = lora_setup["patterns"]
-    recipe = (f"merge_method: linear\nmodels:\n  - model: {base}+{adapter}\n    parameters: {{weight: 0.7}}\n"
-              f"  - model: {ft1}\n    parameters: {{weight: 0.3}}\ndtype: float32\n")
+    recipe = (
+        f"merge_method: linear\nmodels:\n  - model: {base}+{adapter}\n    parameters: {{weight: 0.7}}\n"
+        f"  - model: {ft1}\n    parameters: {{weight: 0.3}}\ndtype: float32\n"
+    )
     ref = run_mergekit(recipe, tmp_path / "mergekit", extra_args=("--lora-merge-cache", tmp_path / "mk-cache"))
     merge(recipe, tmp_path / "ours", lora_cache=tmp_path / "cache")
     parity = compare(load_dir(tmp_path / "ours"), load_dir(ref))
@@ -195,7 +208,7 @@ def test_cache_is_reused_and_keyed_by_content(llama_family, lora_setup, tmp_path
     stamp = (entry / "model.safetensors").stat()
     merge(recipe, tmp_path / "two", lora_cache=cache)
     again = (entry / "model.safetensors").stat()
-    assert (again.st_ino, again.st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)   # read, not rewritten
+    assert (again.st_ino, again.st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)  # read, not rewritten
     assert [p.name for p in cache.iterdir()] == [entry.name]
 
     tensors = load_file(adapter / "adapter_model.safetensors")
@@ -203,7 +216,7 @@ def test_cache_is_reused_and_keyed_by_content(llama_family, lora_setup, tmp_path
     tensors[name] = tensors[name] * 2
     save_file(tensors, adapter / "adapter_model.safetensors")
     merge(recipe, tmp_path / "three", lora_cache=cache)
-    assert len(list(cache.iterdir())) == 2   # same paths, new contents: a new entry
+    assert len(list(cache.iterdir())) == 2  # same paths, new contents: a new entry
     assert not torch.equal(load_dir(tmp_path / "one")[_target(name)], load_dir(tmp_path / "three")[_target(name)])
 
 
@@ -211,8 +224,10 @@ def test_plan_reads_headers_only_and_writes_no_cache(llama_family, lora_setup, t
     base, adapter = llama_family[0], lora_setup["patterns"][0]
     monkeypatch.setenv("MERGESMITH_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {{model: {base}, lora: {adapter}}}\n"
-                      "    parameters: {weight: 1.0}\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {{model: {base}, lora: {adapter}}}\n"
+        "    parameters: {weight: 1.0}\n"
+    )
     code, out, err = cli(capsys, "plan", recipe, "--tensors")
     assert code == 0, err
     assert f"{base}+{adapter}:model.layers.0.self_attn.q_proj.weight" in out
@@ -224,8 +239,11 @@ def test_relative_paths_resolve_from_the_recipe_directory(llama_family, lora_set
     shutil.copytree(llama_family[0], root / "models" / "base")
     shutil.copytree(lora_setup["rslora"][0], root / "adapters" / "rslora")
     (root / "recipe.yml").write_text(
-        "merge_method: linear\nmodels:\n  - model: models/base+adapters/rslora\n    parameters: {weight: 1.0}\n")
-    code, _, err = cli(capsys, "merge", root / "recipe.yml", tmp_path / "out", "--quiet", "--lora-cache", tmp_path / "c")
+        "merge_method: linear\nmodels:\n  - model: models/base+adapters/rslora\n    parameters: {weight: 1.0}\n"
+    )
+    code, _, err = cli(
+        capsys, "merge", root / "recipe.yml", tmp_path / "out", "--quiet", "--lora-cache", tmp_path / "c"
+    )
     assert code == 0, err
     torch.testing.assert_close(load_dir(tmp_path / "out"), load_dir(lora_setup["rslora"][1]), **TOLERANCE)
 
@@ -255,8 +273,11 @@ BAD_ADAPTERS = {
     "ia3": (dict(config={"peft_type": "IA3"}), ["adapter_config.json", "peft_type is 'IA3'", "plain LoRA"]),
     "missing-target": (
         dict(rename=lambda n: n.replace("layers.3.", "layers.7.")),
-        ["adapter_model.safetensors", "base_model.model.model.layers.7.mlp.gate_proj.lora_A.weight",
-         "targets model.layers.7.mlp.gate_proj.weight"],
+        [
+            "adapter_model.safetensors",
+            "base_model.model.model.layers.7.mlp.gate_proj.lora_A.weight",
+            "targets model.layers.7.mlp.gate_proj.weight",
+        ],
     ),
     "no-peft-prefix": (
         dict(rename=lambda n: n.replace("base_model.model.model.", "")),
@@ -271,8 +292,9 @@ def test_unusable_adapter_is_one_error_line(llama_family, lora_setup, tmp_path, 
     edits, fragments = BAD_ADAPTERS[case]
     adapter = edited_copy(lora_setup["rslora"][0], tmp_path / case, **edits)
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {llama_family[0]}+{adapter}\n"
-                      "    parameters: {weight: 1.0}\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {llama_family[0]}+{adapter}\n    parameters: {{weight: 1.0}}\n"
+    )
     code, _, err = cli(capsys, "merge", recipe, tmp_path / "out", "--lora-cache", tmp_path / "cache")
     one_error_line(code, err, *fragments)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
@@ -280,7 +302,9 @@ def test_unusable_adapter_is_one_error_line(llama_family, lora_setup, tmp_path, 
 
 def test_missing_adapter_directory_is_one_error_line(llama_family, tmp_path, capsys):
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {llama_family[0]}+./no-such-adapter\n"
-                      "    parameters: {weight: 1.0}\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {llama_family[0]}+./no-such-adapter\n"
+        "    parameters: {weight: 1.0}\n"
+    )
     code, _, err = cli(capsys, "plan", recipe)
     one_error_line(code, err, "no-such-adapter", "not found")

@@ -37,6 +37,7 @@ def opened(monkeypatch) -> list[Path]:
             if isinstance(file, (str, bytes, os.PathLike)):
                 seen.append(Path(os.fsdecode(file)).resolve())
             return real(file, *args, **kwargs)
+
         return wrapper
 
     for owner, name in ((builtins, "open"), (io, "open"), (os, "open")):
@@ -69,11 +70,14 @@ def symlink_out(model: Path, outside: Path) -> str:
 # --- 1. shards outside the model directory ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("entry, shown", [
-    ("../outside.safetensors", "'../outside.safetensors'"),
-    (lambda model, outside: str(outside), "outside.safetensors'"),
-    (symlink_out, "'link.safetensors' (a symlink to"),
-])
+@pytest.mark.parametrize(
+    "entry, shown",
+    [
+        ("../outside.safetensors", "'../outside.safetensors'"),
+        (lambda model, outside: str(outside), "outside.safetensors'"),
+        (symlink_out, "'link.safetensors' (a symlink to"),
+    ],
+)
 def test_index_shard_outside_the_model_dir_is_refused_unopened(tmp_path, opened, entry, shown):
     model, outside = sharded_model(tmp_path, entry)
     opened.clear()
@@ -83,7 +87,7 @@ def test_index_shard_outside_the_model_dir_is_refused_unopened(tmp_path, opened,
     for fragment in (str(model / SAFETENSORS_INDEX), "tensor 'b.weight'", shown, "outside the model directory"):
         assert fragment in message
     assert outside.resolve() not in opened
-    assert (model / SHARD).resolve() not in opened   # refused before any shard is read
+    assert (model / SHARD).resolve() not in opened  # refused before any shard is read
 
 
 @pytest.mark.parametrize("entry", [5, None, ["x.safetensors"], ""])
@@ -135,7 +139,7 @@ def test_symlinks_inside_the_model_dir_and_into_hub_blobs_are_read(tmp_path):
     save_file(two_tensors(), repo / "blobs" / "0123abcd")
     snapshot = repo / "snapshots" / "c0ffee"
     snapshot.mkdir(parents=True)
-    (snapshot / "model.safetensors").symlink_to("../../blobs/0123abcd")   # as huggingface_hub lays it out
+    (snapshot / "model.safetensors").symlink_to("../../blobs/0123abcd")  # as huggingface_hub lays it out
     reader = SafetensorsReader.open_dir(snapshot)
     assert torch.equal(reader.get("a.weight"), two_tensors()["a.weight"])
     reader.close()
@@ -154,22 +158,32 @@ def test_cli_index_pointing_outside_is_one_error_line(capsys, tmp_path, llama_fa
     save_file({names[-1]: load_file(model / SHARD)[names[-1]]}, tmp_path / "models" / "stolen.safetensors")
     weight_map = {name: SHARD for name in names} | {names[-1]: "../stolen.safetensors"}
     (model / SAFETENSORS_INDEX).write_text(json.dumps({"weight_map": weight_map}))
-    merge_fails(capsys, tmp_path, LINEAR_TWO.format(a=base, b=model),
-                str(model / SAFETENSORS_INDEX), repr(names[-1]), "'../stolen.safetensors'", "outside the model")
+    merge_fails(
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b=model),
+        str(model / SAFETENSORS_INDEX),
+        repr(names[-1]),
+        "'../stolen.safetensors'",
+        "outside the model",
+    )
 
 
 # --- 2. malformed index ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b'{"metadata": {}}', "'weight_map' is None"),
-    (b'{"weight_map": ["a.weight"]}', "'weight_map' is ['a.weight']"),
-    (b'[1, 2]', "'weight_map' is None"),
-    (b'{"weight_map": {"a.weight": ', "not valid JSON"),
-    (b'{"weight_map": {"a\xff": "x"}}', "not UTF-8"),
-    (b'{"weight_map": {"a.weight": "s1", "a.weight": "s2"}}', "lists 'a.weight' twice"),
-    (b"[" * 200_000, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b'{"metadata": {}}', "'weight_map' is None"),
+        (b'{"weight_map": ["a.weight"]}', "'weight_map' is ['a.weight']"),
+        (b"[1, 2]", "'weight_map' is None"),
+        (b'{"weight_map": {"a.weight": ', "not valid JSON"),
+        (b'{"weight_map": {"a\xff": "x"}}', "not UTF-8"),
+        (b'{"weight_map": {"a.weight": "s1", "a.weight": "s2"}}', "lists 'a.weight' twice"),
+        (b"[" * 200_000, "not valid JSON"),
+    ],
+)
 def test_malformed_index_is_one_typed_error_naming_it(tmp_path, raw, why):
     (tmp_path / SAFETENSORS_INDEX).write_bytes(raw)
     with pytest.raises(InputFormatError) as caught:
@@ -213,31 +227,34 @@ def header_file(path: Path, header, data: bytes = b"\0" * 16, length: int | None
 F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 
 
-@pytest.mark.parametrize("header, why", [
-    ([F32_2], "header is a JSON list, not an object"),
-    ({"t": 5}, "tensor 't': header entry 5 is not an object"),
-    ({"t": {"shape": [2], "data_offsets": [0, 8]}}, "tensor 't': dtype None"),
-    ({"t": {**F32_2, "dtype": 4}}, "tensor 't': dtype 4"),
-    ({"t": {"dtype": "F32", "data_offsets": [0, 8]}}, "tensor 't': shape None"),
-    ({"t": {**F32_2, "shape": "2"}}, "shape '2' is not a list"),
-    ({"t": {**F32_2, "shape": [2.0]}}, "shape [2.0] is not a list"),
-    ({"t": {**F32_2, "shape": [True, 2]}}, "shape [True, 2] is not a list"),
-    ({"t": {**F32_2, "shape": [-2]}}, "shape [-2] is not a list of non-negative"),
-    ({"t": {**F32_2, "shape": [2**64, 0]}}, "more elements than a tensor can hold"),
-    ({"t": {"dtype": "F32", "shape": [2]}}, "data_offsets None"),
-    ({"t": {**F32_2, "data_offsets": [0, 8, 9]}}, "data_offsets [0, 8, 9] is not [begin, end]"),
-    ({"t": {**F32_2, "data_offsets": [8, 0]}}, "data_offsets [8, 0] lie outside"),
-    ({"t": {**F32_2, "data_offsets": [8, 24]}}, "data_offsets [8, 24] lie outside the file's 16 bytes"),
-    ({"t": {**F32_2, "data_offsets": [0, 12]}}, "12 bytes do not hold shape [2] of F32"),
-    ({"t": F32_2, "u": {**F32_2, "data_offsets": [4, 12]}}, "tensors 't' and 'u' share bytes"),
-    (b'{"t\xff": 1}', "header is not UTF-8"),
-    (b'{"t": 1, "t": 2}', "lists 't' twice"),
-    (b"[" * 200_000, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "header, why",
+    [
+        ([F32_2], "header is a JSON list, not an object"),
+        ({"t": 5}, "tensor 't': header entry 5 is not an object"),
+        ({"t": {"shape": [2], "data_offsets": [0, 8]}}, "tensor 't': dtype None"),
+        ({"t": {**F32_2, "dtype": 4}}, "tensor 't': dtype 4"),
+        ({"t": {"dtype": "F32", "data_offsets": [0, 8]}}, "tensor 't': shape None"),
+        ({"t": {**F32_2, "shape": "2"}}, "shape '2' is not a list"),
+        ({"t": {**F32_2, "shape": [2.0]}}, "shape [2.0] is not a list"),
+        ({"t": {**F32_2, "shape": [True, 2]}}, "shape [True, 2] is not a list"),
+        ({"t": {**F32_2, "shape": [-2]}}, "shape [-2] is not a list of non-negative"),
+        ({"t": {**F32_2, "shape": [2**64, 0]}}, "more elements than a tensor can hold"),
+        ({"t": {"dtype": "F32", "shape": [2]}}, "data_offsets None"),
+        ({"t": {**F32_2, "data_offsets": [0, 8, 9]}}, "data_offsets [0, 8, 9] is not [begin, end]"),
+        ({"t": {**F32_2, "data_offsets": [8, 0]}}, "data_offsets [8, 0] lie outside"),
+        ({"t": {**F32_2, "data_offsets": [8, 24]}}, "data_offsets [8, 24] lie outside the file's 16 bytes"),
+        ({"t": {**F32_2, "data_offsets": [0, 12]}}, "12 bytes do not hold shape [2] of F32"),
+        ({"t": F32_2, "u": {**F32_2, "data_offsets": [4, 12]}}, "tensors 't' and 'u' share bytes"),
+        (b'{"t\xff": 1}', "header is not UTF-8"),
+        (b'{"t": 1, "t": 2}', "lists 't' twice"),
+        (b"[" * 200_000, "not valid JSON"),
+    ],
+)
 def test_bad_header_is_refused_at_open_naming_file_and_tensor(tmp_path, header, why):
     path = header_file(tmp_path / "model.safetensors", header)
     with pytest.raises(InputFormatError) as caught:
-        SafetensorsReader.open_dir(tmp_path)   # at open: not first at get()
+        SafetensorsReader.open_dir(tmp_path)  # at open: not first at get()
     assert str(path) in str(caught.value) and why in str(caught.value)
 
 
@@ -255,8 +272,12 @@ def test_header_length_beyond_the_file_reads_nothing_big(tmp_path, length):
 
 
 def test_valid_header_with_gaps_and_empty_tensors_reads(tmp_path):
-    header = {"t": F32_2, "e": {"dtype": "F16", "shape": [0, 3], "data_offsets": [8, 8]},
-              "u": {"dtype": "U8", "shape": [2], "data_offsets": [12, 14]}, "__metadata__": {"format": "pt"}}
+    header = {
+        "t": F32_2,
+        "e": {"dtype": "F16", "shape": [0, 3], "data_offsets": [8, 8]},
+        "u": {"dtype": "U8", "shape": [2], "data_offsets": [12, 14]},
+        "__metadata__": {"format": "pt"},
+    }
     header_file(tmp_path / "model.safetensors", header, bytes(range(16)))
     reader = SafetensorsReader.open_dir(tmp_path)
     assert reader.get("e").shape == (0, 3) and reader.get("u").tolist() == [12, 13]
@@ -281,12 +302,21 @@ class _RunsCommand:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("payload, fragments", [
-    (lambda marker: _RunsCommand(marker), ["the pickle needs the global 'posix.system'", "not a tensor type",
-                                           "convert the checkpoint to safetensors"]),
-    (lambda marker: __import__("fractions").Fraction(1, 2), ["the global 'fractions.Fraction'"]),
-    (lambda marker: 3, ["entry 'extra' holds a value of type int, not a tensor"]),
-])
+@pytest.mark.parametrize(
+    "payload, fragments",
+    [
+        (
+            lambda marker: _RunsCommand(marker),
+            [
+                "the pickle needs the global 'posix.system'",
+                "not a tensor type",
+                "convert the checkpoint to safetensors",
+            ],
+        ),
+        (lambda marker: __import__("fractions").Fraction(1, 2), ["the global 'fractions.Fraction'"]),
+        (lambda marker: 3, ["entry 'extra' holds a value of type int, not a tensor"]),
+    ],
+)
 def test_pickle_with_more_than_tensors_names_file_and_culprit(tmp_path, payload, fragments):
     marker = tmp_path / "ran"
     bin_file = tmp_path / "pytorch_model.bin"
@@ -298,10 +328,13 @@ def test_pickle_with_more_than_tensors_names_file_and_culprit(tmp_path, payload,
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content, why", [
-    (b"not a pickle at all", "cannot read pickle checkpoint"),
-    (None, "holds a list, not a state dict"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"not a pickle at all", "cannot read pickle checkpoint"),
+        (None, "holds a list, not a state dict"),
+    ],
+)
 def test_unreadable_single_bin_is_a_typed_error(tmp_path, content, why):
     bin_file = tmp_path / "pytorch_model.bin"
     if content is None:
@@ -332,8 +365,14 @@ def test_cli_pickle_global_is_one_error_line(capsys, tmp_path, llama_family):
     tensors = load_file(model / "model.safetensors")
     (model / "model.safetensors").unlink()
     torch.save({**tensors, "x": _RunsCommand(tmp_path / "ran")}, model / "pytorch_model.bin")
-    merge_fails(capsys, tmp_path, LINEAR_TWO.format(a=base, b=model),
-                str(model / "pytorch_model.bin"), "the global 'posix.system'", extra=["--allow-pickle"])
+    merge_fails(
+        capsys,
+        tmp_path,
+        LINEAR_TWO.format(a=base, b=model),
+        str(model / "pytorch_model.bin"),
+        "the global 'posix.system'",
+        extra=["--allow-pickle"],
+    )
     assert not (tmp_path / "ran").exists()
 
 
@@ -354,27 +393,36 @@ def _set(kvs, key, *entry):
     return [(k, *entry) if k == key else (k, *rest) for k, *rest in kvs]
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b"", "shorter than the 24-byte GGUF header"),
-    (b"GGML" + bytes(40), "not a GGUF file"),
-    (gguf_with(cut=-600), "past the end of the file"),
-    (gguf_with(counts=(5, 2**40)), "claims 1099511627776 metadata entries"),
-    (gguf_with(lambda kvs: _set(kvs, "tokenizer.ggml.scores", ARRAY, (6, [0.0]), 2**40)), "array of 1099511627776"),
-    (gguf_with(lambda kvs: _set(kvs, "general.name", STRING, "pico", 2**40)), "'general.name': a string"),
-    (gguf_with(lambda kvs: kvs + [kvs[0]]), "metadata key 'general.architecture' appears twice"),
-    (gguf_with(lambda kvs: kvs + [("x", 77, 0)]), "metadata key 'x' has value type 77"),
-    (gguf_with(lambda kvs: kvs + [("general.alignment", U32, 3)]), "general.alignment must be a power of two"),
-    (gguf_with(lambda kvs: kvs + [("n\udcff", U32, 3)]), "a metadata key b'n\\xed\\xb3\\xbf' is not UTF-8"),
-    (gguf_with(tensors_edit=lambda ts: ts + [("extra", (4096,), 0, 0)]), "tensor 'extra': its 16384 bytes"),
-    (gguf_with(tensors_edit=lambda ts: ts + [ts[0]]), "tensor 'token_embd.weight' appears twice"),
-    (gguf_with(tensors_edit=lambda ts: ts + [("q", (31,), 8, 0)]), "not whole blocks of 32"),
-    (gguf_with(tensors_edit=lambda ts: ts + [("z", (2**63, 2**63, 0), 0, 0)]), "more elements than an array"),
-    (gguf_with(tensors_edit=lambda ts: ts + [("t", (1,), 999, 0)]), "has type 999, which is not a ggml type"),
-    (gguf_with(lambda kvs: _set(kvs, "llama.block_count", U32, 2**32 - 1)), "says 4294967295 blocks"),
-    (gguf_with(lambda kvs: _set(kvs, "general.architecture", ARRAY, (STRING, ["llama"]))), "architecture ['llama']"),
-    (gguf_with(lambda kvs: _set(kvs, "general.architecture", STRING, b"ll\xffama")), "general.architecture is unreadable"),
-    (gguf_with(tensors_edit=lambda ts: [("blk.0.attn_q.weight", (), 0, 0)]), "has no rows"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"", "shorter than the 24-byte GGUF header"),
+        (b"GGML" + bytes(40), "not a GGUF file"),
+        (gguf_with(cut=-600), "past the end of the file"),
+        (gguf_with(counts=(5, 2**40)), "claims 1099511627776 metadata entries"),
+        (gguf_with(lambda kvs: _set(kvs, "tokenizer.ggml.scores", ARRAY, (6, [0.0]), 2**40)), "array of 1099511627776"),
+        (gguf_with(lambda kvs: _set(kvs, "general.name", STRING, "pico", 2**40)), "'general.name': a string"),
+        (gguf_with(lambda kvs: kvs + [kvs[0]]), "metadata key 'general.architecture' appears twice"),
+        (gguf_with(lambda kvs: kvs + [("x", 77, 0)]), "metadata key 'x' has value type 77"),
+        (gguf_with(lambda kvs: kvs + [("general.alignment", U32, 3)]), "general.alignment must be a power of two"),
+        (gguf_with(lambda kvs: kvs + [("n\udcff", U32, 3)]), "a metadata key b'n\\xed\\xb3\\xbf' is not UTF-8"),
+        (gguf_with(tensors_edit=lambda ts: ts + [("extra", (4096,), 0, 0)]), "tensor 'extra': its 16384 bytes"),
+        (gguf_with(tensors_edit=lambda ts: ts + [ts[0]]), "tensor 'token_embd.weight' appears twice"),
+        (gguf_with(tensors_edit=lambda ts: ts + [("q", (31,), 8, 0)]), "not whole blocks of 32"),
+        (gguf_with(tensors_edit=lambda ts: ts + [("z", (2**63, 2**63, 0), 0, 0)]), "more elements than an array"),
+        (gguf_with(tensors_edit=lambda ts: ts + [("t", (1,), 999, 0)]), "has type 999, which is not a ggml type"),
+        (gguf_with(lambda kvs: _set(kvs, "llama.block_count", U32, 2**32 - 1)), "says 4294967295 blocks"),
+        (
+            gguf_with(lambda kvs: _set(kvs, "general.architecture", ARRAY, (STRING, ["llama"]))),
+            "architecture ['llama']",
+        ),
+        (
+            gguf_with(lambda kvs: _set(kvs, "general.architecture", STRING, b"ll\xffama")),
+            "general.architecture is unreadable",
+        ),
+        (gguf_with(tensors_edit=lambda ts: [("blk.0.attn_q.weight", (), 0, 0)]), "has no rows"),
+    ],
+)
 def test_bad_gguf_is_a_typed_error_naming_the_file(tmp_path, raw, why):
     pytest.importorskip("gguf")
     from mergesmith.io.gguf import GGUFTensorReader

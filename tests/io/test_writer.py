@@ -44,9 +44,9 @@ def test_single_file_golden_bytes(tmp_path, direct):
     # Independently of the writer: the data section is each tensor's raw little-endian bytes in
     # offset order, and the header is JSON padded with spaces (the safetensors format).
     raw = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in _tensors().values())
-    assert data[8 + header_len:] == raw
-    text = data[8:8 + header_len].decode("utf-8")
-    assert text.rstrip(" ").endswith("}")   # the JSON object, then padding of spaces only
+    assert data[8 + header_len :] == raw
+    text = data[8 : 8 + header_len].decode("utf-8")
+    assert text.rstrip(" ").endswith("}")  # the JSON object, then padding of spaces only
     assert set(json.loads(text)) - {"__metadata__"} == set(_tensors())
     # Pinned: the whole file's bytes (changes only if the layout rules change on purpose).
     assert hashlib.sha256(data).hexdigest() == GOLDEN_SHA256
@@ -79,7 +79,9 @@ def test_unwritten_slot_is_an_error(tmp_path):
     writer.close()
 
 
-@pytest.mark.parametrize("text,expected", [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), ("1000B", 1000), ("1.5kb", 1500)])
+@pytest.mark.parametrize(
+    "text,expected", [("5GB", 5 * 10**9), ("500MiB", 500 * 2**20), ("1000B", 1000), ("1.5kb", 1500)]
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 

@@ -16,11 +16,17 @@ from mergesmith.methods.steps import Combine, Pass
 # Methods (with these parameters) whose one step needs every input whole, and why: the README
 # and the issue list them; a method leaving this list must stream bit-exactly (the test below).
 WHOLE = {
-    "dare_ties", "dare_linear", "della", "della_linear",   # masks drawn for the whole shape
-    "breadcrumbs", "breadcrumbs_ties",                       # a sort of the whole delta
-    "sce",                                                   # variance top-k, mean squares of the tensor
-    "nuslerp", "multislerp", "karcher",                      # whole-tensor / row angles, iterations
-    "arcee_fusion",                                          # row softmax, a sample of the tensor
+    "dare_ties",
+    "dare_linear",
+    "della",
+    "della_linear",  # masks drawn for the whole shape
+    "breadcrumbs",
+    "breadcrumbs_ties",  # a sort of the whole delta
+    "sce",  # variance top-k, mean squares of the tensor
+    "nuslerp",
+    "multislerp",
+    "karcher",  # whole-tensor / row angles, iterations
+    "arcee_fusion",  # row softmax, a sample of the tensor
 }
 PER = {"weight": {0: 0.5, 1: 0.3, 2: 0.4}, "density": {1: 0.45, 2: 0.6}}
 SHARED = {"t": 0.3, "epsilon": 0.01, "r": 0.5}
@@ -42,15 +48,18 @@ def test_params_type_has_typed_fields_a_per_input_tuple_and_recipe_names():
     assert type(params).__name__ == "TiesParams" and params.lambda_ == 0.8 and params["lambda"] == 0.8
     assert params.per_input[1].weight == 0.3 and params.per_input[2]["density"] == 0.6
     with pytest.raises(AttributeError):
-        _ = params.per_input[0].weight    # the base has no weight: an error, not a default
+        _ = params.per_input[0].weight  # the base has no weight: an error, not a default
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.normalize = False
     assert params.as_dict() == {
         "shared": {"int8_mask": False, "normalize": True, "rescale": False, "lambda": 0.8},
-        "per_input": [{}, {"weight": 0.3, "density": 0.45, "tie_break": "index"},
-                      {"weight": 0.4, "density": 0.6, "tie_break": "index"}],
+        "per_input": [
+            {},
+            {"weight": 0.3, "density": 0.45, "tie_break": "index"},
+            {"weight": 0.4, "density": 0.6, "tie_break": "index"},
+        ],
     }
-    assert params == params_for("ties", 3, 0, {"lambda": 0.8}, PER)   # plain frozen values
+    assert params == params_for("ties", 3, 0, {"lambda": 0.8}, PER)  # plain frozen values
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -58,12 +67,14 @@ def test_every_method_is_passes_then_a_combine(method):
     *passes, combine = _steps(method)
     assert all(issubclass(p, Pass) and p.name for p in passes)
     assert combine.whole or issubclass(combine, Combine)
-    assert (method in WHOLE) == any(s.whole and not (isinstance(s, type) and issubclass(s, Pass)) for s in (*passes, combine))
+    assert (method in WHOLE) == any(
+        s.whole and not (isinstance(s, type) and issubclass(s, Pass)) for s in (*passes, combine)
+    )
 
 
 def test_ties_takes_the_whole_tensor_only_for_what_needs_it():
     assert [s.__name__ for s in _steps("ties")] == ["MagnitudeThreshold", "SignConsensus"]
-    assert _steps("ties", rescale=True)[0].whole            # the L1 rescale sums the whole delta
+    assert _steps("ties", rescale=True)[0].whole  # the L1 rescale sums the whole delta
     assert [s.__name__ for s in _steps("task_arithmetic")] == ["Sum"]
 
 

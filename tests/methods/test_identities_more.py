@@ -18,22 +18,23 @@ def _rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-run = call   # a method with its defaults, ``shared`` overrides and ``per[name][input index]``
+run = call  # a method with its defaults, ``shared`` overrides and ``per[name][input index]``
 
 
 # --- model_stock -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_of_identical_finetunes_returns_them(filter_wise):
     base, ft = _rand(8, 16, seed=1), _rand(8, 16, seed=2)
     out = run("model_stock", [base, ft, ft.clone(), ft.clone()], 0, {"filter_wise": filter_wise})
-    assert torch.allclose(out, ft, atol=1e-6)      # cos θ = 1 gives t = 1
+    assert torch.allclose(out, ft, atol=1e-6)  # cos θ = 1 gives t = 1
 
 
 def test_model_stock_orthogonal_offsets_keep_the_base():
     base = _rand(4, seed=1)
     a, b = base + torch.tensor([1.0, 0, 0, 0]), base + torch.tensor([0, 2.0, 0, 0])
-    assert torch.equal(run("model_stock", [base, a, b], 0), base)   # cos θ = 0 gives t = 0
+    assert torch.equal(run("model_stock", [base, a, b], 0), base)  # cos θ = 0 gives t = 0
 
 
 def test_model_stock_singular_denominator_keeps_the_base():
@@ -45,10 +46,10 @@ def test_model_stock_singular_denominator_keeps_the_base():
 def test_model_stock_filter_wise_gives_each_row_its_own_t():
     base = torch.zeros(2, 3)
     a = torch.tensor([[1.0, 0, 0], [1.0, 0, 0]])
-    b = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])   # row 0 agrees (t=1), row 1 orthogonal (t=0)
+    b = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])  # row 0 agrees (t=1), row 1 orthogonal (t=0)
     out = run("model_stock", [base, a, b], 0, {"filter_wise": True})
     assert torch.allclose(out, torch.tensor([[1.0, 0, 0], [0, 0, 0]]))
-    whole = run("model_stock", [base, a, b], 0)     # one t for the tensor: between 0 and 1
+    whole = run("model_stock", [base, a, b], 0)  # one t for the tensor: between 0 and 1
     assert 0 < whole[0, 0] < 1
 
 
@@ -81,11 +82,12 @@ def test_nuslerp_rows_mode_is_flat_per_row_and_columns_mode_is_rows_of_the_trans
 
 def test_nuslerp_colinear_falls_back_to_lerp():
     a = _rand(12, seed=4)
-    out = run("nuslerp", [a, 3 * a], None, {}, {"weight": {0: 3.0, 1: 1.0}})   # t = 0.25
+    out = run("nuslerp", [a, 3 * a], None, {}, {"weight": {0: 3.0, 1: 1.0}})  # t = 0.25
     assert torch.allclose(out, 0.75 * a + 0.25 * 3 * a)
 
 
 # --- multislerp, karcher -----------------------------------------------------------------
+
 
 def test_multislerp_of_one_model_is_that_model():
     a, base = _rand(5, 7, seed=1), _rand(5, 7, seed=2)
@@ -97,13 +99,13 @@ def test_multislerp_one_hot_weights_give_that_model_and_midpoint_keeps_norm():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert torch.allclose(run("multislerp", [a, b], None, {}, {"weight": {0: 1.0, 1: 0.0}}), a, atol=1e-6)
     mid = run("multislerp", [a, b], None, {}, {"weight": {0: 1.0, 1: 1.0}})
-    assert torch.allclose(mid, torch.tensor([2**-0.5, 2**-0.5]), atol=1e-6)   # lerp would give norm 0.71
+    assert torch.allclose(mid, torch.tensor([2**-0.5, 2**-0.5]), atol=1e-6)  # lerp would give norm 0.71
 
 
 def test_multislerp_antipodal_models():
     a = _rand(6, seed=1)
     two = run("multislerp", [a, -a], None, {}, {"weight": {0: 1.0, 1: 1.0}})
-    assert torch.equal(two, torch.zeros(6))   # two models: the lerp fallback
+    assert torch.equal(two, torch.zeros(6))  # two models: the lerp fallback
     with pytest.raises(ConfigError, match="multislerp: .* change the weights"):
         run("multislerp", [a, -a, a, -a], None, {}, {"weight": {i: 1.0 for i in range(4)}})
 
@@ -113,13 +115,14 @@ def test_karcher_identities():
     assert torch.equal(run("karcher", [a]), a)
     assert torch.allclose(run("karcher", [a, a.clone(), a.clone()]), a, atol=1e-6)
     x, y = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
-    assert torch.allclose(run("karcher", [x, y]), torch.tensor([2**0.5, 2**0.5]), atol=1e-5)   # geodesic midpoint
+    assert torch.allclose(run("karcher", [x, y]), torch.tensor([2**0.5, 2**0.5]), atol=1e-5)  # geodesic midpoint
     assert torch.equal(run("karcher", [torch.zeros(3), torch.zeros(3)]), torch.zeros(3))
     # a zero input has no direction: the mean is the other's, scaled by the mean norm
     assert torch.allclose(run("karcher", [b, torch.zeros_like(b)]), b / 2, atol=1e-6)
 
 
 # --- sce, nearswap, arcee_fusion, ram ----------------------------------------------------
+
 
 def test_sce_identities():
     base, ft = _rand(6, 8, seed=1), _rand(6, 8, seed=2)
@@ -128,7 +131,7 @@ def test_sce_identities():
     # select keeps only the entries where the models disagree most
     other = _rand(6, 8, seed=3)
     other[0, 0] += 50.0
-    selected = run("sce", [base, ft, other], 0, {"select_topk": 1.5 / 48})   # k = 1 of 48
+    selected = run("sce", [base, ft, other], 0, {"select_topk": 1.5 / 48})  # k = 1 of 48
     changed = (selected != base).nonzero().tolist()
     assert changed == [[0, 0]]
 
@@ -137,16 +140,16 @@ def test_nearswap_limits():
     a, b = _rand(5, 5, seed=1), _rand(5, 5, seed=2)
     assert torch.equal(run("nearswap", [a, b], 0, {"t": 0.0}), a)
     assert torch.equal(run("nearswap", [a, b], 0, {"t": 1e9}), b)
-    assert torch.equal(run("nearswap", [b, a], 1, {"t": 0.0}), a)    # the base index decides
+    assert torch.equal(run("nearswap", [b, a], 1, {"t": 0.0}), a)  # the base index decides
     near = run("nearswap", [torch.tensor([0.0, 0.0]), torch.tensor([0.1, 4.0])], 0, {"t": 1.0})
-    assert torch.allclose(near, torch.tensor([0.1, 1.0]))   # near: swapped; far: moved by t
+    assert torch.allclose(near, torch.tensor([0.1, 1.0]))  # near: swapped; far: moved by t
 
 
 def test_arcee_fusion_identities():
     base = _rand(8, 32, seed=1)
     assert torch.equal(run("arcee_fusion", [base, base.clone()], 0, generator=torch.Generator()), base)
     other = base.clone()
-    other[3, 7] += 4.0          # one important update: it is taken whole
+    other[3, 7] += 4.0  # one important update: it is taken whole
     out = run("arcee_fusion", [base, other], 0, generator=torch.Generator())
     assert torch.equal(out, other)
 
@@ -166,14 +169,17 @@ def test_ram_unique_updates_add_shared_ones_average():
 
 # --- breadcrumbs -------------------------------------------------------------------------
 
+
 def test_breadcrumbs_without_outliers_is_magnitude_pruning():
     delta = _rand(32, 32, seed=5)
     for density in (0.1, 0.5, 0.9):
-        assert torch.equal(sparsify.outliers(delta, density, False, gamma=0.0), sparsify.magnitude(delta, density, False))
+        assert torch.equal(
+            sparsify.outliers(delta, density, False, gamma=0.0), sparsify.magnitude(delta, density, False)
+        )
 
 
 def test_breadcrumbs_drops_the_largest_and_the_smallest():
-    delta = torch.arange(1.0, 11.0)          # magnitudes 1..10
+    delta = torch.arange(1.0, 11.0)  # magnitudes 1..10
     kept = sparsify.outliers(delta, 0.5, False, gamma=0.2)
     assert torch.equal(kept, torch.tensor([0, 0, 0, 4.0, 5, 6, 7, 8, 0, 0]))
     # density + gamma > 1: fewer outliers are dropped so that density survives
@@ -182,21 +188,26 @@ def test_breadcrumbs_drops_the_largest_and_the_smallest():
 
 def test_breadcrumbs_negative_gamma_warns_names_method_and_parameter_and_drops_none():
     param = METHODS["breadcrumbs_ties"].param("gamma")
-    with pytest.warns(UserWarning, match=r"breadcrumbs_ties: parameter gamma = -0.05 is negative; mergesmith removes no outliers"):
+    with pytest.warns(
+        UserWarning, match=r"breadcrumbs_ties: parameter gamma = -0.05 is negative; mergesmith removes no outliers"
+    ):
         assert param.validate(-0.05) == -0.05
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        param.validate(0.0)                    # no warning for valid values
+        param.validate(0.0)  # no warning for valid values
     delta = _rand(20, 20, seed=6)
-    assert torch.equal(sparsify.outliers(delta, 0.3, False, gamma=-0.05), sparsify.outliers(delta, 0.3, False, gamma=0.0))
+    assert torch.equal(
+        sparsify.outliers(delta, 0.3, False, gamma=-0.05), sparsify.outliers(delta, 0.3, False, gamma=0.0)
+    )
 
 
 # --- parameters --------------------------------------------------------------------------
 
+
 def test_paper_rescale_only_for_random_sparsifiers():
     for method in ("dare_ties", "dare_linear", "della", "della_linear"):
         assert METHODS[method].param("rescale").validate("paper") == "paper"
-        assert METHODS[method].param("rescale").default is True     # mergekit's L1 rescale by default
+        assert METHODS[method].param("rescale").default is True  # mergekit's L1 rescale by default
     for method in ("ties", "breadcrumbs", "task_arithmetic"):
         with pytest.raises(ConfigError, match="parameter 'rescale' = 'paper'"):
             METHODS[method].param("rescale").validate("paper")
@@ -208,5 +219,7 @@ def test_della_epsilon_out_of_range_is_a_config_error():
     params = params_for("della", 2, 0, per={"weight": {1: 1.0}, "density": {1: 0.9}, "epsilon": {1: 0.15}})
     with pytest.raises(ConfigError, match=r"recipe.yml: x: della: density 0.9 with epsilon 0.15"):
         METHODS["della"].check(params, "recipe.yml: x: ")
-    METHODS["della"].check(params_for("della", 2, 0, per={"weight": {1: 1.0}, "density": {1: 1.0}}), "")   # density 1: no draw
+    METHODS["della"].check(
+        params_for("della", 2, 0, per={"weight": {1: 1.0}, "density": {1: 1.0}}), ""
+    )  # density 1: no draw
     assert math.isclose(METHODS["della"].param("epsilon").default, 0.15)

@@ -26,10 +26,26 @@ def test_negative_gamma_warns_at_plan_time(llama_family):
 
 
 def test_rescale_paper_is_planned_for_dare_and_refused_for_ties(llama_family):
-    plan = plan_recipe(_recipe(llama_family[0], llama_family[1:], "dare_ties", "{weight: 0.5, density: 0.5}", "parameters: {rescale: paper}\n"))
+    plan = plan_recipe(
+        _recipe(
+            llama_family[0],
+            llama_family[1:],
+            "dare_ties",
+            "{weight: 0.5, density: 0.5}",
+            "parameters: {rescale: paper}\n",
+        )
+    )
     assert {job.params.rescale for job in plan.jobs} == {"paper"}
     with pytest.raises(ConfigError, match="parameter 'rescale' = 'paper' is not true or false"):
-        plan_recipe(_recipe(llama_family[0], llama_family[1:], "ties", "{weight: 0.5, density: 0.5}", "parameters: {rescale: paper}\n"))
+        plan_recipe(
+            _recipe(
+                llama_family[0],
+                llama_family[1:],
+                "ties",
+                "{weight: 0.5, density: 0.5}",
+                "parameters: {rescale: paper}\n",
+            )
+        )
 
 
 def test_nuslerp_plans_with_a_base(llama_family):

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.mergekit
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # A 2-D projection, a wide one, a 1-D norm and the embedding (vocab rows).
 NAMES = (
-    "model.layers.1.self_attn.q_proj.weight", "model.layers.2.mlp.down_proj.weight",
-    "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight",
+    "model.layers.1.self_attn.q_proj.weight",
+    "model.layers.2.mlp.down_proj.weight",
+    "model.layers.0.input_layernorm.weight",
+    "model.embed_tokens.weight",
 )
 SEED = 1234
 
@@ -43,17 +45,20 @@ def pico(llama_family) -> dict[str, list[torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def both_families(pico, qwen2_family) -> dict[str, list[torch.Tensor]]:
-    """"family:name" -> [base, ft1, ft2] tensors: the llama ones and QWEN2_NAMES of the qwen2 family."""
+    """ "family:name" -> [base, ft1, ft2] tensors: the llama ones and QWEN2_NAMES of the qwen2 family."""
     models = [load_dir(path) for path in qwen2_family]
-    return {**{f"llama:{name}": family for name, family in pico.items()},
-            **{f"qwen2:{name}": [m[name] for m in models] for name in QWEN2_NAMES}}
+    return {
+        **{f"llama:{name}": family for name, family in pico.items()},
+        **{f"qwen2:{name}": [m[name] for m in models] for name in QWEN2_NAMES},
+    }
 
 
 def theirs(method: str, tensors, base_index, shared: dict, per: dict) -> torch.Tensor:
     from mergekit.merge_methods.api import merge_tensors
 
-    return merge_tensors(tensors, method, parameters={**shared, **per}, ids=list(range(len(tensors))),
-                         base_index=base_index)
+    return merge_tensors(
+        tensors, method, parameters={**shared, **per}, ids=list(range(len(tensors))), base_index=base_index
+    )
 
 
 def ours(method: str, tensors, base_index, shared: dict, per: dict) -> torch.Tensor:
@@ -77,16 +82,16 @@ CASES = [
     ("nuslerp", (0, 1, 2), 0, {"nuslerp_flatten": False}, {"weight": {1: 0.3, 2: 0.7}}),
     ("nuslerp", (0, 1, 2), 0, {"nuslerp_flatten": False, "nuslerp_row_wise": True}, {"weight": {1: 0.3, 2: 0.7}}),
     ("nuslerp", (1, 2), None, {"nuslerp_flatten": False}, {"weight": {0: 2.0, 1: 1.0}}),
-    ("nuslerp", (1, 2), None, {}, {"weight": {0: 1.0, 1: -1.0}}),    # weights sum to 0: t = 0.5
+    ("nuslerp", (1, 2), None, {}, {"weight": {0: 1.0, 1: -1.0}}),  # weights sum to 0: t = 0.5
     ("multislerp", (0, 1, 2), 0, {}, {"weight": {1: 0.3, 2: 0.7}}),
     ("multislerp", (0, 1, 2), None, {"normalize_weights": False}, {"weight": {0: 0.2, 1: 0.3, 2: 0.5}}),
-    ("multislerp", (0, 1), 0, {}, {"weight": {1: 0.5}}),              # one model: itself
+    ("multislerp", (0, 1), 0, {}, {"weight": {1: 0.5}}),  # one model: itself
     ("karcher", (0, 1, 2), None, {}, {}),
     ("karcher", (0, 1), None, {"max_iter": 3, "tol": 1e-3}, {}),
     ("sce", (0, 1, 2), 0, {}, {}),
     ("sce", (0, 1, 2), 0, {"select_topk": 0.3, "int8_mask": True}, {}),
     ("nearswap", (0, 2), 0, {"t": 0.01}, {}),
-    ("nearswap", (2, 0), 1, {"t": 0.001}, {}),                         # base second
+    ("nearswap", (2, 0), 1, {"t": 0.001}, {}),  # base second
     ("arcee_fusion", (0, 1), 0, {}, {}),
     ("ram", (0, 1, 2), 0, {"epsilon": 0.015}, {}),
     ("ramplus_tl", (0, 1, 2), 0, {"epsilon": 0.02, "r": 0.5, "alpha": 0.3}, {}),
@@ -109,7 +114,7 @@ def test_method_matches_mergekit(case, both_families, parity_log):
             tensors = [family[i].to(dtype) for i in inputs]
             key = f"{name}:{dtype}"
             got[key] = ours(method, tensors, base_index, shared, per)
-            torch.manual_seed(SEED)   # mergekit's random methods draw from the global generator
+            torch.manual_seed(SEED)  # mergekit's random methods draw from the global generator
             want[key] = theirs(method, tensors, base_index, shared, per).to(got[key].dtype)
     parity = compare(got, want)
     parity_log.append((f"fn llama+qwen2 {_ids(case)} x 3 dtypes x {len(both_families)} tensors", parity))
@@ -128,14 +133,26 @@ def _edge_inputs():
         "model_stock opposite offsets": ("model_stock", [a, a + d, a - d], 0, {}, {}),
         "model_stock identical finetunes": ("model_stock", [a, a + d, a + d], 0, {"filter_wise": True}, {}),
         "nuslerp colinear": ("nuslerp", [a, 3 * a], None, {}, ones),
-        "nuslerp identical to base": ("nuslerp", [a, a, a + d], 0, {"nuslerp_flatten": False}, {"weight": {1: 1.0, 2: 1.0}}),
+        "nuslerp identical to base": (
+            "nuslerp",
+            [a, a, a + d],
+            0,
+            {"nuslerp_flatten": False},
+            {"weight": {1: 1.0, 2: 1.0}},
+        ),
         "sce select nothing": ("sce", [a, a + d, a - d], 0, {"select_topk": 0.0}, {}),
         "sce no update": ("sce", [a, a, a], 0, {}, {}),
         "ram no update": ("ram", [a, a, a], 0, {}, {}),
         "ramplus_tl all shared": ("ramplus_tl", [a, a + d, a + 2 * d], 0, {}, {}),
         "nearswap identical": ("nearswap", [a, a], 0, {"t": 0.01}, {}),
         "arcee_fusion identical": ("arcee_fusion", [a, a], 0, {}, {}),
-        "breadcrumbs keeps none of a norm": ("breadcrumbs", [a[0], d[0]], 0, {}, {"weight": {1: 1.0}, "density": {1: 0.05}}),
+        "breadcrumbs keeps none of a norm": (
+            "breadcrumbs",
+            [a[0], d[0]],
+            0,
+            {},
+            {"weight": {1: 1.0}, "density": {1: 0.05}},
+        ),
     }
 
 
@@ -154,7 +171,7 @@ def test_edge_cases_match_mergekit(label):
             assert torch.equal(got, torch.zeros_like(got))
             continue
         got = ours(method, cast, base_index, shared, per)
-        assert int(ulp_distance(got, want.to(got.dtype)).max()) == 0, (label, dtype)   # NaN == NaN here
+        assert int(ulp_distance(got, want.to(got.dtype)).max()) == 0, (label, dtype)  # NaN == NaN here
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -174,14 +191,14 @@ def test_outliers_sparsifier_matches_mergekit_for_gamma_at_least_0(dtype, pico):
 def test_negative_gamma_keeps_density_where_mergekit_keeps_fewer(pico):
     from mergekit.sparsify import magnitude_outliers
 
-    delta = pico[NAMES[0]][1] - pico[NAMES[0]][0]           # 4096 entries, no zeros
+    delta = pico[NAMES[0]][1] - pico[NAMES[0]][0]  # 4096 entries, no zeros
     keep = int(0.3 * delta.numel())
     ours_kept = sparsify.outliers(delta, 0.3, False, gamma=-0.1)
     assert int((ours_kept != 0).sum()) == keep
     assert torch.equal(ours_kept, sparsify.outliers(delta, 0.3, False, gamma=0.0))
     theirs_kept = magnitude_outliers(delta, 0.3, None, gamma=-0.1)
-    assert int((theirs_kept != 0).sum()) == keep - int(0.1 * delta.numel())   # the window slid off the top
-    assert int((magnitude_outliers(delta, 0.3, None, gamma=-0.3) != 0).sum()) == 0   # |gamma| >= density: nothing
+    assert int((theirs_kept != 0).sum()) == keep - int(0.1 * delta.numel())  # the window slid off the top
+    assert int((magnitude_outliers(delta, 0.3, None, gamma=-0.3) != 0).sum()) == 0  # |gamma| >= density: nothing
 
 
 def test_random_sparsifiers_draw_mergekits_masks(pico):
@@ -212,9 +229,14 @@ def test_registry_declares_mergekits_methods_and_parameters():
 
     for method in registered_methods():
         spec = METHODS[method.spec.name]
-        want = {(p.name, p.scope.value, "required" if p.default is MISSING else p.default) for p in method.spec.parameters}
-        have = {(p.name, p.scope.value, "required" if p.required else p.default) for p in spec.params
-                if p.name not in MERGESMITH_ONLY}
+        want = {
+            (p.name, p.scope.value, "required" if p.default is MISSING else p.default) for p in method.spec.parameters
+        }
+        have = {
+            (p.name, p.scope.value, "required" if p.required else p.default)
+            for p in spec.params
+            if p.name not in MERGESMITH_ONLY
+        }
         assert have == want, spec.name
         assert spec.base.value == method.spec.contract.base.value, spec.name
     assert {m.spec.name for m in registered_methods()} == set(METHODS)

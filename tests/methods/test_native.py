@@ -25,6 +25,8 @@ needs_kernels = pytest.mark.skipif(not native.available(torch.zeros(1)), reason=
 def test_kernels_are_built_where_a_compiler_exists():
     """The extension is optional at install time; on Linux with gcc a failed build is a bug, not a fallback."""
     assert native._kernels is not None, "mergesmith/native/kernels.c did not build: pip install -v -e . shows why"
+
+
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
 
@@ -71,7 +73,9 @@ def _reference(base, xs, weights, density, consensus, normalize, lam):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gta_kernel_is_bit_exact(dtype):
     gen = torch.Generator().manual_seed(0)
-    for n_models, consensus, normalize, lam, density in itertools.product([1, 3], [True, False], [True, False], [1.0, 0.7], [1.0, 0.37]):
+    for n_models, consensus, normalize, lam, density in itertools.product(
+        [1, 3], [True, False], [True, False], [1.0, 0.7], [1.0, 0.37]
+    ):
         base = torch.randn(70_001, generator=gen).to(dtype)
         xs = [(base.float() + 0.02 * torch.randn(base.shape, generator=gen)).to(dtype) for _ in range(n_models)]
         weights = [0.6, 0.9, 0.35][:n_models]
@@ -86,7 +90,8 @@ def test_gta_kernel_is_bit_exact(dtype):
 
 
 COUNTERS = [pytest.param(dtype, True, marks=needs_kernels, id=f"C-{dtype}") for dtype in DTYPES] + [
-    pytest.param(dtype, False, id=f"torch-{dtype}") for dtype in (*DTYPES, torch.float64)]   # the kernels take no float64
+    pytest.param(dtype, False, id=f"torch-{dtype}") for dtype in (*DTYPES, torch.float64)
+]  # the kernels take no float64
 
 
 @pytest.mark.parametrize("dtype, kernels", COUNTERS)
@@ -95,11 +100,11 @@ def test_threshold_matches_top_k_mask_including_ties(dtype, kernels, monkeypatch
     in one range or in odd ranges whose groups put the tie cutoff in a later group."""
     if not kernels:
         monkeypatch.setattr(native, "_kernels", None)
-    monkeypatch.setattr(trim, "GROUP_MIN", 30_011)   # small groups: the tie scan reads a later one
+    monkeypatch.setattr(trim, "GROUP_MIN", 30_011)  # small groups: the tie scan reads a later one
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(200_003, generator=gen).to(dtype)
     x = base.clone()
-    x[::3] = (base[::3].float() + 0.01).to(dtype)   # many equal deltas: a large tie block
+    x[::3] = (base[::3].float() + 0.01).to(dtype)  # many equal deltas: a large tie block
     delta = x - base
     for k in (1, 1000, 66_000, 150_000):
         mask = top_k_mask(delta, k)
@@ -134,9 +139,9 @@ def test_half_conversions_cover_specials():
     for dtype in (torch.float16, torch.bfloat16):
         a = values.to(dtype)
         zeros = torch.zeros_like(a)
-        out = native.lerp2(a, zeros, 1.0, 0.0)   # -0 * 1 + 0 * 0 is +0, as in torch
+        out = native.lerp2(a, zeros, 1.0, 0.0)  # -0 * 1 + 0 * 0 is +0, as in torch
         assert torch.equal(_bits(out), _bits((1.0 * a.float() + 0.0 * zeros.float()).to(dtype)))
-        scaled = native.lerp2(a, a, 0.5, 0.25)   # 0.75 * a, rounded
+        scaled = native.lerp2(a, a, 0.5, 0.25)  # 0.75 * a, rounded
         assert torch.equal(_bits(scaled), _bits((0.5 * a.float() + 0.25 * a.float()).to(dtype)))
 
 
@@ -158,7 +163,7 @@ def test_norm2_gives_torchs_float32_norm_bits(dtype):
 
 @needs_kernels
 def test_norm2_declines_what_it_cannot_reproduce():
-    assert native.norm2(torch.ones(10)) is None                             # float32: FMA would matter
+    assert native.norm2(torch.ones(10)) is None  # float32: FMA would matter
     assert native.norm2(torch.ones(10, 2, dtype=torch.bfloat16)[:, 0]) is None  # not contiguous
 
 
@@ -168,7 +173,9 @@ def test_scaled_dot_gives_torchs_sum_bits(threads):
     """slerp's cosine: the kernel sums the products in torch's cascade order, per thread part, and
     the parts as torch adds them (fewer threads than a vector's lanes, or more)."""
     if platform.machine() in ("x86_64", "AMD64"):
-        assert native.dot_lanes() in (8, 16), "scaled_dot reproduces neither summation order: slerp pays a product buffer"
+        assert native.dot_lanes() in (8, 16), (
+            "scaled_dot reproduces neither summation order: slerp pays a product buffer"
+        )
     if native.dot_lanes() is None:
         pytest.skip(f"torch's sum order on {platform.machine()} is not one the kernel reproduces")
     gen = torch.Generator().manual_seed(6)
@@ -177,7 +184,9 @@ def test_scaled_dot_gives_torchs_sum_bits(threads):
     try:
         for n in (32, 33, 100, 1000, 32767, 32768, 32769, 65537, 100_003, (1 << 20) - 1, 1 << 20, 3_000_017):
             for dtype in DTYPES:
-                a = (torch.randn(n, generator=gen) * torch.rand(n, generator=gen) * 30).to(dtype)   # spread: orders differ
+                a = (torch.randn(n, generator=gen) * torch.rand(n, generator=gen) * 30).to(
+                    dtype
+                )  # spread: orders differ
                 b = (0.5 * a.float() + torch.randn(n, generator=gen)).to(dtype)
                 na, nb = float(torch.linalg.vector_norm(a.float())), float(torch.linalg.vector_norm(b.float()))
                 expected = ((a.float() / na) * (b.float() / nb)).sum().item()
@@ -190,9 +199,9 @@ def test_scaled_dot_gives_torchs_sum_bits(threads):
 @needs_kernels
 def test_scaled_dot_declines_what_it_cannot_reproduce():
     a = torch.ones(20, dtype=torch.bfloat16)
-    assert native.scaled_dot(a, a, 1.0, 1.0) is None                                   # shorter than four vectors
+    assert native.scaled_dot(a, a, 1.0, 1.0) is None  # shorter than four vectors
     strided = torch.ones(200, 2, dtype=torch.bfloat16)[:, 0]
-    assert native.scaled_dot(strided, strided, 1.0, 1.0) is None                       # not contiguous
+    assert native.scaled_dot(strided, strided, 1.0, 1.0) is None  # not contiguous
     assert native.scaled_dot(a, torch.ones(20, dtype=torch.float16), 1.0, 1.0) is None  # mixed dtypes
 
 
@@ -200,7 +209,7 @@ def test_scaled_dot_declines_what_it_cannot_reproduce():
 def test_slerp_without_a_kernel_gives_the_same_bits(monkeypatch, disabled):
     """The torch path (no kernel, or a CPU whose order it cannot reproduce) writes the same tensor."""
     gen = torch.Generator().manual_seed(4)
-    a = torch.randn(3 << 20, generator=gen).to(torch.bfloat16)   # several 2^20-element chunks
+    a = torch.randn(3 << 20, generator=gen).to(torch.bfloat16)  # several 2^20-element chunks
     b = (a.float() + 0.3 * torch.randn(a.shape, generator=gen)).to(torch.bfloat16)
     fast = call("slerp", [a, b], 0, {"t": 0.3})
     for name in disabled:
@@ -209,17 +218,20 @@ def test_slerp_without_a_kernel_gives_the_same_bits(monkeypatch, disabled):
 
 
 @pytest.mark.skipif(native._kernels is None, reason="built without the C extension")
-@pytest.mark.parametrize("call", [
-    lambda a, b, short: native.lerp2(a, b, 0.5, 0.5, short),                        # out too short
-    lambda a, b, short: native.lerp2(a, b.to(torch.float16), 0.5, 0.5),             # mixed dtypes
-    lambda a, b, short: native.dot3(a, b[:-1]),                                     # b shorter than a
-    lambda a, b, short: native.widen(a, torch.empty(a.numel(), dtype=torch.bfloat16)),  # out not float32
-    lambda a, b, short: native.scaled_product(a, b[::2], 1.0, 1.0, torch.empty(a.numel())),  # strided
-    lambda a, b, short: native.gta(a, [b], [(-1, -1)], torch.ones(2), False, False, 1.0, 1.0),  # 2 weights, 1 model
-    lambda a, b, short: native.lerp2(a.to(torch.int32), b.to(torch.int32), 0.5, 0.5),  # dtype the kernels lack
-    lambda a, b, short: native.histogram(a, b, 0, -1, torch.zeros(10, dtype=torch.int64)),   # too few bins
-    lambda a, b, short: native.nth_equal(a, b[:-1], 0, 1),                          # base shorter than x
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a, b, short: native.lerp2(a, b, 0.5, 0.5, short),  # out too short
+        lambda a, b, short: native.lerp2(a, b.to(torch.float16), 0.5, 0.5),  # mixed dtypes
+        lambda a, b, short: native.dot3(a, b[:-1]),  # b shorter than a
+        lambda a, b, short: native.widen(a, torch.empty(a.numel(), dtype=torch.bfloat16)),  # out not float32
+        lambda a, b, short: native.scaled_product(a, b[::2], 1.0, 1.0, torch.empty(a.numel())),  # strided
+        lambda a, b, short: native.gta(a, [b], [(-1, -1)], torch.ones(2), False, False, 1.0, 1.0),  # 2 weights, 1 model
+        lambda a, b, short: native.lerp2(a.to(torch.int32), b.to(torch.int32), 0.5, 0.5),  # dtype the kernels lack
+        lambda a, b, short: native.histogram(a, b, 0, -1, torch.zeros(10, dtype=torch.int64)),  # too few bins
+        lambda a, b, short: native.nth_equal(a, b[:-1], 0, 1),  # base shorter than x
+    ],
+)
 def test_kernels_refuse_what_would_read_or_write_past_a_buffer(call):
     a = torch.randn(1000).to(torch.bfloat16)
     b = torch.randn(1000).to(torch.bfloat16)

@@ -92,54 +92,132 @@ dtype: bfloat16
 @dataclass(frozen=True)
 class Case:
     method: str
-    what: str                                # the variant, for the parity label
-    recipe: Callable[[list[Path]], str]      # [base, ft1, ft2] -> recipe
+    what: str  # the variant, for the parity label
+    recipe: Callable[[list[Path]], str]  # [base, ft1, ft2] -> recipe
     ref_dtype: torch.dtype | None = None  # the dtype mergekit writes when it is not ours
 
 
 CASES = {
-    "breadcrumbs": Case("breadcrumbs", "bf16", lambda f: _models(
-        f[0], f[1:], "weight: 0.6\ndensity: [0.3, 0.9]\ngamma: 0.02",
-        "weight: [0.2, 0.7]\ndensity: 0.5",          # gamma: the default 0.01
-    ) + "merge_method: breadcrumbs\nparameters: {rescale: true, lambda: 0.9}\ndtype: bfloat16\n"),
-    "breadcrumbs_ties": Case("breadcrumbs_ties", "bf16", lambda f: _models(
-        f[0], f[1:], "weight: 0.6\ndensity: [0.3, 0.9]\ngamma: 0.05", "weight: 0.5\ndensity: 0.5\ngamma: 0.0",
-    ) + "merge_method: breadcrumbs_ties\nparameters: {normalize: true, int8_mask: true}\ndtype: bfloat16\n"),
-    "della": Case("della", "bf16 (density 0/1)", lambda f: _models(f[0], f[1:], *DELLA_DENSITIES)
-                  + "merge_method: della\nparameters: {lambda: 1.2}\ndtype: bfloat16\n"),
-    "della_linear": Case("della_linear", "fp32 (density 0/1)", lambda f: _models(f[0], f[1:], *DELLA_DENSITIES)
-                         + "merge_method: della_linear\ndtype: float32\n"),
-    "model_stock": Case("model_stock", "bf16 (filter_wise on mlp only)", lambda f: _models(f[0], f[1:])
-                        + "merge_method: model_stock\n" + MODEL_STOCK_FILTER_WISE + "dtype: bfloat16\n"),
-    "nuslerp-base": Case("nuslerp", "with base bf16 (flat/rows/columns)", lambda f: _models(
-        f[0], f[1:], "weight: [0.2, 0.8]", "weight: 0.5")
-        + "merge_method: nuslerp\n" + NUSLERP_MODES + "dtype: bfloat16\n"),
-    "nuslerp": Case("nuslerp", "no base fp32 (flat/rows/columns)", lambda f: _models(
-        None, f[1:], "weight: 0.3", "weight: [0.9, 0.1]")
-        + "merge_method: nuslerp\n" + NUSLERP_MODES + "dtype: float32\n"),
-    "multislerp-base": Case("multislerp", "with base bf16", lambda f: _models(
-        f[0], f[1:], "weight: 0.3", "weight: [0.4, 1.0]") + "merge_method: multislerp\ndtype: bfloat16\n"),
-    "multislerp": Case("multislerp", "no base bf16 (three points)", lambda f: _models(
-        None, f, "weight: 0.2", "weight: 0.3", "weight: 0.5")
-        + "merge_method: multislerp\nparameters: {normalize_weights: false}\ndtype: bfloat16\n"),
+    "breadcrumbs": Case(
+        "breadcrumbs",
+        "bf16",
+        lambda f: (
+            _models(
+                f[0],
+                f[1:],
+                "weight: 0.6\ndensity: [0.3, 0.9]\ngamma: 0.02",
+                "weight: [0.2, 0.7]\ndensity: 0.5",  # gamma: the default 0.01
+            )
+            + "merge_method: breadcrumbs\nparameters: {rescale: true, lambda: 0.9}\ndtype: bfloat16\n"
+        ),
+    ),
+    "breadcrumbs_ties": Case(
+        "breadcrumbs_ties",
+        "bf16",
+        lambda f: (
+            _models(
+                f[0],
+                f[1:],
+                "weight: 0.6\ndensity: [0.3, 0.9]\ngamma: 0.05",
+                "weight: 0.5\ndensity: 0.5\ngamma: 0.0",
+            )
+            + "merge_method: breadcrumbs_ties\nparameters: {normalize: true, int8_mask: true}\ndtype: bfloat16\n"
+        ),
+    ),
+    "della": Case(
+        "della",
+        "bf16 (density 0/1)",
+        lambda f: (
+            _models(f[0], f[1:], *DELLA_DENSITIES) + "merge_method: della\nparameters: {lambda: 1.2}\ndtype: bfloat16\n"
+        ),
+    ),
+    "della_linear": Case(
+        "della_linear",
+        "fp32 (density 0/1)",
+        lambda f: _models(f[0], f[1:], *DELLA_DENSITIES) + "merge_method: della_linear\ndtype: float32\n",
+    ),
+    "model_stock": Case(
+        "model_stock",
+        "bf16 (filter_wise on mlp only)",
+        lambda f: _models(f[0], f[1:]) + "merge_method: model_stock\n" + MODEL_STOCK_FILTER_WISE + "dtype: bfloat16\n",
+    ),
+    "nuslerp-base": Case(
+        "nuslerp",
+        "with base bf16 (flat/rows/columns)",
+        lambda f: (
+            _models(f[0], f[1:], "weight: [0.2, 0.8]", "weight: 0.5")
+            + "merge_method: nuslerp\n"
+            + NUSLERP_MODES
+            + "dtype: bfloat16\n"
+        ),
+    ),
+    "nuslerp": Case(
+        "nuslerp",
+        "no base fp32 (flat/rows/columns)",
+        lambda f: (
+            _models(None, f[1:], "weight: 0.3", "weight: [0.9, 0.1]")
+            + "merge_method: nuslerp\n"
+            + NUSLERP_MODES
+            + "dtype: float32\n"
+        ),
+    ),
+    "multislerp-base": Case(
+        "multislerp",
+        "with base bf16",
+        lambda f: (
+            _models(f[0], f[1:], "weight: 0.3", "weight: [0.4, 1.0]") + "merge_method: multislerp\ndtype: bfloat16\n"
+        ),
+    ),
+    "multislerp": Case(
+        "multislerp",
+        "no base bf16 (three points)",
+        lambda f: (
+            _models(None, f, "weight: 0.2", "weight: 0.3", "weight: 0.5")
+            + "merge_method: multislerp\nparameters: {normalize_weights: false}\ndtype: bfloat16\n"
+        ),
+    ),
     # karcher ignores base_model: the base is one more point of the mean.
-    "karcher": Case("karcher", "fp32", lambda f: _models(f[0], f[1:])
-                    + "merge_method: karcher\nparameters: {max_iter: 20, tol: 1.0e-6}\ndtype: float32\n"),
-    "sce": Case("sce", "bf16", lambda f: _models(f[0], f[1:])
-                + "merge_method: sce\nparameters: {select_topk: [0.2, 1.0], int8_mask: true}\ndtype: bfloat16\n"),
-    "nearswap": Case("nearswap", "bf16", lambda f: _models(f[0], f[2:])
-                     + "merge_method: nearswap\nparameters: {t: [0.001, 0.02]}\ndtype: bfloat16\n"),
-    "arcee_fusion": Case("arcee_fusion", "bf16", lambda f: _models(f[0], f[1:2])
-                         + "merge_method: arcee_fusion\ndtype: bfloat16\nout_dtype: bfloat16\n"),
-    "ram": Case("ram", "fp16", lambda f: _models(f[0], f[1:])
-                + "merge_method: ram\nparameters: {epsilon: 0.015}\ndtype: float16\n"),
+    "karcher": Case(
+        "karcher",
+        "fp32",
+        lambda f: (
+            _models(f[0], f[1:]) + "merge_method: karcher\nparameters: {max_iter: 20, tol: 1.0e-6}\ndtype: float32\n"
+        ),
+    ),
+    "sce": Case(
+        "sce",
+        "bf16",
+        lambda f: (
+            _models(f[0], f[1:])
+            + "merge_method: sce\nparameters: {select_topk: [0.2, 1.0], int8_mask: true}\ndtype: bfloat16\n"
+        ),
+    ),
+    "nearswap": Case(
+        "nearswap",
+        "bf16",
+        lambda f: _models(f[0], f[2:]) + "merge_method: nearswap\nparameters: {t: [0.001, 0.02]}\ndtype: bfloat16\n",
+    ),
+    "arcee_fusion": Case(
+        "arcee_fusion",
+        "bf16",
+        lambda f: _models(f[0], f[1:2]) + "merge_method: arcee_fusion\ndtype: bfloat16\nout_dtype: bfloat16\n",
+    ),
+    "ram": Case(
+        "ram",
+        "fp16",
+        lambda f: _models(f[0], f[1:]) + "merge_method: ram\nparameters: {epsilon: 0.015}\ndtype: float16\n",
+    ),
     # Without out_dtype mergekit writes ramplus_tl (and arcee_fusion) in fp32 for bf16 inputs,
     # while its config.json says bfloat16; mergesmith writes bf16, mergekit's values rounded once.
-    "ramplus_tl": Case("ramplus_tl", "bf16 (mergekit fp32, rounded)", lambda f: _models(f[0], f[1:])
-                       + "merge_method: ramplus_tl\nparameters: {epsilon: 0.02, r: 0.5}\ndtype: bfloat16\n",
-                       ref_dtype=torch.float32),
-    "passthrough": Case("passthrough", "bf16 (two layer stacks, scaled)",
-                        lambda f: STACK.format(ft1=f[1], ft2=f[2])),
+    "ramplus_tl": Case(
+        "ramplus_tl",
+        "bf16 (mergekit fp32, rounded)",
+        lambda f: (
+            _models(f[0], f[1:]) + "merge_method: ramplus_tl\nparameters: {epsilon: 0.02, r: 0.5}\ndtype: bfloat16\n"
+        ),
+        ref_dtype=torch.float32,
+    ),
+    "passthrough": Case("passthrough", "bf16 (two layer stacks, scaled)", lambda f: STACK.format(ft1=f[1], ft2=f[2])),
 }
 CASE_IDS = [f"{kind}-{name}" for name in CASES for kind in FAMILIES]
 
@@ -173,7 +251,7 @@ def test_same_tensors_as_mergekit(case, recipes, reference, tmp_path, parity_log
     parity_log.append((f"{kind} {spec.method} {spec.what}", parity))
     assert not parity.missing and not parity.extra, (parity.missing, parity.extra)
     assert not parity.differing, parity.summary()
-    if kind == "qwen2":   # tied: the output must not grow a head of its own
+    if kind == "qwen2":  # tied: the output must not grow a head of its own
         assert "lm_head.weight" not in ours
 
 
@@ -196,10 +274,14 @@ def test_every_label_names_its_recipes_family_and_method():
     """The session summary counts merges per method by label (tests/parity_summary.py)."""
     import test_parity
 
-    fams = {kind: [Path(f"/{kind}/base"), Path(f"/{kind}/ft1"), Path(f"/{kind}/ft2")] for kind in test_parity.MODEL_KINDS}
+    fams = {
+        kind: [Path(f"/{kind}/base"), Path(f"/{kind}/ft1"), Path(f"/{kind}/ft2")] for kind in test_parity.MODEL_KINDS
+    }
     labelled = list(test_parity.case_recipes(fams, Path("/llama48")).values())
     labelled += [(f"{kind} {c.method} {c.what}", c.recipe(fams[kind])) for c in CASES.values() for kind in FAMILIES]
     for label, recipe in labelled:
         who = attribute(label)
         assert who.method == yaml.safe_load(recipe)["merge_method"], label
-        assert who.families and all(f"/{family}/" in recipe or f"/{family}\n" in recipe for family in who.families), label
+        assert who.families and all(f"/{family}/" in recipe or f"/{family}\n" in recipe for family in who.families), (
+            label
+        )

@@ -26,7 +26,7 @@ def _gen(seed: int) -> torch.Generator:
 def della_keep_probability(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """The paper's p for each entry of a 2-D delta, from its magnitude rank within its row."""
     m = delta.shape[1]
-    rank = delta.abs().argsort(dim=1).argsort(dim=1).double()          # 0 = smallest
+    rank = delta.abs().argsort(dim=1).argsort(dim=1).double()  # 0 = smallest
     return (density - epsilon + 2 * epsilon * rank / (m - 1)).float()
 
 
@@ -36,13 +36,13 @@ def test_magprune_is_reproducible_by_generator_and_keeps_about_density():
     assert torch.equal(first, sparsify.magprune(delta, 0.4, False, generator_for(3, "w"), epsilon=0.2))
     assert not torch.equal(first, sparsify.magprune(delta, 0.4, False, generator_for(4, "w"), epsilon=0.2))
     kept = first != 0
-    assert abs(kept.float().mean().item() - 0.4) < 0.015          # 40000 draws: sd 0.0024
+    assert abs(kept.float().mean().item() - 0.4) < 0.015  # 40000 draws: sd 0.0024
     # larger magnitudes are kept more often: p rises linearly with the rank in the row
     p = della_keep_probability(delta, 0.4, 0.2)
     top = p > 0.4
-    assert abs(kept[top].float().mean().item() - p[top].mean().item()) < 0.02       # sd 0.0035
+    assert abs(kept[top].float().mean().item() - p[top].mean().item()) < 0.02  # sd 0.0035
     assert abs(kept[~top].float().mean().item() - p[~top].mean().item()) < 0.02
-    assert kept[top].float().mean() - kept[~top].float().mean() > 0.15             # expected 0.2
+    assert kept[top].float().mean() - kept[~top].float().mean() > 0.15  # expected 0.2
 
 
 def test_magprune_rescale_true_keeps_the_l1_norm_and_paper_divides_by_p():
@@ -52,7 +52,7 @@ def test_magprune_rescale_true_keeps_the_l1_norm_and_paper_divides_by_p():
     paper = sparsify.magprune(delta, 0.5, "paper", _gen(1), epsilon=0.1)
     plain = sparsify.magprune(delta, 0.5, False, _gen(1), epsilon=0.1)
     kept = plain != 0
-    assert torch.equal(paper != 0, kept)                      # same draws, only the scale differs
+    assert torch.equal(paper != 0, kept)  # same draws, only the scale differs
     p = della_keep_probability(delta, 0.5, 0.1)
     assert torch.allclose(paper[kept], delta[kept] / p[kept], rtol=1e-6)
 
@@ -69,11 +69,11 @@ def test_magprune_paper_rescale_is_unbiased_and_l1_is_not():
     assert relative_bias("paper") < 0.1
     # one L1 factor for all entries over-weights the large ones, which DELLA keeps more often
     assert relative_bias(True) > 0.12
-    assert relative_bias(False) > 0.3          # no rescale: about 1 - mean(p)
+    assert relative_bias(False) > 0.3  # no rescale: about 1 - mean(p)
 
 
 def test_magprune_treats_a_vector_as_one_row():
-    delta = torch.linspace(1.0, 2.0, 101)                      # ranks are the positions
+    delta = torch.linspace(1.0, 2.0, 101)  # ranks are the positions
     plain = sparsify.magprune(delta, 0.5, False, _gen(5), epsilon=0.3)
     paper = sparsify.magprune(delta, 0.5, "paper", _gen(5), epsilon=0.3)
     p = 0.2 + 0.6 * torch.arange(101) / 100
@@ -88,7 +88,7 @@ def test_dare_paper_rescale_divides_by_density_and_true_keeps_l1():
     kept = plain != 0
     assert torch.equal(paper != 0, kept)
     assert torch.allclose(paper[kept], delta[kept] / 0.3)
-    assert abs(kept.float().mean().item() - 0.3) < 0.025      # 10000 draws: sd 0.0046
+    assert abs(kept.float().mean().item() - 0.3) < 0.025  # 10000 draws: sd 0.0046
     l1 = sparsify.random(delta, 0.3, True, _gen(9))
     assert torch.allclose(l1.abs().sum(), delta.abs().sum(), rtol=1e-5)
     # the L1 rescale is one factor for the whole tensor (|δ|₁ / |kept|₁), near but not 1/density
@@ -150,5 +150,5 @@ dtype: float32
     name = "model.layers.2.mlp.up_proj.weight"
     merged, delta = out[name] - base[name], ft[name] - base[name]
     kept = merged != 0
-    assert abs(kept.float().mean().item() - 0.25) < 0.03        # 8192 draws: sd 0.0048
+    assert abs(kept.float().mean().item() - 0.25) < 0.03  # 8192 draws: sd 0.0048
     assert torch.allclose(merged[kept], delta[kept] / 0.25, rtol=1e-4, atol=1e-6)

@@ -17,7 +17,7 @@ from mergesmith.output.card import model_card, recipe_from_card
 from mergesmith.output.card_names import RENAMED_NOTE
 
 ROOT = Path(__file__).resolve().parents[2]
-HUB_RELATIONS = {"adapter", "merge", "quantized", "finetune"}   # the spec's base_model_relation values
+HUB_RELATIONS = {"adapter", "merge", "quantized", "finetune"}  # the spec's base_model_relation values
 
 
 def model_dir(path: Path, licence: str | None = None, config: dict | None = None) -> Path:
@@ -127,8 +127,13 @@ def test_golden_card_of_a_merge_of_local_inputs(local_inputs):
 
 def test_merge_card_metadata_is_what_the_hub_reads(local_inputs):
     data = hub_metadata(model_card(local_inputs["recipe"], local_inputs["text"], "merged"))
-    assert data == {"base_model": ["org/chat"], "base_model_relation": "merge", "library_name": "transformers",
-                    "license": "apache-2.0", "tags": ["mergesmith", "merge", "task_arithmetic"]}
+    assert data == {
+        "base_model": ["org/chat"],
+        "base_model_relation": "merge",
+        "library_name": "transformers",
+        "license": "apache-2.0",
+        "tags": ["mergesmith", "merge", "task_arithmetic"],
+    }
 
 
 def test_licences_that_differ_or_are_unknown_give_no_licence(local_inputs):
@@ -141,8 +146,10 @@ def test_licences_that_differ_or_are_unknown_give_no_licence(local_inputs):
 
 def test_local_only_inputs_leave_base_model_out(tmp_path):
     a, b = model_dir(tmp_path / "a"), model_dir(tmp_path / "sub" / "b")
-    text = f"models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n" \
-           "merge_method: linear\n"
+    text = (
+        f"models:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n  - model: {b}\n    parameters: {{weight: 0.5}}\n"
+        "merge_method: linear\n"
+    )
     card = model_card(parse_recipe(yaml.safe_load(text)), text, "out")
     assert card.startswith("---\nlibrary_name: transformers\ntags:\n- mergesmith\n- merge\n- linear\n---\n# out\n")
     assert hub_metadata(card) == {"library_name": "transformers", "tags": ["mergesmith", "merge", "linear"]}
@@ -151,17 +158,19 @@ def test_local_only_inputs_leave_base_model_out(tmp_path):
 
 
 def test_relative_paths_are_looked_up_in_the_recipe_folder_before_taken_for_hub_ids(tmp_path):
-    model_dir(tmp_path / "models" / "ft1")   # "models/ft1" is shaped like a Hub id, but it is a folder
+    model_dir(tmp_path / "models" / "ft1")  # "models/ft1" is shaped like a Hub id, but it is a folder
     text = "models:\n  - model: models/ft1\n    parameters: {weight: 1.0}\nmerge_method: linear\n"
     recipe = parse_recipe(yaml.safe_load(text))
-    assert "base_model" in hub_metadata(model_card(recipe, text, "out"))   # not found from here: a Hub id
+    assert "base_model" in hub_metadata(model_card(recipe, text, "out"))  # not found from here: a Hub id
     card = model_card(recipe, text, "out", base_dir=tmp_path)
     assert "base_model" not in hub_metadata(card) and "* ft1\n" in card
     assert "model: ft1\n" in recipe_from_card(card)
 
 
 def test_a_recipe_of_hub_ids_is_quoted_as_written():
-    text = "merge_method: slerp\nbase_model: org/a@v1\nmodels: [{model: org/a@v1}, {model: org/b}]\nparameters: {t: 0.5}\n"
+    text = (
+        "merge_method: slerp\nbase_model: org/a@v1\nmodels: [{model: org/a@v1}, {model: org/b}]\nparameters: {t: 0.5}\n"
+    )
     card = model_card(parse_recipe(yaml.safe_load(text)), text, "out")
     assert recipe_from_card(card) == text.rstrip()
     assert "* [org/a@v1](https://huggingface.co/org/a/tree/v1)\n* [org/b](https://huggingface.co/org/b)\n" in card
@@ -197,8 +206,10 @@ GGUF files for llama.cpp, converted and quantized with llama.cpp by `mergesmith 
 
 
 def gguf_report() -> Report:
-    rows = (Row("merged-F16.gguf", "f16", int(258.3 * MIB), 16.0, 12.0, Quality(22.106, None, None, None)),
-            Row("merged-Q4_K_M.gguf", "q4_k_m", int(100.6 * MIB), 6.17, 6.4, Quality(23.638, 1.532, 0.07067, 0.857)))
+    rows = (
+        Row("merged-F16.gguf", "f16", int(258.3 * MIB), 16.0, 12.0, Quality(22.106, None, None, None)),
+        Row("merged-Q4_K_M.gguf", "q4_k_m", int(100.6 * MIB), 6.17, 6.4, Quality(23.638, 1.532, 0.07067, 0.857)),
+    )
     return Report(rows, "merged-F16.gguf", "austen_heldout (2559 tokens)", 1024, 512, 4, "2026-12-01")
 
 
@@ -211,9 +222,13 @@ def test_golden_gguf_card(tmp_path):
     write_card_section(card_path, card_section(gguf_report()), "merged GGUF", quantized_from=merged)
     assert card_path.read_text() == GOLDEN_GGUF_CARD
     write_card_section(card_path, card_section(gguf_report()), "merged GGUF", quantized_from=merged)
-    assert card_path.read_text() == GOLDEN_GGUF_CARD           # written again: the same card, not two sections
+    assert card_path.read_text() == GOLDEN_GGUF_CARD  # written again: the same card, not two sections
     data = hub_metadata(GOLDEN_GGUF_CARD)
-    assert (data["base_model"], data["base_model_relation"], data["quantized_by"]) == ("merged", "quantized", "mergesmith")
+    assert (data["base_model"], data["base_model_relation"], data["quantized_by"]) == (
+        "merged",
+        "quantized",
+        "mergesmith",
+    )
     assert data["tags"] == ["gguf", "llama.cpp", "mergesmith"]
 
 
@@ -225,7 +240,7 @@ def test_gguf_card_of_a_hub_snapshot_links_to_it_and_an_old_card_gets_front_matt
     card = card_path.read_text()
     assert "GGUF files of [org/merged](https://huggingface.co/org/merged) for " in card
     assert hub_metadata(card)["base_model"] == "org/merged" and "license" not in hub_metadata(card)
-    card_path.write_text("# merged GGUF\n\nnotes kept\n")      # a card written before there was front matter
+    card_path.write_text("# merged GGUF\n\nnotes kept\n")  # a card written before there was front matter
     write_card_section(card_path, card_section(gguf_report()), "merged GGUF", quantized_from=snapshot)
     card = card_path.read_text()
     assert card.startswith("---\nbase_model: org/merged\n") and "\n# merged GGUF\n\nnotes kept\n\n## GGUF\n" in card
@@ -273,6 +288,9 @@ def test_the_demo_merge_writes_a_card_without_machine_paths(tmp_path):
     card = (tmp_path / "smollm2-frankenmerge" / "README.md").read_text()
     assert recipe_from_card(card) == f"{RENAMED_NOTE}\n{text.replace(str(gguf), demo.GGUF_NAME).rstrip()}"
     # The GGUF states its licence (general.license); the model is local, so no base_model.
-    assert hub_metadata(card) == {"library_name": "transformers", "license": "apache-2.0",
-                                  "tags": ["mergesmith", "merge", "passthrough"]}
+    assert hub_metadata(card) == {
+        "library_name": "transformers",
+        "license": "apache-2.0",
+        "tags": ["mergesmith", "merge", "passthrough"],
+    }
     assert_no_machine_path(card, tmp_path, gguf.parent, ROOT)

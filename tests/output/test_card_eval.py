@@ -14,13 +14,16 @@ from mergesmith.output.card import eval_rows_from_card
 
 def score(model: Path, ref: Path | None) -> ModelScore:
     kl = None if ref is None else KLScore(str(ref), 0.01, 0.02, 0.03, 0.99, 0.5)
-    return ModelScore(str(model), (TextScore("corpus", "/x/corpus.txt", 100, 400, 2.0, 7.389, 0.72, kl),), (), 1.0,
-                      is_ref=ref is None)
+    return ModelScore(
+        str(model), (TextScore("corpus", "/x/corpus.txt", 100, 400, 2.0, 7.389, 0.72, kl),), (), 1.0, is_ref=ref is None
+    )
 
 
 def results(tmp_path: Path, *models: ModelScore) -> Path:
     path = tmp_path / "r.json"
-    save_results(EvalResult(models, models[0].model if models[0].is_ref else None, 64, 32, "float32", "2026-12-01"), path)
+    save_results(
+        EvalResult(models, models[0].model if models[0].is_ref else None, 64, 32, "float32", "2026-12-01"), path
+    )
     return path
 
 
@@ -35,8 +38,12 @@ def folders(tmp_path: Path, *names: str) -> list[Path]:
 def test_results_of_another_model_are_refused_with_both_named(capsys, tmp_path):
     base, out = folders(tmp_path, "base", "merged")
     path = results(tmp_path, score(base, None), score(out, base))
-    line = assert_one_error_line(*cli(capsys, "card", out, "--eval", path, "--model", base), f"--model {base}",
-                                 f"results of {base}, not of {out}", f"mergesmith card {base} --eval {path}")
+    line = assert_one_error_line(
+        *cli(capsys, "card", out, "--eval", path, "--model", base),
+        f"--model {base}",
+        f"results of {base}, not of {out}",
+        f"mergesmith card {base} --eval {path}",
+    )
     assert "Traceback" not in line
     assert (out / "README.md").read_text() == "# merged\n"
 
@@ -44,8 +51,9 @@ def test_results_of_another_model_are_refused_with_both_named(capsys, tmp_path):
 def test_results_of_one_other_model_are_not_taken_for_out(capsys, tmp_path):
     other, out = folders(tmp_path, "other", "merged")
     path = results(tmp_path, score(other, None))
-    assert_one_error_line(*cli(capsys, "card", out, "--eval", path), "1 model (", str(other), f"none is {out}",
-                          f"mergesmith eval {out}")
+    assert_one_error_line(
+        *cli(capsys, "card", out, "--eval", path), "1 model (", str(other), f"none is {out}", f"mergesmith eval {out}"
+    )
     assert (out / "README.md").read_text() == "# merged\n"
 
 
@@ -53,7 +61,7 @@ def test_out_is_found_by_path_and_the_reference_is_named_not_located(capsys, tmp
     base, out = folders(tmp_path, "base", "merged")
     path = results(tmp_path, score(base, None), score(out, base))
     monkeypatch.chdir(tmp_path)
-    assert cli(capsys, "card", "models/merged", "--eval", path, "--model", out)[0] == 0   # two paths, one model
+    assert cli(capsys, "card", "models/merged", "--eval", path, "--model", out)[0] == 0  # two paths, one model
     card = (out / "README.md").read_text()
     assert ("KL vs base (corpus): mean / p90 / p99", "0.01 / 0.02 / 0.03") in eval_rows_from_card(card)
     assert str(tmp_path) not in card
@@ -66,5 +74,6 @@ def test_results_recorded_elsewhere_match_by_name(capsys, tmp_path):
     assert cli(capsys, "card", out, "--eval", path)[0] == 0
     assert ("perplexity (corpus)", "7.3890") in eval_rows_from_card((out / "README.md").read_text())
     other = results(tmp_path, score(Path("runs/other"), None))
-    assert_one_error_line(*cli(capsys, "card", out, "--eval", other, "--model", "runs/other"),
-                          "results of runs/other, not of")
+    assert_one_error_line(
+        *cli(capsys, "card", out, "--eval", other, "--model", "runs/other"), "results of runs/other, not of"
+    )

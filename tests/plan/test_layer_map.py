@@ -76,10 +76,14 @@ def test_a_frankenmerge_shows_which_source_layers_land_where(capsys, tmp_path, l
 def test_tensors_and_json_keep_every_tensor(capsys, tmp_path, llama_family):
     a, b = llama_family[:2]
     table = view(capsys, tmp_path, PUBLISHED_SLERP.format(a=a, b=b), "--tensors")
-    assert sum("\tslerp\t" in line for line in table) == 39   # pico llama, 4 layers: 4 * 9 + 3
+    assert sum("\tslerp\t" in line for line in table) == 39  # pico llama, 4 layers: 4 * 9 + 3
     assert view(capsys, tmp_path, PUBLISHED_SLERP.format(a=a, b=b), "--json")[0] == "{"
 
 
 def test_short_names_keep_whole_keys_where_they_would_clash():
-    assert short_names(["/x/base", "/y/ft", "/z/base+/a/lora"]) == {"/x/base": "base", "/y/ft": "ft", "/z/base+/a/lora": "base+lora"}
+    assert short_names(["/x/base", "/y/ft", "/z/base+/a/lora"]) == {
+        "/x/base": "base",
+        "/y/ft": "ft",
+        "/z/base+/a/lora": "base+lora",
+    }
     assert short_names(["/x/model", "/y/model"]) == {"/x/model": "/x/model", "/y/model": "/y/model"}

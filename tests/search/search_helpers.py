@@ -17,7 +17,8 @@ def ta_space(family: list[Path], **extra) -> dict:
     """Task arithmetic over the family: both weights (derived from the registry) and lambda."""
     base, ft1, ft2 = map(str, family)
     recipe = {
-        "merge_method": "task_arithmetic", "base_model": base,
+        "merge_method": "task_arithmetic",
+        "base_model": base,
         "models": [{"model": base}, {"model": ft1}, {"model": ft2}],
         "parameters": {"lambda": "search"},
     }

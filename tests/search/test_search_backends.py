@@ -25,8 +25,10 @@ def test_local_processes_and_ray_give_the_leaderboard_of_one_process(llama_famil
     inline = search(space, tmp_path / "inline", budget=BUDGET, seed=5, threads=1, write_winner=False)
     local = search(space, tmp_path / "local", budget=BUDGET, seed=5, workers=2, threads=1, write_winner=False)
     assert not ray.is_initialized()
-    on_ray = search(space, tmp_path / "ray", budget=BUDGET, seed=5, workers=2, threads=1, use_ray=True, write_winner=False)
-    assert not ray.is_initialized()   # the local instance the search started is shut down again
+    on_ray = search(
+        space, tmp_path / "ray", budget=BUDGET, seed=5, workers=2, threads=1, use_ray=True, write_winner=False
+    )
+    assert not ray.is_initialized()  # the local instance the search started is shut down again
     assert board(local) == board(inline) == board(on_ray)
     assert {r.worker.split("-")[0] for r in local.records} == {"local"}
     assert {r.worker.split("-")[0] for r in on_ray.records} == {"ray"}
@@ -37,7 +39,7 @@ def _rows(path) -> int:
     try:
         with sqlite3.connect(path, timeout=0.1) as db:
             return db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
-    except sqlite3.OperationalError:   # not created yet, or locked by the writer for a moment
+    except sqlite3.OperationalError:  # not created yet, or locked by the writer for a moment
         return 0
 
 
@@ -47,7 +49,19 @@ def test_a_killed_search_resumes_to_the_uninterrupted_result(llama_family, write
     whole = search(space, tmp_path / "whole", budget=budget, threads=1, write_winner=False)
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mergesmith", "search", str(space), str(out), "--budget", str(budget), "--threads", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mergesmith",
+        "search",
+        str(space),
+        str(out),
+        "--budget",
+        str(budget),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while _rows(out / "search.sqlite") < 5 and proc.poll() is None and time.monotonic() < deadline:
@@ -61,5 +75,5 @@ def test_a_killed_search_resumes_to_the_uninterrupted_result(llama_family, write
     scored = []
     resumed = search(space, out, budget=budget, threads=1, resume=True, on_result=lambda r, n: scored.append(r.index))
     assert board(resumed) == board(whole)
-    assert scored == list(range(finished, budget))   # one worker scores in order: nothing finished is redone
+    assert scored == list(range(finished, budget))  # one worker scores in order: nothing finished is redone
     assert (out / "winner" / "README.md").is_file()

@@ -22,8 +22,13 @@ MODELS = [{"model": "base"}, {"model": "a"}, {"model": "b"}]
 
 
 def ties_space(**params) -> Space:
-    return Space(tuple(branches_of({"merge_method": "ties", "base_model": "base", "models": MODELS,
-                                    "parameters": params}, "", "space")))
+    return Space(
+        tuple(
+            branches_of(
+                {"merge_method": "ties", "base_model": "base", "models": MODELS, "parameters": params}, "", "space"
+            )
+        )
+    )
 
 
 def run(optimizer, objective, budget: int) -> list:
@@ -49,7 +54,7 @@ def test_grid_covers_every_choice_then_stops():
 
 def test_grid_steps_fill_the_budget_and_the_budget_cuts_the_grid():
     space = ties_space(weight=0.5, **{"lambda": "search", "density": "search"})
-    assert len(run(Grid(space, budget=20, steps=None), lambda p: 0.0, 20)) == 16     # 4 x 4 fits, 5 x 5 does not
+    assert len(run(Grid(space, budget=20, steps=None), lambda p: 0.0, 20)) == 16  # 4 x 4 fits, 5 x 5 does not
     assert len(run(Grid(space, budget=7, steps=3), lambda p: 0.0, 7)) == 7
 
 
@@ -64,13 +69,15 @@ def test_random_draws_a_finite_space_without_repeats_in_a_seeded_order():
 
 def quadratic(target: dict):
     """Squared distance of a point's values to ``target`` (by dim label)."""
+
     def f(point) -> float:
         labels = [d.label for d in SPACE.branches[0].dims]
         return sum((v - target[label]) ** 2 for label, v in zip(labels, point.values))
+
     return f
 
 
-SPACE = ties_space(**{"lambda": "search"})   # lambda in [0, 2], a.weight and b.weight in [0, 1]
+SPACE = ties_space(**{"lambda": "search"})  # lambda in [0, 2], a.weight and b.weight in [0, 1]
 
 
 def test_cma_es_moves_toward_the_minimum_and_repeats_by_seed():
@@ -87,7 +94,7 @@ def test_cma_es_survives_failed_candidates():
     failing = lambda p: float("inf") if p.values[0] > 1.0 else objective(p)
     values = [failing(p) for p in run(CMAES(SPACE, seed=0, popsize=6, sigma=0.25), failing, 36)]
     first, last = values[:12], values[-12:]
-    assert sum(map(math.isinf, first)) == 3 and sum(map(math.isinf, last)) <= 1   # the failing half is left
+    assert sum(map(math.isinf, first)) == 3 and sum(map(math.isinf, last)) <= 1  # the failing half is left
     assert min(last) < min(first) / 2
 
 

@@ -26,7 +26,11 @@ def test_same_seed_same_leaderboard_and_the_written_winner_scores_as_searched(ll
     assert [r.index for r in first.records] == list(range(8)) and all(r.error is None for r in first.records)
 
     # Every candidate is in the SQLite file, with its worker and time.
-    rows = sqlite3.connect(tmp_path / "a" / "search.sqlite").execute("SELECT idx, fitness, worker, seconds FROM candidates").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "a" / "search.sqlite")
+        .execute("SELECT idx, fitness, worker, seconds FROM candidates")
+        .fetchall()
+    )
     assert sorted((i, f) for i, f, _, _ in rows) == [(r.index, r.fitness) for r in first.records]
     assert {w for _, _, w, _ in rows} == {"main"} and all(s > 0 for *_, s in rows)
 
@@ -43,46 +47,65 @@ def test_same_seed_same_leaderboard_and_the_written_winner_scores_as_searched(ll
     card = (winner / "README.md").read_text()
     assert f"This recipe is candidate #{best.index}, the best of 8" in card
     assert "optimizer cma, seed 1, budget 8" in card and "mean NLL over kjv_heldout, austen_heldout" in card
-    assert [row.name for row in first.report] == [f"#{r.index}" for r in first.leaderboard[:REPORT["top"]]]
+    assert [row.name for row in first.report] == [f"#{r.index}" for r in first.leaderboard[: REPORT["top"]]]
     assert all(row.heldout != row.fitness and row.heldout > 0 for row in first.report)
     assert f"| 1 | #{best.index} | {best.fitness:.4f} | {first.report[0].heldout:.4f} |" in card
     assert (tmp_path / "a" / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _linear(family, weights) -> dict:
-    return {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, weights)]}
+    return {
+        "merge_method": "linear",
+        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, weights)],
+    }
 
 
 def test_pool_weighted_objective_and_baselines(llama_family, write_space, tmp_path):
     for name, weights in (("just_base", [1, 0, 0]), ("soup", [0.5, 0.25, 0.25])):
         (tmp_path / f"{name}.yml").write_text(yaml.safe_dump(_linear(llama_family, weights)))
     task = tmp_path / "task.jsonl"
-    task.write_text("".join(json.dumps({"question": q, "choices": ["yes", "no"], "answer": a}) + "\n"
-                            for q, a in (("Is the sky blue?", 0), ("Is fire cold?", 1), ("Do fish swim?", 0))))
-    terms = [{"nll": ["kjv_fitness"]}, {"kl": ["austen_fitness"], "ref": str(llama_family[0]), "weight": 2.0},
-             {"accuracy": "task.jsonl", "weight": 0.5}]
-    space = write_space({"candidates": ["just_base.yml", "soup.yml"], "fitness": {**FITNESS, "terms": terms},
-                         "report": {**REPORT, "baselines": ["soup.yml"]}})
+    task.write_text(
+        "".join(
+            json.dumps({"question": q, "choices": ["yes", "no"], "answer": a}) + "\n"
+            for q, a in (("Is the sky blue?", 0), ("Is fire cold?", 1), ("Do fish swim?", 0))
+        )
+    )
+    terms = [
+        {"nll": ["kjv_fitness"]},
+        {"kl": ["austen_fitness"], "ref": str(llama_family[0]), "weight": 2.0},
+        {"accuracy": "task.jsonl", "weight": 0.5},
+    ]
+    space = write_space(
+        {
+            "candidates": ["just_base.yml", "soup.yml"],
+            "fitness": {**FITNESS, "terms": terms},
+            "report": {**REPORT, "baselines": ["soup.yml"]},
+        }
+    )
     result = search(space, tmp_path / "out", budget=10, threads=1)
 
-    assert result.settings["optimizer"] == "grid" and len(result.records) == 2   # the pool, in order, once
+    assert result.settings["optimizer"] == "grid" and len(result.records) == 2  # the pool, in order, once
     base, soup = result.records
     assert (base.params, soup.params) == ({"branch": "just_base"}, {"branch": "soup"})
-    assert base.details["kl austen_fitness"] == pytest.approx(0.0, abs=1e-7)     # the base against itself
+    assert base.details["kl austen_fitness"] == pytest.approx(0.0, abs=1e-7)  # the base against itself
     assert soup.details["kl austen_fitness"] > 1e-4
     for r in result.records:
         terms = r.details
         expected = terms["nll kjv_fitness"] + 2.0 * terms["kl austen_fitness"] + 0.5 * terms["error task"]
         assert r.fitness == pytest.approx(expected, rel=1e-12)
-        assert terms["error task"] in (0.0, 0.5, 1.0)   # fitness.limit 2: the first two items
+        assert terms["error task"] in (0.0, 0.5, 1.0)  # fitness.limit 2: the first two items
     baseline = next(row for row in result.report if row.kind == "baseline")
-    assert baseline.name == "soup" and baseline.fitness == soup.fitness   # same recipe, same numbers
+    assert baseline.name == "soup" and baseline.fitness == soup.fitness  # same recipe, same numbers
 
 
 def test_a_candidate_that_fails_to_merge_is_recorded_and_skipped(llama_family, write_space, tmp_path):
     base, ft1, ft2 = map(str, llama_family)
-    recipe = {"merge_method": "della", "base_model": base, "models": [{"model": base}, {"model": ft1}, {"model": ft2}],
-              "parameters": {"weight": 0.5, "epsilon": 0.15, "density": {"choice": [0.5, 0.95]}}}
+    recipe = {
+        "merge_method": "della",
+        "base_model": base,
+        "models": [{"model": base}, {"model": ft1}, {"model": ft2}],
+        "parameters": {"weight": 0.5, "epsilon": 0.15, "density": {"choice": [0.5, 0.95]}},
+    }
     space = write_space({"recipe": recipe, "optimizer": "grid", "fitness": FITNESS, "report": REPORT})
     result = search(space, tmp_path / "out", budget=5, threads=1)
     good, bad = result.records
@@ -125,8 +148,12 @@ def test_the_resident_model_scores_as_the_written_merge_on_every_family(families
     """Tied embeddings (qwen2, gemma3), biases and a dense head (phi2): the resident model's
     parameters are the written model's, so its fitness is the same number."""
     base, ft1, ft2 = map(str, families[kind])
-    recipe = {"merge_method": "ties", "base_model": base, "models": [{"model": m} for m in (base, ft1, ft2)],
-              "parameters": {"density": 0.5}}
+    recipe = {
+        "merge_method": "ties",
+        "base_model": base,
+        "models": [{"model": m} for m in (base, ft1, ft2)],
+        "parameters": {"density": 0.5},
+    }
     space = write_space({"recipe": recipe, "optimizer": "random", "fitness": FITNESS, "report": {**REPORT, "top": 1}})
     result = search(space, tmp_path / "out", budget=1, threads=1)
     texts = [DATA_DIR / "text" / f"{n}.txt" for n in FITNESS["terms"][0]["nll"]]
