@@ -34,8 +34,16 @@ from pathlib import Path
 AUSTEN_DIR = Path("/usr/lib/R/site-library/janeaustenr/data")
 KB = 1000
 # split → (source, byte budget). Sources are disjoint within each corpus.
-AUSTEN_SPLITS = {"heldout": ("persuasion", 100 * KB), "fitness": ("northangerabbey", 100 * KB), "train": ("prideprejudice", 300 * KB)}
-KJV_SPLITS = {"heldout": ("Luke1:1-Luke24:53", 100 * KB), "fitness": ("John1:1-John21:25", 100 * KB), "train": ("Gen1:1-Exo40:38", 300 * KB)}
+AUSTEN_SPLITS = {
+    "heldout": ("persuasion", 100 * KB),
+    "fitness": ("northangerabbey", 100 * KB),
+    "train": ("prideprejudice", 300 * KB),
+}
+KJV_SPLITS = {
+    "heldout": ("Luke1:1-Luke24:53", 100 * KB),
+    "fitness": ("John1:1-John21:25", 100 * KB),
+    "train": ("Gen1:1-Exo40:38", 300 * KB),
+}
 # BIG-bench multiple-choice tasks on which SmolLM2-135M-Instruct scores clearly above chance.
 BIGBENCH_TASKS = ("general_knowledge", "human_organs_senses", "similarities_abstraction")
 BIGBENCH_VERSION = "1.0.0"
@@ -112,15 +120,20 @@ def bigbench_items(task: dict) -> tuple[list[dict], int]:
             dropped += 1
             continue
         choices = list(scores)
-        items.append({"question": ex["input"].strip(), "choices": choices, "answer": choices.index(max(choices, key=scores.get))})
+        items.append(
+            {"question": ex["input"].strip(), "choices": choices, "answer": choices.index(max(choices, key=scores.get))}
+        )
     return items, dropped
 
 
 def bigbench_sdist(path: str | None, pip: str, tmp: Path) -> Path:
     if path:
         return Path(path)
-    subprocess.run(shlex.split(pip) + ["download", "--no-deps", "--no-binary", ":all:",
-                                       f"bigbench=={BIGBENCH_VERSION}", "-d", str(tmp)], check=True)
+    subprocess.run(
+        shlex.split(pip)
+        + ["download", "--no-deps", "--no-binary", ":all:", f"bigbench=={BIGBENCH_VERSION}", "-d", str(tmp)],
+        check=True,
+    )
     return next(tmp.glob("bigbench-*.tar.gz"))
 
 
@@ -147,7 +160,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data"))
     parser.add_argument("--bigbench-sdist", help="path of bigbench-1.0.0.tar.gz (downloaded with --pip when absent)")
-    parser.add_argument("--pip", default="python3 -m pip", help="a pip 23.x command for that download (default: python3 -m pip)")
+    parser.add_argument(
+        "--pip", default="python3 -m pip", help="a pip 23.x command for that download (default: python3 -m pip)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
 
