@@ -10,8 +10,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
-from test_errors import assert_one_error_line, cli
-from test_parity import models_recipe
+from cli_helpers import assert_one_error_line, cli
+from recipes import models_recipe
 
 import mergesmith
 from mergesmith.cli.main import build_parser

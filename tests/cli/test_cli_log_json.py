@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_errors import cli
-from test_parity import models_recipe
+from cli_helpers import cli
+from recipes import models_recipe
 
 import mergesmith.gguf.export as export
 

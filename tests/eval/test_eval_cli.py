@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_parity import models_recipe
+from recipes import models_recipe
 
 from mergesmith.api import merge
 from mergesmith.cli.main import main

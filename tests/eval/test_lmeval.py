@@ -205,9 +205,12 @@ def test_card_shows_the_lm_eval_scores(cli_results, llama_family, tmp_path, caps
     _, path = cli_results
     out = tmp_path / "m"
     out.mkdir()
-    assert cli(capsys, "card", out, "--eval", path, "--model", llama_family[2])[:2] == (0, "")
+    # The card takes only OUT's own results: the same scores, recorded under OUT's path.
+    own = tmp_path / "results.json"
+    own.write_text(Path(path).read_text().replace(json.dumps(str(llama_family[2])), json.dumps(str(out))))
+    assert cli(capsys, "card", out, "--eval", own, "--model", out)[:2] == (0, "")
     card = (out / "README.md").read_text()
-    score = load_results(path).model(str(llama_family[2]))
+    score = load_results(own).model(str(out))
     rows = eval_rows_from_card(card)
     assert rows == metric_rows(score)
     acc = next(s for s in score.lm_eval if s.metric == "acc")

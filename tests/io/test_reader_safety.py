@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import LINEAR_TWO, copy_model, merge_fails
 from safetensors.torch import load_file, save_file
-from test_errors import LINEAR_TWO, copy_model, merge_fails
 from test_fuzz import ARRAY, STRING, U32, deadline, gguf_bytes, gguf_parts, safetensors_bytes
 
 from mergesmith.errors import InputFormatError, MergesmithError

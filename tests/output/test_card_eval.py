@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_errors import assert_one_error_line, cli
+from cli_helpers import assert_one_error_line, cli
 
 from mergesmith.eval.results import EvalResult, KLScore, ModelScore, TextScore, save_results
 from mergesmith.output.card import eval_rows_from_card

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_one_error_line, cli, digest
 from pico import build_model
 from safetensors.torch import load_file, save_file
-from test_command_errors import digest
-from test_errors import assert_one_error_line, cli
 
 peft = pytest.importorskip("peft")
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_errors import assert_one_error_line, cli
+from cli_helpers import assert_one_error_line, cli
 
 from mergesmith.cli.main import main
 from mergesmith.errors import MergesmithError

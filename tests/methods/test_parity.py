@@ -13,16 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from parity_batch import mergekit_reference, selected_cases
+from recipes import frankenmerge_recipe, models_recipe, slerp_recipe
 from reference import compare, load_dir
 
 from mergesmith.api import merge
 from mergesmith.api import plan as mergesmith_plan
 
 pytestmark = pytest.mark.mergekit
-
-T_ATTN = "[0, 0.5, 0.3, 0.7, 1]"
-T_MLP = "[1, 0.5, 0.7, 0.3, 0]"
-
 
 def _check(case: str, cases, reference, tmp_path: Path, parity_log):
     label, recipe = cases[case]
@@ -32,87 +29,6 @@ def _check(case: str, cases, reference, tmp_path: Path, parity_log):
     assert not parity.missing and not parity.extra, (parity.missing, parity.extra)
     assert not parity.differing, parity.summary() + f" differing: {parity.differing[:5]}"
     return parity
-
-
-def slerp_recipe(a: Path, b: Path, layers: int, dtype: str, attn=T_ATTN, mlp=T_MLP) -> str:
-    # The published recipe's layout, comment included; only model names and layer counts differ.
-    return f"""
-slices:
-  - sources:
-      - model: {a}
-        layer_range: [0, {layers}]
-      - model: {b}
-        layer_range: [0, {layers}]
-merge_method: slerp
-base_model: {a}
-parameters:
-  t:
-    - filter: self_attn
-      value: {attn}
-    - filter: mlp
-      value: {mlp}
-    - value: 0.5 # fallback for rest of tensors
-dtype: {dtype}
-"""
-
-
-def frankenmerge_recipe(model: Path) -> str:
-    ranges = [
-        (0, 4, None),
-        (4, 8, None),
-        (8, 12, 1.5),
-        (12, 16, None),
-        (16, 20, 2.0),
-        (20, 24, None),
-        (24, 28, 2.5),
-        (28, 32, None),
-        (32, 36, 3.0),
-        (36, 40, None),
-        (40, 44, 3.5),
-        (44, 47, 4.0),
-    ]
-    out = ["slices:"]
-    for start, end, scale in ranges:
-        out += ["  - sources:", f"      - model: {model}", f"        layer_range: [{start}, {end}]"]
-        if scale is not None:
-            out += [
-                "        parameters:",
-                "          scale:",
-                "            - filter: o_proj",
-                f"              value: {scale}",
-                "            - filter: down_proj",
-                f"              value: {scale}",
-            ]
-    out += ["merge_method: passthrough", "dtype: bfloat16"]
-    return "\n".join(out) + "\n"
-
-
-def models_recipe(method: str, fam: list[Path], dtype: str, extra: str = "") -> str:
-    base, ft1, ft2 = fam
-    if method == "linear":
-        body = f"""
-models:
-  - model: {ft1}
-    parameters: {{weight: 0.7}}
-  - model: {ft2}
-    parameters: {{weight: [0.2, 0.9]}}
-"""
-    else:
-        body = f"""
-models:
-  - model: {base}
-  - model: {ft1}
-    parameters: {{weight: 0.6, density: [0.3, 0.8]}}
-  - model: {ft2}
-    parameters:
-      weight:
-        - filter: mlp
-          value: 0.9
-        - value: 0.4
-      density: 0.55
-base_model: {base}
-"""
-    return body + f"merge_method: {method}\ndtype: {dtype}\n{extra}"
 
 
 METHOD_CASES = [

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import yaml
+from recipes import frankenmerge_recipe, models_recipe, slerp_recipe
 from safetensors.torch import load_file
-from test_parity import frankenmerge_recipe, models_recipe, slerp_recipe
 
 from mergesmith.api import merge, plan
 from mergesmith.cli.main import main

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from recipes import models_recipe
 from reference import load_dir
-from test_parity import models_recipe
 
 import mergesmith
 from mergesmith.execute import runner

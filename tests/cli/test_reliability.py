@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_errors import (
+from cli_helpers import (
     LINEAR_TWO,
     assert_nothing_written,
     assert_one_error_line,

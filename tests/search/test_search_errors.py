@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_command_errors import digest
-from test_errors import assert_one_error_line, cli
+from cli_helpers import assert_one_error_line, cli, digest
 
 from mergesmith.search import search
 from mergesmith.search.store import FILE_NAME, Store

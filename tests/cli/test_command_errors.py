@@ -6,23 +6,16 @@ Every case runs the real CLI in-process on pico models; the helpers are tests/te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_one_error_line, cli, digest
 from pico import CORPUS
 from safetensors.torch import load_file, save_file
-from test_errors import assert_one_error_line, cli
 
 from mergesmith.cli.main import main
-
-
-def digest(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under ``paths``: what "inputs byte-identical" compares."""
-    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()]
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
 def rewrite_tensors(model: Path, edit) -> None:
