@@ -21,6 +21,7 @@ from mergesmith.api import plan as mergesmith_plan
 
 pytestmark = pytest.mark.mergekit
 
+
 def _check(case: str, cases, reference, tmp_path: Path, parity_log):
     label, recipe = cases[case]
     merge(recipe, tmp_path / "ours")
