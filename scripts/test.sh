@@ -7,6 +7,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 
 cd "$ROOT"
+# Hygiene first (seconds): lint and formatting over the package, tests, benches and examples, and
+# the import contracts (the core imports no tool; no import cycles), from pyproject.toml.
+"$ROOT/.venv/bin/ruff" check mergesmith tests bench examples scripts
+"$ROOT/.venv/bin/ruff" format --check mergesmith tests bench examples scripts
+"$ROOT/.venv/bin/lint-imports"
 start=$SECONDS
 status=0
 "$ROOT/.venv/bin/python" -m pytest "$@" || status=$?
