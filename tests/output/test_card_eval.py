@@ -40,7 +40,7 @@ def test_results_of_another_model_are_refused_with_both_named(capsys, tmp_path):
     path = results(tmp_path, score(base, None), score(out, base))
     line = assert_one_error_line(
         *cli(capsys, "card", out, "--eval", path, "--model", base),
-        f"--model {base}",
+        f"model {base}",
         f"results of {base}, not of {out}",
         f"mergesmith card {base} --eval {path}",
     )
