@@ -34,7 +34,7 @@ def _inputs(texts, tasks, lm_eval) -> tuple[list[data.Text], list[data.Task]]:
         texts, tasks = data.bundled_texts(), data.bundled_tasks()
         if not texts and not tasks:
             raise InputFormatError(
-                f"no bundled evaluation data in {data.DATA_DIR}; pass text files (--text) or task files (--tasks)"
+                f"no bundled evaluation data in {data.DATA_DIR}; give text files (texts, --text) or task files (tasks, --tasks)"
             )
     if not texts and not tasks and not lm_eval:
         raise ConfigError("nothing to evaluate: both texts and tasks are empty; pass text files or tasks")
@@ -49,7 +49,7 @@ def _window(context: int | None, stride: int | None, names: Sequence[str]) -> tu
     for name, positions in limits:
         if context > positions:
             raise ConfigError(
-                f"context {context} is longer than model '{name}' handles (max_position_embeddings {positions}); pass --context {positions} or less"
+                f"context {context} is longer than model '{name}' handles (max_position_embeddings {positions}); set context (--context) to {positions} or less"
             )
     stride = max(1, context // 2) if stride is None else stride
     perplexity.windows(2, context, stride)  # checks the pair

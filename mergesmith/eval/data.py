@@ -73,13 +73,13 @@ def read_text(path, data_dir: Path = DATA_DIR) -> Text:
     """A UTF-8 text file, or a bundled text by name (``kjv_heldout``) where no such file exists."""
     path = Path(path)
     if path.is_dir():
-        raise InputFormatError(f"text file {path} is a directory; pass the UTF-8 text files in it to --text")
+        raise InputFormatError(f"text file {path} is a directory; give the UTF-8 text files in it as texts (--text)")
     if not path.is_file() and len(path.parts) == 1 and (data_dir / "text" / f"{path}.txt").is_file():
         path = data_dir / "text" / f"{path}.txt"
     if not path.is_file():
         names = ", ".join(bundled_text_names(data_dir)) or "none found"
         raise InputFormatError(
-            f"text file {path} not found; pass an existing UTF-8 text file to --text, or a bundled text name ({names})"
+            f"text file {path} not found; give an existing UTF-8 text file as a text (--text), or a bundled text name ({names})"
         )
     text = _read_utf8(path, "text file")
     if not text.strip():

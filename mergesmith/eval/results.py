@@ -135,9 +135,13 @@ def check_results_path(path) -> Path:
     """Where ``save_results`` will write, checked before any model is scored (so no run is lost at the end)."""
     path = Path(path)
     if path.is_dir():
-        raise InputFormatError(f"--json {path} is a directory; give a file name such as {path / 'results.json'}")
+        raise InputFormatError(
+            f"results path {path} (--json) is a directory; give a file name such as {path / 'results.json'}"
+        )
     if not path.parent.is_dir():
-        raise InputFormatError(f"--json {path}: folder {path.parent} does not exist; create it or choose another path")
+        raise InputFormatError(
+            f"results path {path} (--json): folder {path.parent} does not exist; create it or choose another path"
+        )
     return path
 
 

@@ -140,7 +140,7 @@ def _check_outputs(out_dir: Path, paths: Sequence[Path], force: bool) -> None:
     if existing and not force:
         names = ", ".join(str(p) for p in existing)
         raise OutputExistsError(
-            f"{names} already exist{'s' if len(existing) == 1 else ''}; pass --force to replace, or choose another output folder"
+            f"{names} already exist{'s' if len(existing) == 1 else ''}; set force (--force) to replace, or choose another output folder"
         )
     directories = [p for p in existing if p.is_dir()]
     if directories:

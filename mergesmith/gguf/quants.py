@@ -64,7 +64,7 @@ def parse_quants(text: str) -> tuple[QuantType, ...]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
         raise ConfigError(
-            f"--quant {text!r} names no type; give e.g. --quant f16,q8_0,q4_k_m (types: {', '.join(BY_NAME)})"
+            f"quants {text!r} (--quant) names no type; give e.g. f16,q8_0,q4_k_m (types: {', '.join(BY_NAME)})"
         )
     out: list[QuantType] = []
     for name in names:

@@ -92,7 +92,7 @@ def evaluate_export(
     elif ref == "hf":
         ref_path = str(result.model)
     else:
-        raise ConfigError(f"--eval-ref {ref!r}: choose f16 (the F16 GGUF) or hf (the Hugging Face model)")
+        raise ConfigError(f"eval_ref {ref!r} (--eval-ref): choose f16 (the F16 GGUF) or hf (the Hugging Face model)")
     texts = list(texts) if texts else bundled_texts()
     files = [str(f.path) for f in result.files]
     scored = evaluate(
@@ -192,7 +192,7 @@ def read_card(card_path: Path, title: str) -> str:
         return card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {title}\n"
     except UnicodeDecodeError:
         raise InputFormatError(
-            f"{card_path} is not UTF-8; re-encode it as UTF-8, move it aside or pass --no-card"
+            f"{card_path} is not UTF-8; re-encode it as UTF-8, move it aside or leave the cards alone (card=False, --no-card)"
         ) from None
 
 

@@ -177,7 +177,7 @@ def _remove_old(out: Path, force: bool) -> None:
         raise OutputExistsError(f"{out} exists and is not a directory; remove it or pick a new search directory")
     if not force:
         raise OutputExistsError(
-            f"{out} exists; pass --resume to continue its search, --force to replace it, or pick a new directory"
+            f"{out} exists; set resume (--resume) to continue its search, force (--force) to replace it, or pick a new directory"
         )
     if not (out / FILE_NAME).is_file() and any(out.iterdir()):
         # --force replaces an earlier search, never a directory that holds something else

@@ -61,7 +61,7 @@ def _real(value: float) -> float | None:
 def _unreadable(path: Path, why: str) -> InputFormatError:
     return InputFormatError(
         f"{path} is not a readable search database ({why}); it cannot be resumed: start afresh "
-        f"with --force (replaces {path.parent}) or search into another directory"
+        f"with force (--force; replaces {path.parent}) or search into another directory"
     )
 
 
@@ -164,7 +164,9 @@ class Store:
     @classmethod
     def open_existing(cls, path: Path) -> Store:
         if not Path(path).is_file():
-            raise InputFormatError(f"{path} not found: there is no search to resume here; run without --resume")
+            raise InputFormatError(
+                f"{path} not found: there is no search to resume here; run without resume (--resume)"
+            )
         check_database(path)
         return cls(path)
 

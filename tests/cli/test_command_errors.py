@@ -48,7 +48,7 @@ def _bad_text(tmp_path: Path, case: str) -> tuple[list, list[str]]:
         file.write_text(" \n\n")
         return ["--text", file], [f"text file {file} is empty", "give a file with text"]
     if case == "text is a directory":
-        return ["--text", tmp_path], [f"text file {tmp_path} is a directory", "pass the UTF-8 text files in it"]
+        return ["--text", tmp_path], [f"text file {tmp_path} is a directory", "give the UTF-8 text files in it"]
     if case == "task not utf-8":
         file.write_bytes(GOOD_ITEM.encode() + b'{"question": "\xff"}\n')
         return ["--tasks", file], [f"task file {file} is not UTF-8", "re-encode it as UTF-8"]

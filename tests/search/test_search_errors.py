@@ -119,7 +119,7 @@ def test_resume_with_a_damaged_database_is_one_line_and_touches_nothing(capsys, 
         *cli(capsys, "search", space_file, out, "--budget", 3, "--resume", "--quiet"),
         f"{db} is not a readable search database",
         why,
-        "start afresh with --force",
+        "start afresh with force (--force",
     )
     assert digest(out) == before
     # the fix the line gives works
