@@ -37,6 +37,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument(
+        "--card-plots",
+        action="store_true",
+        help="draw the recipe's schedule and the inputs' similarity heatmap into OUT/plots and the card "
+        "(reads the inputs once more; needs matplotlib)",
+    )
+    p.add_argument(
         "--intermediate-dir",
         metavar="DIR",
         help="lineages (several YAML documents): where named "
@@ -121,10 +127,18 @@ def run(args) -> int:
 
     parse_size(args.shard_size)  # a size without a unit fails now, not after the inputs are read
     export_cmd.check_merge_options(args)  # a bad --gguf fails now, not after the merge
+    if args.card_plots:  # a missing matplotlib fails now, not after the merge
+        from mergesmith.inspect.plot import require_matplotlib
+
+        require_matplotlib()
 
     from mergesmith.lineage import is_lineage_file
 
     if is_lineage_file(args.recipe):
+        if args.card_plots:
+            from mergesmith.errors import ConfigError
+
+            raise ConfigError(f"{args.recipe} is a lineage; --card-plots draws one recipe: leave it out here")
         stages = _run_lineage(args)
         gguf = export_cmd.export_after_merge(args)
         args.log.result(gguf and gguf["table"], out=args.out, stages=stages, gguf=gguf and gguf["report"])
@@ -139,6 +153,11 @@ def run(args) -> int:
     plan = merge(args.recipe, args.out, force=args.force, **_options(args))
     if not args.quiet:  # now, not after a --gguf export
         args.log.line(f"wrote {len(plan.jobs)} tensors, {plan.num_layers} layers to {args.out}", sys.stdout)
+    if args.card_plots:
+        from mergesmith.inspect.card_plots import add_card_plots
+
+        args.log.status("drawing the card's pictures")
+        add_card_plots(args.out, args.recipe, allow_pickle=args.allow_pickle, progress=args.log.progress)
     gguf = export_cmd.export_after_merge(args)
     args.log.result(
         gguf and gguf["table"],
