@@ -85,10 +85,7 @@ def _run_recipe(args, log: Log) -> int:
     if given:
         raise ConfigError(f"{given[0]} applies when comparing models, not to a recipe ({args.inputs[0]}); drop it")
     if is_lineage_file(args.inputs[0]):
-        raise ConfigError(
-            f"{args.inputs[0]} is a multi-stage lineage; inspect takes one recipe: "
-            "copy the stage you want into a file of its own"
-        )
+        return _run_lineage(args, log)
     src = read_recipe(args.inputs[0])
     inputs = [("the recipe", src.name)] + [
         (f"model '{k}'", p) for k in model_keys(src.recipe) for p in local_paths(k, src.base_dir)
@@ -98,6 +95,35 @@ def _run_recipe(args, log: Log) -> int:
     _save(args, schedule.to_dict(), lambda path: plot_schedule(schedule, path))
     _wrote(args, log)
     log.result(None if log.json else schedule_text(schedule), **schedule.to_dict())
+    return 0
+
+
+def _run_lineage(args, log: Log) -> int:
+    """A lineage: every stage's schedule, in the order the stages run (stage outputs by name);
+    ``--plot FILE.png`` draws the final merge there and each named stage beside it as FILE.<stage>.png."""
+    from pathlib import Path
+
+    from mergesmith.inspect.plot import plot_schedule
+    from mergesmith.inspect.recipe import schedule_of
+    from mergesmith.inspect.summary import schedule_text
+    from mergesmith.lineage import plan_lineage, read_lineage
+
+    lineage = read_lineage(args.inputs[0])
+    _outputs(args, [("the lineage", Path(args.inputs[0]))])
+    plans = plan_lineage(lineage, allow_pickle=args.allow_pickle)
+    schedules = [(stage, schedule_of(the_plan, stage.recipe, stage.label)) for stage, the_plan in plans]
+    data = {"stages": [{"stage": stage.label, **schedule.to_dict()} for stage, schedule in schedules]}
+
+    def plot(path) -> None:
+        path = Path(path)
+        for i, (stage, schedule) in enumerate(schedules):
+            last = i == len(schedules) - 1
+            plot_schedule(schedule, path if last else path.with_name(f"{path.stem}.{stage.label}{path.suffix}"))
+
+    _save(args, data, plot)
+    _wrote(args, log)
+    text = "\n\n".join(f"## stage {stage.label}\n{schedule_text(schedule)}" for stage, schedule in schedules)
+    log.result(None if log.json else text, **data)
     return 0
 
 

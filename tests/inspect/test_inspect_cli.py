@@ -159,7 +159,6 @@ def broken_copy(src, dst, name, tensor):
         ("plot not png", ConfigError, ".png"),
         ("plot inside an input", UnsafeOutputError, "lies inside"),
         ("base on a recipe", ConfigError, "--base"),
-        ("lineage", ConfigError, "lineage"),
         ("top-k 0", ConfigError, "--top-k"),
     ],
 )
@@ -179,7 +178,6 @@ def test_bad_input_is_one_typed_line(llama_family, tmp_path, case, error, culpri
         "plot not png": [ft1, ft2, "--plot", tmp_path / "x.jpg"],
         "plot inside an input": [ft1, ft2, "--plot", ft1 / "x.png"],
         "base on a recipe": [tmp_path / "r.yml", "--base", base],
-        "lineage": [tmp_path / "lineage.yml"],
         "top-k 0": [ft1, ft2, "--base", base, "--top-k", "0"],
     }[case]
     (tmp_path / "lineage.yml").write_text(
@@ -191,3 +189,19 @@ def test_bad_input_is_one_typed_line(llama_family, tmp_path, case, error, culpri
     message = str(caught.value)
     assert culprit in message and "\n" not in message
     assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.png")) and not list(ft1.glob("*.png"))
+
+
+def test_a_lineage_shows_every_stage(llama_family, tmp_path):
+    """Stage outputs appear by name; --plot draws the final merge and each named stage beside it."""
+    base, ft1, ft2 = llama_family
+    lineage = tmp_path / "lineage.yml"
+    lineage.write_text(
+        f"name: c\nmerge_method: linear\nmodels: [{{model: {ft1}, parameters: {{weight: 0.5}}}},"
+        f" {{model: {ft2}, parameters: {{weight: 0.5}}}}]\n---\n"
+        f"merge_method: slerp\nbase_model: {base}\nmodels: [{{model: {base}}}, {{model: c}}]\n"
+        "parameters: {t: [0, 1]}\n"
+    )
+    inspect(lineage, "--json", tmp_path / "s.json", "--plot", tmp_path / "s.png", "--quiet")
+    stages = json.loads((tmp_path / "s.json").read_text())["stages"]
+    assert len(stages) == 2 and stages[0]["stage"] == "c" and stages[1]["method"] == "slerp"
+    assert png_size(tmp_path / "s.png")[0] > 0 and png_size(tmp_path / "s.c.png")[0] > 0
