@@ -18,6 +18,7 @@ from mergesmith.cli import (
     completion,
     eval_cmd,
     export_cmd,
+    extract_cmd,
     inspect_cmd,
     merge_cmd,
     plan_cmd,
@@ -25,7 +26,7 @@ from mergesmith.cli import (
 )
 from mergesmith.cli.events import Log
 
-COMMANDS = (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd, inspect_cmd, completion)
+COMMANDS = (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd, extract_cmd, inspect_cmd, completion)
 
 
 def version() -> str:

@@ -43,7 +43,8 @@ def test_the_command_prints_the_script(capsys):
 def test_bash_completes_commands_options_and_choices(bash_completion):
     _, commands = describe(build_parser())
     assert complete(bash_completion, "mergesmith", "") == [c.name for c in commands] + ["-h", "--help", "--version"]
-    assert complete(bash_completion, "mergesmith", "ex") == ["export-gguf"]
+    assert complete(bash_completion, "mergesmith", "ex") == ["export-gguf", "extract-lora"]
+    assert complete(bash_completion, "mergesmith", "exp") == ["export-gguf"]
     assert complete(bash_completion, "mergesmith", "search", "space.yml", "--re") == ["--resume", "--report"]
     assert complete(bash_completion, "mergesmith", "eval", "m/", "--log-format", "") == ["text", "json"]
     assert complete(bash_completion, "mergesmith", "export-gguf", "--eval-ref", "") == ["f16", "hf"]
