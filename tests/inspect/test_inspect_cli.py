@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 from inspect_png import png_size
+from recipes import slerp_recipe
 from safetensors.torch import load_file, save_file
 
 from mergesmith.cli import inspect_cmd
@@ -73,27 +74,6 @@ def test_three_models_without_base_plot_a_panel_per_pair(llama_family, tmp_path)
     assert png_size(out_png) == heatmap_size(5, 5, 3) == (640, 860)
 
 
-def slerp_recipe(a, b, layers: int) -> str:
-    return f"""
-slices:
-  - sources:
-      - model: {a}
-        layer_range: [0, {layers}]
-      - model: {b}
-        layer_range: [0, {layers}]
-merge_method: slerp
-base_model: {a}
-parameters:
-  t:
-    - filter: self_attn
-      value: {T_ATTN}
-    - filter: mlp
-      value: {T_MLP}
-    - value: 0.5 # fallback for rest of tensors
-dtype: bfloat16
-"""
-
-
 def gradient(anchors, i, n):
     """mergekit's rule, written out again: layer i of n at x = i/(n-1) on the anchors' polyline."""
     x = i / (n - 1) * (len(anchors) - 1)
@@ -103,7 +83,7 @@ def gradient(anchors, i, n):
 
 def test_slerp_schedule_lines(llama10, tmp_path, capsys):
     recipe = tmp_path / "slerp.yml"
-    recipe.write_text(slerp_recipe(*llama10, 10))
+    recipe.write_text(slerp_recipe(*llama10, 10, "bfloat16"))
     out_json, out_png = tmp_path / "s.json", tmp_path / "s.png"
     assert inspect(recipe, "--json", out_json, "--plot", out_png) == 0
     data = json.loads(out_json.read_text())

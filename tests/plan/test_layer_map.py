@@ -5,27 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recipes import slerp_recipe
+
 from mergesmith.cli.main import main
 from mergesmith.plan.layer_map import short_names
-
-PUBLISHED_SLERP = """\
-slices:
-  - sources:
-      - model: {a}
-        layer_range: [0, 4]
-      - model: {b}
-        layer_range: [0, 4]
-merge_method: slerp
-base_model: {a}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 0.3, 0.7, 1]
-    - filter: mlp
-      value: [1, 0.5, 0.7, 0.3, 0]
-    - value: 0.5
-dtype: bfloat16
-"""
 
 STACK = """\
 merge_method: passthrough
@@ -52,7 +35,7 @@ def view(capsys, tmp_path: Path, text: str, *flags) -> list[str]:
 
 def test_slerp_gradients_per_filter_across_the_layers(capsys, tmp_path, llama_family):
     a, b = llama_family[:2]
-    lines = view(capsys, tmp_path, PUBLISHED_SLERP.format(a=a, b=b))
+    lines = view(capsys, tmp_path, slerp_recipe(a, b, 4, "bfloat16"))
     assert all(len(line) <= 100 for line in lines)
     assert "  layers 0–3 ← base [0–3] + ft1 [0–3]: slerp" in lines
     # Four layers at t = 0, 1/3, 2/3, 1 of the gradient [0, 0.5, 0.3, 0.7, 1] (mergekit's rule):
@@ -75,9 +58,9 @@ def test_a_frankenmerge_shows_which_source_layers_land_where(capsys, tmp_path, l
 
 def test_tensors_and_json_keep_every_tensor(capsys, tmp_path, llama_family):
     a, b = llama_family[:2]
-    table = view(capsys, tmp_path, PUBLISHED_SLERP.format(a=a, b=b), "--tensors")
+    table = view(capsys, tmp_path, slerp_recipe(a, b, 4, "bfloat16"), "--tensors")
     assert sum("\tslerp\t" in line for line in table) == 39  # pico llama, 4 layers: 4 * 9 + 3
-    assert view(capsys, tmp_path, PUBLISHED_SLERP.format(a=a, b=b), "--json")[0] == "{"
+    assert view(capsys, tmp_path, slerp_recipe(a, b, 4, "bfloat16"), "--json")[0] == "{"
 
 
 def test_short_names_keep_whole_keys_where_they_would_clash():
