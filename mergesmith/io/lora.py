@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergesmith._torch import torch
@@ -77,6 +77,8 @@ class Adapter:
     file: Path
     deltas: Mapping[str, Delta]  # base tensor name -> its LoRA update
     replaced: Mapping[str, str]  # base tensor name -> adapter tensor saved whole
+    # lora_bias: base bias name -> (lora_B.bias tensor, scale): PEFT folds bias += scale · lora_B.bias.
+    bias_deltas: Mapping[str, tuple[str, float]] = field(default_factory=dict)
 
 
 def read_adapter(key: str, adapter_dir: Path, base: Mapping[str, TensorInfo]) -> Adapter:
@@ -93,8 +95,9 @@ def read_adapter(key: str, adapter_dir: Path, base: Mapping[str, TensorInfo]) ->
         )
         raise InputFormatError(f"model '{key}': {adapter_dir} has no {ADAPTER_WEIGHTS}; {hint}")
     header = read_safetensors_header(file)
-    factors, transposed, replaced = _classify(config, file, header)
-    for target, source in {**replaced, **{t: min(f.values()) for t, f in factors.items()}}.items():
+    factors, transposed, replaced, biases = _classify(config, file, header)
+    replaced = _untie(config, replaced, header, base)
+    for target, source in {**replaced, **biases, **{t: min(f.values()) for t, f in factors.items()}}.items():
         if target not in base:
             raise InputFormatError(
                 f"{file}: tensor {source} targets {target}, which base model '{key}' does not "
@@ -107,14 +110,42 @@ def read_adapter(key: str, adapter_dir: Path, base: Mapping[str, TensorInfo]) ->
                 f"{list(base[target].shape)}; resized vocabularies are not supported"
             )
     deltas = {t: _delta(config, file, header, t, f, transposed[t], base[t]) for t, f in factors.items()}
-    return Adapter(file, deltas, replaced)
+    return Adapter(file, deltas, replaced, _bias_deltas(file, header, biases, deltas, base))
 
 
-def _classify(config: dict, file: Path, header: Mapping) -> tuple[dict, dict, dict]:
-    """Adapter tensor names → ({target: {"A": name, "B": name}}, {target: transposed}, {target: name})."""
+def _untie(config: dict, replaced: dict, header: Mapping, base: Mapping[str, TensorInfo]) -> dict:
+    """Under ``ensure_weight_tying``, PEFT saves a tied head whole beside the embedding it is tied to;
+    a base that stores only the embedding takes the embedding's replacement, so the head's copy is
+    left out (it must have the shape of another tensor the adapter replaces)."""
+    if not config.get("ensure_weight_tying"):
+        return replaced
+    shapes = {tuple(header[name]["shape"]) for t, name in replaced.items() if t in base}
+    return {t: n for t, n in replaced.items() if t in base or tuple(header[n]["shape"]) not in shapes}
+
+
+def _bias_deltas(file: Path, header: Mapping, biases: dict, deltas: dict, base: Mapping[str, TensorInfo]) -> dict:
+    """``lora_bias``: each ``lora_B.bias`` adds to its module's bias at the module's LoRA scale."""
+    found = {}
+    for target, name in biases.items():
+        weight = target.removesuffix(".bias") + ".weight"
+        if weight not in deltas:
+            raise InputFormatError(f"{file}: {name} has no lora_A/lora_B weight pair for {weight}; {RESAVE}")
+        if tuple(header[name]["shape"]) != base[target].shape:
+            raise InputFormatError(
+                f"{file}: {name} has shape {header[name]['shape']} but {target} in the base has "
+                f"{list(base[target].shape)}; the adapter was trained on a different model"
+            )
+        found[target] = (name, deltas[weight].scale)
+    return found
+
+
+def _classify(config: dict, file: Path, header: Mapping) -> tuple[dict, dict, dict, dict]:
+    """Adapter tensor names → ({target: {"A": name, "B": name}}, {target: transposed}, {target: name}
+    saved whole, {bias target: lora_B.bias name})."""
     factors: dict[str, dict[str, str]] = {}
     transposed: dict[str, bool] = {}
     replaced: dict[str, str] = {}
+    biases: dict[str, str] = {}
     adapter_names = set()
     for name in sorted(header):
         # PEFT saves names as the wrapped model sees them; the checkpoint has them without the wrapper.
@@ -127,6 +158,9 @@ def _classify(config: dict, file: Path, header: Mapping) -> tuple[dict, dict, di
             target = factor["module"] + ".weight"
             factors.setdefault(target, {})[factor["side"]] = name
             transposed[target] = bool(factor["embedding"]) or bool(config.get("fan_in_fan_out"))
+            adapter_names.add(factor["adapter"])
+        elif factor and factor["suffix"] == ".bias" and factor["side"] == "B" and config.get("lora_bias"):
+            biases[factor["module"] + ".bias"] = name
             adapter_names.add(factor["adapter"])
         elif saved and not factor and saved_whole(config, saved["module"], saved["wrapper"], saved["param"]):
             target = f"{saved['module']}.{saved['param']}"
@@ -141,7 +175,7 @@ def _classify(config: dict, file: Path, header: Mapping) -> tuple[dict, dict, di
     if len(adapter_names) > 1:
         shown = ", ".join(sorted(n or "unnamed" for n in adapter_names))
         raise InputFormatError(f"{file}: holds several adapters ({shown}); save one adapter per directory")
-    return factors, transposed, replaced
+    return factors, transposed, replaced, biases
 
 
 def _delta(
@@ -189,6 +223,10 @@ class LoraReader:
         dtype = self._base.info(name).dtype
         whole = self._adapter.replaced.get(name)
         tensor = self._factors.get(whole).to(dtype) if whole else self._base.get(name)
+        bias = self._adapter.bias_deltas.get(name)
+        if bias is not None:
+            compute = torch.promote_types(dtype, torch.float32)
+            return (tensor.to(compute) + self._factors.get(bias[0]).to(compute) * bias[1]).to(dtype)
         delta = self._adapter.deltas.get(name)
         if delta is None:
             return tensor

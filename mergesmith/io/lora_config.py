@@ -21,12 +21,11 @@ from mergesmith.errors import InputFormatError
 ADAPTER_CONFIG = "adapter_config.json"
 SUPPORTED = (
     "mergesmith folds plain LoRA (peft_type LORA on Linear, Conv1D and Embedding layers, "
-    "with rsLoRA, rank/alpha patterns and modules_to_save)"
+    "with rsLoRA, rank/alpha patterns, lora_bias and modules_to_save)"
 )
 # Adapter features whose merge is not W + scale·BA: refused rather than merged wrongly.
 UNSUPPORTED_KEYS = (
     "use_dora",
-    "lora_bias",
     "layer_replication",
     "trainable_token_indices",
     "target_parameters",
@@ -108,6 +107,8 @@ def saved_whole(config: dict, module: str, wrapper: str | None, param: str) -> b
     saved = config.get("modules_to_save") or ()
     if any(module == m or module.endswith("." + m) for m in saved):
         return True
+    if config.get("ensure_weight_tying") and param == "weight":
+        return True  # the head saved whole beside its tied embedding (see io/lora.py _untie)
     return param == "bias" and config.get("bias", "none") != "none"
 
 
