@@ -19,12 +19,13 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
+from cli_helpers import cli
 from pico import perturb_, pico_config, save_model
 from reference import load_dir
 from safetensors.torch import save_file
+from test_hub import linear
 
 import mergesmith.api
-from mergesmith.cli.main import main
 from mergesmith.io.header import ModelHeader, ModelInput
 from mergesmith.io.hub import HEADER_FILES
 from mergesmith.output.tokenizer import TOKENIZER_FILES
@@ -193,22 +194,6 @@ def wide_family(tmp_path_factory) -> list[Path]:
     """A wide pico llama and a fine-tune of it (the fine-tune in 2 shards with an index)."""
     root = tmp_path_factory.mktemp("wide")
     return [_wide_model(root / "base", 0), _wide_model(root / "ft1", 1, shards=2)]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def linear(tmp_path: Path, first: str, second: str) -> Path:
-    recipe = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yml"
-    recipe.write_text(
-        f"merge_method: linear\nmodels:\n  - model: {first}\n    parameters: {{weight: 0.5}}\n"
-        f"  - model: {second}\n    parameters: {{weight: 0.5}}\n"
-    )
-    return recipe
 
 
 def _cached_weights(cache: Path) -> list[Path]:
