@@ -19,7 +19,7 @@ from mergesmith.errors import InputFormatError, OutputWriteError
 from mergesmith.io.resolve import close_models, local_paths, open_headers, open_models
 from mergesmith.io.writer import ShardedWriter, parse_size
 from mergesmith.output.card import model_card
-from mergesmith.output.config import output_config
+from mergesmith.output.config import copy_remote_code, output_config
 from mergesmith.output.directory import check_not_input, check_target, staged_directory
 from mergesmith.output.tokenizer import (
     check_tokenizer_files,
@@ -34,6 +34,8 @@ from mergesmith.plan.planner import build_plan
 DEFAULT_SHARD_SIZE = "5GB"
 # Where `base+adapter` references are merged once and reused (io/lora.py).
 DEFAULT_LORA_CACHE = Path("~/.cache/mergesmith/lora")
+# Where the calibration stage keeps Gram matrices of data-aware methods (mergesmith/calibrate).
+DEFAULT_CALIBRATION_CACHE = Path("~/.cache/mergesmith/calibration")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def model_keys(recipe: Recipe) -> list[str]:
     return keys
 
 
-def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
+def plan(recipe, *, seed: int = 0, allow_pickle: bool = False, trust_remote_code: bool = False) -> Plan:
     """What a merge would do, tensor by tensor; reads only headers and configs.
 
     Hub models are not downloaded: their config and tokenizer files are, and their tensor headers
@@ -80,7 +82,27 @@ def plan(recipe, *, seed: int = 0, allow_pickle: bool = False) -> Plan:
     """
     src = read_recipe(recipe)
     headers = open_headers(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
-    return build_plan(src.recipe, headers, source=src.name, seed=seed)
+    return build_plan(src.recipe, headers, source=src.name, seed=seed, trust_remote_code=trust_remote_code)
+
+
+def calibration_status(recipe, the_plan: Plan, cache_root, allow_pickle: bool = False) -> list[dict]:
+    """Per calibrated model: its texts (resolved), tokens, cache entry and whether it is there.
+    Keying an entry reads every byte of the model's files (about 2 s per GB)."""
+    from mergesmith.calibrate.stage import prepare
+
+    src = read_recipe(recipe)
+    headers = open_headers(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    root = Path(cache_root).expanduser()
+    return [
+        {
+            "model": p.calibration.model,
+            "texts": [str(t.path) for t in p.texts],
+            "tokens": len(p.ids),
+            "cache": str(root / p.key) if p.key else None,
+            "cached": p.key is not None and (root / p.key / "calibration.json").is_file(),
+        }
+        for p in prepare(the_plan, headers, src.base_dir)
+    ]
 
 
 def merge(
@@ -96,12 +118,18 @@ def merge(
     lora_cache: str | Path | None = DEFAULT_LORA_CACHE,
     device: str = "cpu",
     status: Callable[[str], None] | None = None,
+    calibration_cache: str | Path | None = DEFAULT_CALIBRATION_CACHE,
+    trust_remote_code: bool = False,
 ) -> Plan:
     """Run a recipe into ``out``: shards, config, tokenizer, recipe and card appear atomically.
 
     ``lora_cache``: where ``base+adapter`` inputs are merged and kept for later runs; None folds
-    adapters in on the fly instead, writing nothing outside ``out``. ``status`` hears what the merge
+    adapters in on the fly instead, writing nothing outside ``out``. ``calibration_cache``: where the Gram
+    matrices of a data-aware method (regmean) are kept for later runs; None computes them into a
+    temporary directory. ``status`` hears what the merge
     does where no progress bar says it ("reading metadata", "folding adapters", ...).
+    ``trust_remote_code``: merge inputs whose class is defined by code shipped with them (config.json
+    ``auto_map``) from their tensor names, and copy that code beside the output's config.
     """
     say = status or (lambda _message: None)
     src = read_recipe(recipe)
@@ -121,18 +149,19 @@ def merge(
     # before a Hub weight is downloaded or the LoRA cache is touched; then the inputs are opened for
     # reading (weights downloaded, adapters folded) and planned again from what was opened.
     say("reading metadata and planning")
-    template = _header_checks(src, keys, out, seed, allow_pickle)
+    template = _header_checks(src, keys, out, seed, allow_pickle, trust_remote_code)
     adapters = any(parse_reference(k).lora is not None for k in keys)
     say("opening the inputs and folding adapters" if adapters else "opening the inputs")
     models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
         with warnings.catch_warnings():  # said once already, by the first plan
             warnings.simplefilter("ignore")
-            the_plan = build_plan(src.recipe, models, source=src.name, seed=seed)
-        with staged_directory(out, force) as staging, _write_errors(out, staging):
+            the_plan = build_plan(src.recipe, models, source=src.name, seed=seed, trust_remote_code=trust_remote_code)
+        calibrated = _statistics(the_plan, models, src, calibration_cache, say, progress)
+        with calibrated as statistics, staged_directory(out, force) as staging, _write_errors(out, staging):
             writer = ShardedWriter(staging, slots(the_plan), size)
             try:
-                _run(the_plan, models, writer, progress, workers, device)
+                _run(the_plan, {**models, **statistics}, writer, progress, workers, device)
                 writer.finish()
             except BaseException:
                 writer.close()
@@ -144,12 +173,28 @@ def merge(
     return the_plan
 
 
-def _header_checks(src: RecipeSource, keys: list[str], out: Path, seed: int, allow_pickle: bool) -> str | None:
+def _statistics(the_plan: Plan, models, src: RecipeSource, cache, say, progress: bool):
+    """The calibration stage's inputs (``model#grams``), or none when no method needs them."""
+    if not the_plan.calibration:
+        return contextlib.nullcontext({})
+    from mergesmith.calibrate.stage import statistics_inputs
+
+    root = Path(cache).expanduser() if cache is not None else None
+    return statistics_inputs(the_plan, models, src.base_dir, root, say, progress)
+
+
+def _header_checks(
+    src: RecipeSource, keys: list[str], out: Path, seed: int, allow_pickle: bool, trust_remote_code: bool = False
+) -> str | None:
     """Every check that headers allow, before any weight is fetched; the chat template to write."""
     headers = open_headers(keys, base_dir=src.base_dir, allow_pickle=allow_pickle)
     check_not_input(out, [(f"model '{k}'", m.path) for k, m in headers.items()])  # Hub snapshots too
-    the_plan = build_plan(src.recipe, headers, source=src.name, seed=seed)
+    the_plan = build_plan(src.recipe, headers, source=src.name, seed=seed, trust_remote_code=trust_remote_code)
     check_tokenizer_files(headers[the_plan.tokenizer_donor])
+    if the_plan.calibration:  # texts found and long enough before any weight is read
+        from mergesmith.calibrate.stage import prepare
+
+        prepare(the_plan, headers, src.base_dir, keys=False)
     if not src.recipe.chat_template:
         return None
     return resolve_chat_template(src.recipe.chat_template, headers, src.name)
@@ -196,6 +241,7 @@ def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: st
     config = output_config(the_plan, models)
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_generation_config(models[the_plan.config_donor], staging)
+    copy_remote_code(models[the_plan.config_donor], staging)
     copy_tokenizer(models[the_plan.tokenizer_donor], staging, the_plan.vocab)
     if template:
         write_chat_template(template, staging)

@@ -37,11 +37,13 @@ KB = 1000
 AUSTEN_SPLITS = {
     "heldout": ("persuasion", 100 * KB),
     "fitness": ("northangerabbey", 100 * KB),
+    "selection": ("mansfieldpark", 100 * KB),
     "train": ("prideprejudice", 300 * KB),
 }
 KJV_SPLITS = {
     "heldout": ("Luke1:1-Luke24:53", 100 * KB),
     "fitness": ("John1:1-John21:25", 100 * KB),
+    "selection": ("Acts1:1-Acts28:31", 100 * KB),
     "train": ("Gen1:1-Exo40:38", 300 * KB),
 }
 # BIG-bench multiple-choice tasks on which SmolLM2-135M-Instruct scores clearly above chance.

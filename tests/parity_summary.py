@@ -75,6 +75,16 @@ def per_method_lines(entries) -> list[str]:
     return lines
 
 
+# Methods mergekit does not have: each is checked against its authors' reference code instead
+# (the test named here, in tests/methods/).
+BEYOND_MERGEKIT = {
+    "regmean": "test_regmean.py::test_matches_fusion_bench",
+    "tsv": "test_tsv.py::test_matches_the_authors_code",
+    "iso_c": "test_iso.py::test_iso_c_matches_the_authors_code",
+    "iso_cts": "test_iso.py::test_iso_cts_matches_the_authors_code",
+}
+
+
 def missing_coverage(entries, required=("llama", "qwen2")) -> list[str]:
     """ "method on family" for each registry method without a whole merge on a ``required`` family."""
     seen = set()
@@ -82,4 +92,9 @@ def missing_coverage(entries, required=("llama", "qwen2")) -> list[str]:
         who = attribute(label)
         if not who.function_level:
             seen.update((who.method, family) for family in who.families)
-    return [f"{method} on {family}" for method in METHODS for family in required if (method, family) not in seen]
+    return [
+        f"{method} on {family}"
+        for method in METHODS
+        for family in required
+        if (method, family) not in seen and method not in BEYOND_MERGEKIT
+    ]

@@ -1,4 +1,4 @@
-"""Merge the two committed specialists with five recipes, evaluate everything, print the table.
+"""Merge the two committed specialists with its recipes, evaluate everything, print the table.
 
     python examples/specialists/run.py                 # the README table: full held-out texts
     python examples/specialists/run.py --limit 4 --context 256 --recipes ties    # a quick look
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import BASE, DOMAINS, HERE, ROOT, WORK, ensure_base, heldout_text
 
-MERGES = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
+MERGES = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp", "tsv", "iso_c", "iso_cts", "regmean")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mergesmith.arch.moe import check_expert_counts, with_experts
 from mergesmith.arch.spec import (
     ArchSpec,
     WeightSpec,
@@ -134,6 +135,12 @@ def _globals(shapes: Mapping[str, Sequence[int]], names: list[str], config: Mapp
     return tuple(pre), tuple(post)
 
 
+def _indices(values: list) -> bool:
+    """A list of layer indices (Llama 4's ``moe_layers`` = [0, 1, 2, 3]), not one entry per layer:
+    strictly increasing integers from 0 (per-layer flags such as ``no_rope_layers`` repeat values)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and v == i for i, v in enumerate(values))
+
+
 def _name(config: Mapping) -> str:
     names = config.get("architectures") or []
     return str(names[0]) if names else str(config.get("model_type") or "unknown")
@@ -150,7 +157,9 @@ def infer_arch(config: Mapping, shapes: Mapping[str, Sequence[int]], source: str
     key = _layer_count_key(config, n, prefix, where)
     in_layers = {f"{prefix}.{i}.{rest}" for i in range(n) for rest in templates}
     pre, post = _globals(shapes, [x for x in names if x not in in_layers], config, where)
-    per_layer = tuple(k for k, v in config.items() if "layer" in k and isinstance(v, list) and len(v) == n)
+    per_layer = tuple(
+        k for k, v in config.items() if "layer" in k and isinstance(v, list) and len(v) == n and not _indices(v)
+    )
     return ArchSpec(
         family=str(config.get("model_type") or _name(config)),
         model_type=str(config.get("model_type") or ""),
@@ -186,17 +195,34 @@ class ArchInput:
     source: str  # how messages name the model
 
 
-def arch_for_models(inputs: Mapping[str, ArchInput]) -> dict[str, ArchSpec]:
+def check_remote_code(config: Mapping, source: str, trust_remote_code: bool) -> None:
+    """ArchitectureError for a model whose class comes from code shipped with it (config.json
+    ``auto_map``), unless the user opted in. Merging runs none of that code; the opt-in says the
+    user accepts an output whose config, like the input's, loads only with trust_remote_code."""
+    auto_map = config.get("auto_map")
+    if auto_map and not trust_remote_code:
+        modules = sorted({str(v).split(".")[0].split("--")[-1] for v in dict(auto_map).values() if isinstance(v, str)})
+        raise ArchitectureError(
+            f"{source}: architecture {_name(config)!r} is defined by code shipped with the model (config.json auto_map: "
+            f"{', '.join(f'{m}.py' for m in modules) or auto_map}), which transformers runs only with trust_remote_code; "
+            "mergesmith can merge it from its tensor names: pass --trust-remote-code (API: trust_remote_code=True)"
+        )
+
+
+def arch_for_models(inputs: Mapping[str, ArchInput], *, trust_remote_code: bool = False) -> dict[str, ArchSpec]:
     """Each input's shipped definition, else one inferred from its tensors; one warning per
-    inferred architecture, naming every input that has it."""
+    inferred architecture, naming every input that has it. An input whose class needs remote code
+    (and has no shipped definition) is refused unless ``trust_remote_code``."""
     specs: dict[str, ArchSpec] = {}
     inferred: dict[str, list[str]] = defaultdict(list)  # warning text -> input keys
     for key, item in inputs.items():
         spec = find_arch(item.config)
         if spec is None:
+            check_remote_code(item.config, item.source, trust_remote_code)
             spec = infer_arch(item.config, item.shapes, item.source)
             inferred[inferred_warning(item.config, spec)].append(key)
-        specs[key] = spec
+        specs[key] = with_experts(spec, item.config, item.source, item.shapes)
+    check_expert_counts(specs)
     for message, keys in inferred.items():
         warnings.warn(f"{', '.join(repr(k) for k in keys)}: {message}", stacklevel=2)
     return specs

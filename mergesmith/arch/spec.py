@@ -49,6 +49,11 @@ class ArchSpec:
     post: tuple[WeightSpec, ...]
     tie_word_embeddings: bool | None = None  # the config class's default; None: unknown (inferred)
     ignored_buffers: tuple[str, ...] = ()  # names, ``{layer}`` for any layer index
+    # Mixture-of-experts families (arch/moe.py): config keys for the expert count, the config
+    # values under which every layer has experts, and the count once ``{expert}`` is expanded.
+    experts_keys: tuple[str, ...] = ()
+    experts_require: tuple[tuple[str, str], ...] = ()  # (config key, value as JSON)
+    num_experts: int | None = None
 
     def layer_weights(self, index: int) -> tuple[WeightSpec, ...]:
         return tuple(w.at_layer(index) for w in self.layer)
@@ -96,6 +101,8 @@ def _parse(family: str, data: dict) -> ArchSpec:
         post=_weights(data["post"]),
         tie_word_embeddings=data.get("tie_word_embeddings"),
         ignored_buffers=tuple(data.get("ignored_buffers", ())),
+        experts_keys=tuple(data.get("experts_keys", ())),
+        experts_require=tuple((k, json.dumps(v)) for k, v in data.get("experts_require", {}).items()),
     )
 
 

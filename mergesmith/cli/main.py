@@ -21,12 +21,24 @@ from mergesmith.cli import (
     extract_cmd,
     inspect_cmd,
     merge_cmd,
+    moe_cmd,
     plan_cmd,
     search_cmd,
 )
 from mergesmith.cli.events import Log
 
-COMMANDS = (merge_cmd, plan_cmd, eval_cmd, card_cmd, search_cmd, export_cmd, extract_cmd, inspect_cmd, completion)
+COMMANDS = (
+    merge_cmd,
+    plan_cmd,
+    moe_cmd,
+    eval_cmd,
+    card_cmd,
+    search_cmd,
+    export_cmd,
+    extract_cmd,
+    inspect_cmd,
+    completion,
+)
 
 
 def version() -> str:

@@ -28,6 +28,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="merge models whose class is defined by code shipped with them (config.json auto_map), "
+        "from their tensor names; the code is copied, never run",
+    )
+    p.add_argument(
         "--workers", type=int, default=2, help="tensors merged at once (default 2); results do not depend on it"
     )
     p.add_argument(
@@ -54,6 +60,7 @@ def add_parser(sub) -> None:
         help="where base+adapter inputs are merged and reused "
         "(default $MERGESMITH_CACHE/lora, else ~/.cache/mergesmith/lora)",
     )
+    add_calibration_cache(p)
     export_cmd.add_merge_options(p)
     add_log_format(p)
     p.set_defaults(handler=run)
@@ -72,6 +79,28 @@ def _lora_cache(args):
     return Path(root) / "lora" if root else DEFAULT_LORA_CACHE
 
 
+def add_calibration_cache(p) -> None:
+    p.add_argument(
+        "--calibration-cache",
+        metavar="DIR",
+        help="where regmean's Gram matrices are computed once and reused "
+        "(default $MERGESMITH_CACHE/calibration, else ~/.cache/mergesmith/calibration)",
+    )
+
+
+def calibration_cache(args):
+    """The one place the calibration cache location is read from the environment."""
+    import os
+    from pathlib import Path
+
+    from mergesmith.api import DEFAULT_CALIBRATION_CACHE
+
+    if args.calibration_cache:
+        return Path(args.calibration_cache)
+    root = os.environ.get("MERGESMITH_CACHE")
+    return Path(root) / "calibration" if root else DEFAULT_CALIBRATION_CACHE.expanduser()
+
+
 def _options(args) -> dict:
     """What every merge of this command (the recipe, or each stage of a lineage) gets."""
     return dict(
@@ -81,6 +110,7 @@ def _options(args) -> dict:
         progress=args.log.progress,
         workers=args.workers,
         lora_cache=_lora_cache(args),
+        calibration_cache=calibration_cache(args),
         device=args.device,
         status=args.log.status,
     )
@@ -139,6 +169,12 @@ def run(args) -> int:
             from mergesmith.errors import ConfigError
 
             raise ConfigError(f"{args.recipe} is a lineage; --card-plots draws one recipe: leave it out here")
+        if args.trust_remote_code:
+            from mergesmith.errors import ConfigError
+
+            raise ConfigError(
+                f"{args.recipe} is a lineage; --trust-remote-code applies to single recipes: leave it out"
+            )
         stages = _run_lineage(args)
         gguf = export_cmd.export_after_merge(args)
         args.log.result(gguf and gguf["table"], out=args.out, stages=stages, gguf=gguf and gguf["report"])
@@ -150,7 +186,7 @@ def run(args) -> int:
             f"{args.recipe} is a single recipe; --intermediate-dir applies only to lineages "
             "(several YAML documents with 'name:')"
         )
-    plan = merge(args.recipe, args.out, force=args.force, **_options(args))
+    plan = merge(args.recipe, args.out, force=args.force, trust_remote_code=args.trust_remote_code, **_options(args))
     if not args.quiet:  # now, not after a --gguf export
         args.log.line(f"wrote {len(plan.jobs)} tensors, {plan.num_layers} layers to {args.out}", sys.stdout)
     if args.card_plots:

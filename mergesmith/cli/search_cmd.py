@@ -51,6 +51,11 @@ def add_parser(sub) -> None:
         help="with --resume: score the held-out report and write the winner "
         "again even when the stored ones are current",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the space size, the genome, the splits and the estimated time; load no weights, write nothing",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle .bin checkpoints (they can run code)")
     p.add_argument("--quiet", action="store_true", help="no progress output (no line per candidate)")
@@ -60,12 +65,13 @@ def add_parser(sub) -> None:
 
 def _on_result(args):
     """One line (text) or one event (json) per scored candidate."""
-    from mergesmith.search.report import params_text
+    from mergesmith.search.report import params_text, ranked
 
-    log, best = args.log, [float("inf")]
+    log, best, seen = args.log, [float("inf")], {}
 
     def show(record, scored: int) -> None:
-        best[0] = min(best[0], record.fitness)
+        seen[record.index] = record  # racing: a promoted candidate comes back with more windows
+        best[0] = ranked(list(seen.values()))[0].fitness  # the leader on the most windows
         if log.json:
             log.emit(
                 "candidate",
@@ -77,10 +83,13 @@ def _on_result(args):
                 seconds=record.seconds,
                 worker=record.worker,
                 params=record.params,
+                rung=record.details.get("rung", 0),
                 error=record.error,
             )
             return
         fitness = "failed: " + record.error if record.error else f"{record.fitness:.4f}"
+        rung = record.details.get("rung", 0)
+        fitness += f" (rung {rung})" if rung else ""
         log.line(
             f"[{scored}/{args.budget}] #{record.index} {fitness} (best {best[0]:.4f}, {record.seconds:.1f}s, "
             f"{record.worker}) {params_text(record.params)}"
@@ -106,6 +115,8 @@ def _result(result) -> dict:
         "out": str(result.out),
         "winner": str(result.out / "winner"),
         "report_stored": result.report_stored,
+        "winner_index": result.winner.index,
+        "noise": list(result.noise),
         "leaderboard": [record(r) for r in result.leaderboard],
         "report": [{**asdict(r), "fitness": _finite(r.fitness), "heldout": _finite(r.heldout)} for r in result.report],
     }
@@ -122,6 +133,8 @@ def run(args) -> int:
             "--report redoes the held-out report of a search being resumed; add --resume "
             "(a new search always scores its report)"
         )
+    if args.dry_run:
+        return _dry_run(args)
     release_freed_tensors()
     result = search(
         args.space,
@@ -140,10 +153,27 @@ def run(args) -> int:
         on_status=args.log.status,
     )
     lines = [
-        leaderboard_table(result.records, result.report),
-        f"winner: #{result.leaderboard[0].index}, written to {result.out / 'winner'}; plot: {result.out / 'fitness.png'}",
+        leaderboard_table(result.records, result.report, best=result.winner),
+        *result.noise,
+        f"winner: #{result.winner.index}, written to {result.out / 'winner'}; plot: {result.out / 'fitness.png'}",
     ]
     if result.report_stored:
         lines.append("# held-out scores and winner as stored by the finished search; --report scores them again")
     args.log.result("\n".join(lines), **_result(result))
+    return 0
+
+
+def _dry_run(args) -> int:
+    from mergesmith.errors import ConfigError
+    from mergesmith.search.driver import default_threads
+    from mergesmith.search.dryrun import dry_run_text
+    from mergesmith.search.prepare import prepare
+
+    for flag, value in (("--budget", args.budget), ("--workers", args.workers), ("--threads", args.threads or 1)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} is out of range; it must be at least 1")
+    prepared = prepare(args.space, seed=args.seed, allow_pickle=args.allow_pickle)
+    threads = args.threads or default_threads(args.workers)
+    text = dry_run_text(prepared, args.budget, args.workers, threads, args.seed)
+    args.log.result(text, dry_run=text)
     return 0

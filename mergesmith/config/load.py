@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from mergesmith.config.schema import (
     Conditional,
     ModelEntry,
+    OutputModule,
     OutputSlice,
     Recipe,
     SourceSlice,
@@ -28,6 +29,7 @@ _CHILD_TYPES: dict[str, type[BaseModel]] = {
     "sources": SourceSlice,
     "models": ModelEntry,
     "tokenizer": TokenizerSection,
+    "modules": OutputModule,
 }
 
 

@@ -63,6 +63,21 @@ class OutputSlice(Frozen):
     parameters: Parameters | None = None
 
 
+class OutputModule(Frozen):
+    """One entry of ``modules:`` (a VLM's ``text_decoder``, ``vision_tower``, ...): its own inputs and
+    parameters, between a slice's and the recipe's in precedence (plan/modules.py)."""
+
+    slices: tuple[OutputSlice, ...] | None = None
+    models: tuple[ModelEntry, ...] | None = None
+    parameters: Parameters | None = None
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> OutputModule:
+        if bool(self.slices) == bool(self.models):
+            raise ValueError("give exactly one of 'slices' or 'models' (with at least one entry)")
+        return self
+
+
 class ZeroEmbedding(Frozen):
     """``{kind: zero}``: the token's row is zeros."""
 
@@ -115,6 +130,7 @@ class Recipe(Frozen):
     merge_method: str
     slices: tuple[OutputSlice, ...] | None = None
     models: tuple[ModelEntry, ...] | None = None
+    modules: dict[str, OutputModule] | None = None
     base_model: ModelRef | None = None
     parameters: Parameters | None = None
     dtype: str | None = None
@@ -125,8 +141,8 @@ class Recipe(Frozen):
 
     @model_validator(mode="after")
     def _one_input_form(self) -> Recipe:
-        if bool(self.slices) == bool(self.models):
-            raise ValueError("give exactly one of 'slices' or 'models' (with at least one entry)")
+        if sum(bool(form) for form in (self.slices, self.models, self.modules)) != 1:
+            raise ValueError("give exactly one of 'slices' or 'models' (with at least one entry), or 'modules'")
         if self.tokenizer_source is not None and self.tokenizer is not None:
             raise ValueError("give either 'tokenizer_source' or a 'tokenizer' section, not both")
         return self
@@ -136,9 +152,9 @@ class Recipe(Frozen):
         seen: dict[str, None] = {}
         if self.base_model:
             seen[self.base_model] = None
-        for entry in self.models or ():
+        for entry in [*(self.models or ()), *(e for m in (self.modules or {}).values() for e in m.models or ())]:
             seen[entry.model] = None
-        for out_slice in self.slices or ():
+        for out_slice in [*(self.slices or ()), *(s for m in (self.modules or {}).values() for s in m.slices or ())]:
             if out_slice.base_model:
                 seen[out_slice.base_model] = None
             for source in out_slice.sources:

@@ -55,9 +55,11 @@ class _Sums:
     tokens: int = 0
     top1: int = 0
     kl: list = None
+    windows: list = None  # (nll sum, tokens) of each window, in order
 
     def __post_init__(self):
         self.kl = []
+        self.windows = []
 
 
 def _batch_step(
@@ -72,8 +74,10 @@ def _batch_step(
         n = w.end - w.first  # this window scores its last n tokens
         tgt = targets[row, -n:].unsqueeze(-1)
         lp = logp[row, -n:]
-        sums.nll -= lp.gather(-1, tgt).double().sum().item()
+        window_nll = -lp.gather(-1, tgt).double().sum().item()
+        sums.nll += window_nll
         sums.tokens += n
+        sums.windows.append((window_nll, n))
         if ref_logp is not None:
             rlp = ref_logp[row, -n:]
             sums.ref_nll -= rlp.gather(-1, tgt).double().sum().item()
@@ -97,9 +101,10 @@ def score_ids(
     ref: LoadedModel | None = None,
     limit: int | None = None,
     on_window: Callable[[int], None] | None = None,
+    skip: int = 0,
 ) -> _Sums:
-    """Totals over the windows of ``ids`` (the first ``limit`` windows when given)."""
-    plan = windows(len(ids), context, stride)[:limit]
+    """Totals over the windows of ``ids`` (the first ``limit`` windows when given, less the first ``skip``)."""
+    plan = windows(len(ids), context, stride)[skip:limit]
     sums = _Sums()
     with torch.no_grad():
         for i in range(0, len(plan), batch_size):

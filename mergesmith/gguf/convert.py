@@ -20,19 +20,56 @@ from pathlib import Path
 
 from mergesmith.errors import ArchitectureError, InputFormatError
 from mergesmith.gguf.converter import ensure_converter
+from mergesmith.gguf.layouts import CHECKS
 from mergesmith.gguf.pretok import pre_tokenizer_for_dir
 
 RUNNER = Path(__file__).with_name("_run_converter.py")
 MARKER = "mergesmith-pre-tokenizer:"  # the runner's announcement (kept in step with _run_converter.MARKER)
 
 # config.json "architectures" → the family name users know. Each one is converted by llama.cpp
-# and tested end to end here (tests/gguf); others may convert but are refused rather than untested.
+# and its logits checked against transformers' here (tests/gguf); others may convert but are
+# refused rather than untested (README: Architectures lists them with the reason).
 SUPPORTED = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "PhiForCausalLM": "phi-2",
     "Gemma3ForCausalLM": "gemma3",
+    "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Starcoder2ForCausalLM": "starcoder2",
+    "StableLmForCausalLM": "stablelm",
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "ApertusForCausalLM": "apertus",
+    "ArceeForCausalLM": "arcee",
+    "CohereForCausalLM": "cohere",
+    "Cohere2ForCausalLM": "cohere2",
+    "FalconForCausalLM": "falcon",
+    "GPTBigCodeForCausalLM": "gpt_bigcode",
+    "GraniteForCausalLM": "granite",
+    "MambaForCausalLM": "mamba",
+    "Olmo2ForCausalLM": "olmo2",
+    "BloomForCausalLM": "bloom",
+    "Ernie4_5ForCausalLM": "ernie4_5",
+    "FalconMambaForCausalLM": "falcon_mamba",
+    "Jais2ForCausalLM": "jais2",
+    "NemotronForCausalLM": "nemotron",
+    "OlmoForCausalLM": "olmo",
+    "Olmo3ForCausalLM": "olmo3",
+    "SeedOssForCausalLM": "seed_oss",
+    "SmolLM3ForCausalLM": "smollm3",
+    "Lfm2ForCausalLM": "lfm2",
+    "Glm4ForCausalLM": "glm4",
+    "Exaone4ForCausalLM": "exaone4",
+    "Mamba2ForCausalLM": "mamba2",
+    "FalconH1ForCausalLM": "falcon_h1",
+    "HunYuanDenseV1ForCausalLM": "hunyuan_v1_dense",
 }
 _TENSOR_LINE = re.compile(r"^INFO:hf-to-gguf:(\S+?),?\s+torch\.\w+ --> \w+, shape")
 _ERROR_LINE = re.compile(r"^(\w+(Error|Exception)|ERROR:)")
@@ -54,35 +91,6 @@ def model_config(model_dir: Path) -> dict:
         raise InputFormatError(f"{path} is not valid JSON ({exc}); rewrite it or re-run the merge") from exc
 
 
-def _check_phi2(config: dict, path: Path) -> None:
-    """llama.cpp's phi-2 graph has no grouped-query attention and an FFN of 4 × hidden (as every released phi-2)."""
-    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
-    kv_heads, ffn = config.get("num_key_value_heads") or heads, config.get("intermediate_size")
-    if kv_heads != heads or ffn != 4 * hidden:
-        raise ArchitectureError(
-            f"{path}: llama.cpp runs phi-2 only with num_key_value_heads == num_attention_heads and intermediate_size "
-            f"== 4 * hidden_size; this config has {kv_heads} key/value heads for {heads} heads and intermediate_size {ffn} "
-            f"for hidden_size {hidden}, so its GGUF would not load"
-        )
-
-
-def _check_gemma3(config: dict, path: Path) -> None:
-    """llama.cpp lays out Gemma 3's attention as five sliding-window layers, then one global, repeated
-    (the converter writes no per-layer list); any other ``layer_types`` would run wrong, silently."""
-    types = config.get("layer_types")
-    if types is None:
-        return
-    expected = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(len(types))]
-    if list(types) != expected:
-        raise ArchitectureError(
-            f"{path}: layer_types {types} differ from Gemma 3's five sliding-window layers per global one, the only "
-            "layout llama.cpp's gemma3 runs; export a model with the standard layout"
-        )
-
-
-_CHECKS = {"phi-2": _check_phi2, "gemma3": _check_gemma3}
-
-
 def check_architecture(model_dir: Path) -> str:
     """The family of ``model_dir`` if GGUF export supports it, else an ArchitectureError naming those it does."""
     config = model_config(model_dir)
@@ -90,8 +98,8 @@ def check_architecture(model_dir: Path) -> str:
     for arch in archs:
         if arch in SUPPORTED:
             family = SUPPORTED[arch]
-            if family in _CHECKS:
-                _CHECKS[family](config, Path(model_dir) / "config.json")
+            if family in CHECKS:
+                CHECKS[family](config, Path(model_dir) / "config.json")
             return family
     names = ", ".join(f"{family} ({arch})" for arch, family in SUPPORTED.items())
     found = ", ".join(map(str, archs)) or "no 'architectures' entry"

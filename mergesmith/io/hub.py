@@ -80,6 +80,7 @@ class _Repo:
     def module(self):
         try:
             import huggingface_hub
+            import huggingface_hub.utils  # noqa: F401  (its exceptions; not imported by the package itself)
         except ImportError:
             raise InputFormatError(
                 f"{self.who} is not a local path (looked in {self._local}) and reading Hub ids needs "

@@ -11,7 +11,12 @@ END = "<!-- methods:end -->"
 
 def _param(p) -> str:
     default = "required" if p.default is REQUIRED else repr(p.default)
-    scope = {Scope.SHARED: "", Scope.INPUT: ", per model", Scope.NON_BASE: ", per non-base model"}[p.scope]
+    scope = {
+        Scope.SHARED: "",
+        Scope.INPUT: ", per model",
+        Scope.NON_BASE: ", per non-base model",
+        Scope.MODEL: ", per non-base model, whole merge",
+    }[p.scope]
     domain = f", in {p.domain}" if p.domain is not None else ""
     return f"`{p.name}` ({default}{domain}{scope})"
 

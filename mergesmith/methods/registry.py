@@ -8,15 +8,18 @@ from types import MappingProxyType
 from mergesmith.errors import ConfigError
 from mergesmith.methods import (
     arcee_fusion,
+    iso,
     linear,
     model_stock,
     nearswap,
     passthrough,
     ram,
+    regmean,
     sce,
     slerp,
     spherical,
     task_arithmetic,
+    tsv,
 )
 from mergesmith.methods.spec import MethodSpec
 
@@ -34,6 +37,9 @@ METHODS = MappingProxyType(
             nearswap.SPEC,
             arcee_fusion.SPEC,
             *ram.SPECS,
+            regmean.SPEC,
+            tsv.SPEC,
+            *iso.SPECS,
         )
     }
 )

@@ -35,6 +35,9 @@ class Scope(str, Enum):
     SHARED = "shared"  # one value per output tensor
     INPUT = "input"  # one value per input model, the base included
     NON_BASE = "non_base"  # one value per input model other than the base
+    # One value per non-base model for the whole merge, never per tensor (a calibrated method's
+    # texts: plan/calibration.py reads it); not part of the per-tensor params type.
+    MODEL = "model"
 
 
 class BasePolicy(str, Enum):
@@ -65,6 +68,8 @@ SEARCH_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType(
         "lambda": (0.0, 2.0),
         "gamma": (0.0, 0.1),
         "select_topk": (0.05, 1.0),
+        "rank_fraction": (0.05, 1.0),
+        "common_space_fraction": (0.0, 1.0),
     }
 )
 
@@ -176,6 +181,9 @@ class MethodSpec:
     # Cross-parameter checks for one job, run at plan time: raise ConfigError, warn on
     # suspicious values. ``where`` prefixes messages (recipe and tensor).
     check: Callable[[Params, str], None] | None = None
+    # Data-aware: each non-base model's linear-layer jobs also take its Gram matrices from the
+    # calibration stage as inputs (plan/calibration.py, mergesmith/calibrate).
+    calibrated: bool = False
 
     @functools.cached_property
     def params_type(self) -> type[Params]:

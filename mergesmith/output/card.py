@@ -58,7 +58,8 @@ def _lineage_md(steps: Sequence[LineageStep], names) -> str:
     return f"### Lineage\n\nThis model is the last of {len(steps)} merges, run in this order:\n\n{rows}\n\n"
 
 
-def _merge_front(refs: Sequence[str], names, methods: Sequence[str]) -> dict:
+def merge_front(refs: Sequence[str], names, methods: Sequence[str]) -> dict:
+    """The Hub front matter of a model made from ``refs``: base models, licence, tags."""
     front: dict = {}
     if bases := hub_ids(refs, names):
         front.update(base_model=bases, base_model_relation="merge")
@@ -81,7 +82,7 @@ def model_card(
     refs = [m for _, _, inputs in lineage for m in inputs] or list(recipe.referenced_models())
     stages = [stage for stage, _, _ in lineage]
     names = card_names(refs, base_dir, stages)
-    front = _merge_front(refs, names, [method for _, method, _ in lineage] or [recipe.merge_method])
+    front = merge_front(refs, names, [method for _, method, _ in lineage] or [recipe.merge_method])
     # The tokenizer's source is named in the recipe too, but was not merged: no licence, no base_model.
     tokenizer = recipe.tokenizer_choice
     if tokenizer not in (None, "base", "union"):

@@ -33,7 +33,7 @@ def check_coverage(arch: ArchSpec, models: Mapping[str, ModelHeader], source: st
         if not extra:
             continue
         shown = ", ".join(extra[:_SHOWN]) + (", ..." if len(extra) > _SHOWN else "")
-        if arch in all_architectures():
+        if arch in all_architectures() or arch.num_experts is not None:  # expanded from a data file
             fix = (
                 f'add them to mergesmith/arch/data/{arch.family}.json ("optional": true, with the '
                 '"config_flag" that creates them; non-weight buffers under "ignored_buffers") '

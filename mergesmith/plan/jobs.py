@@ -89,6 +89,21 @@ class OutputVocab:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """What a calibrated method (regmean) runs one input model on before merging: its texts as the
+    recipe names them (files, relative to the recipe, or bundled names), and how many tokens."""
+
+    model: str
+    texts: tuple[str, ...]
+    tokens: int
+
+
+def statistics_key(model: str) -> str:
+    """The input key under which a model's calibration statistics (Gram matrices) are read."""
+    return f"{model}#grams"
+
+
+@dataclass(frozen=True)
 class Plan:
     jobs: tuple[TensorJob, ...]
     arch: ArchSpec
@@ -99,6 +114,7 @@ class Plan:
     seed: int
     warnings: tuple[str, ...] = ()
     vocab: OutputVocab | None = None  # set when tokenizer_source or a tokenizer section is given
+    calibration: tuple[Calibration, ...] = ()  # models a calibrated method runs first (plan/calibration.py)
 
     @property
     def num_layers(self) -> int:

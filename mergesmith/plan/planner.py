@@ -28,8 +28,10 @@ from mergesmith.io.header import ModelHeader, headers_of
 from mergesmith.methods.params import Params
 from mergesmith.methods.registry import get_method
 from mergesmith.methods.spec import BasePolicy, MethodSpec, OptionalTensors, Scope
+from mergesmith.plan.calibration import calibrated_jobs
 from mergesmith.plan.coverage import check_coverage, layer_weights, post_weights
 from mergesmith.plan.jobs import LayerOrigin, Plan, TensorJob, TensorSource
+from mergesmith.plan.modules import multimodal_plan
 from mergesmith.plan.recipe_checks import check_filters, check_parameters
 from mergesmith.plan.slices import canonical_slices, check_slices
 from mergesmith.plan.vocab import VocabPlan, build_vocab, other_dims, reindex
@@ -242,13 +244,14 @@ def _passthrough_job(ctx, model: ModelHeader, name: str, weight_out: WeightSpec,
     )
 
 
-def _check_arch(models: Mapping[str, ModelHeader]) -> ArchSpec:
+def _check_arch(models: Mapping[str, ModelHeader], trust_remote_code: bool = False) -> ArchSpec:
     # No data file for the model's class: a definition inferred from its tensor names, with a warning.
     specs = arch_for_models(
         {
             key: ArchInput(dict(m.config), {n: i.shape for n, i in m.tensors.items()}, f"model '{key}' ({m.path})")
             for key, m in models.items()
-        }
+        },
+        trust_remote_code=trust_remote_code,
     )
     families = {s.family for s in specs.values()}
     if len(families) > 1:
@@ -286,12 +289,26 @@ def _donors(recipe: Recipe, source: str) -> tuple[str, str]:
     return config_donor, choice
 
 
-def build_plan(recipe: Recipe, models: Mapping[str, ModelHeader], *, source: str = "<recipe>", seed: int = 0) -> Plan:
+def build_plan(
+    recipe: Recipe,
+    models: Mapping[str, ModelHeader],
+    *,
+    source: str = "<recipe>",
+    seed: int = 0,
+    arch: ArchSpec | None = None,
+    trust_remote_code: bool = False,
+) -> Plan:
+    """The plan; ``arch`` overrides the inputs' definition (a VLM's vision tower, plan/modules.py);
+    ``trust_remote_code`` lets inputs whose class needs remote code be merged from their tensor names."""
     # Opened inputs (ModelInput) are accepted and reduced to their headers: planning cannot read a tensor.
     models = headers_of(models)
+    # VLM inputs or ``modules:``: each module planned as a text merge or a tower (plan/modules.py).
+    multimodal = multimodal_plan(recipe, models, source, seed, build_plan)
+    if multimodal is not None:
+        return multimodal
     ctx = _Context(recipe, get_method(recipe.merge_method, f"{source}: merge_method"), models, source)
     check_parameters(recipe, ctx.method, source)
-    arch = _check_arch(models)
+    arch = arch or _check_arch(models, trust_remote_code)
     check_coverage(arch, models, source)
     ctx = replace(ctx, vocab=build_vocab(recipe, models, arch, source))
     ctx.notes.extend(ctx.vocab.warnings if ctx.vocab is not None else ())
@@ -314,10 +331,20 @@ def build_plan(recipe: Recipe, models: Mapping[str, ModelHeader], *, source: str
         names = [weight.name] * len(slices[-1].sources)
         jobs += [j for j in [_plan_tensor(ctx, slices[-1], weight, names, 0, None)] if j]
     check_filters(recipe, [j.output for j in jobs] + [s.name for j in jobs for s in j.sources], source)
+    jobs, calibration = calibrated_jobs(recipe, ctx.method, arch, models, slices, jobs, source)
     out_dtype = dtype_name(recipe.out_dtype or recipe.dtype)
     for note in ctx.notes:
         warnings.warn(f"{source}: {note}", stacklevel=2)
     vocab = ctx.vocab.output if ctx.vocab is not None else None
     return Plan(
-        tuple(jobs), arch, config_donor, tokenizer_donor, tuple(origins), out_dtype, seed, tuple(ctx.notes), vocab
+        tuple(jobs),
+        arch,
+        config_donor,
+        tokenizer_donor,
+        tuple(origins),
+        out_dtype,
+        seed,
+        tuple(ctx.notes),
+        vocab,
+        calibration,
     )

@@ -98,7 +98,7 @@ def plan_to_dict(plan: Plan) -> dict:
                     {
                         "model": s.model,
                         "tensor": s.name,
-                        **job.params.as_dict()["per_input"][i],
+                        **(job.params.as_dict()["per_input"] + [{}] * len(job.sources))[i],
                         **(
                             {"rows": {"input": s.rows.input_rows, "size": s.rows.size, **row_counts(s.rows)}}
                             if s.rows

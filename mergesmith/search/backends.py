@@ -20,7 +20,7 @@ import torch
 from mergesmith.errors import MergesmithError
 from mergesmith.search.resident import Evaluator, Outcome, Setup
 
-Task = tuple[int, dict]  # (candidate index, recipe mapping)
+Task = tuple[int, str, tuple]  # (key, Evaluator method: "evaluate" or "report", its arguments)
 POLL_SECONDS = 1.0
 
 
@@ -43,8 +43,8 @@ class Inline:
             raise
 
     def run(self, tasks: Sequence[Task]) -> Iterator[tuple[int, Outcome]]:
-        for index, recipe in tasks:
-            yield index, self._evaluator.evaluate(recipe)
+        for key, method, args in tasks:
+            yield key, getattr(self._evaluator, method)(*args)
 
     def close(self) -> None:
         self._evaluator.close()
@@ -73,7 +73,8 @@ def _serve(name: str, inbox, outbox) -> None:
     try:
         while (task := inbox.get()) is not None:
             try:
-                outbox.put(("done", task[0], evaluator.evaluate(task[1])))
+                key, method, args = task
+                outbox.put(("done", key, getattr(evaluator, method)(*args)))
             except BaseException as exc:
                 outbox.put(("failed", name, _failure(exc)))
                 return
@@ -161,8 +162,8 @@ class _Actor:
     def ready(self):
         return self._error
 
-    def evaluate(self, recipe: dict) -> Outcome:
-        return self._evaluator.evaluate(recipe)
+    def call(self, method: str, args: tuple):
+        return getattr(self._evaluator, method)(*args)
 
 
 class RayActors:
@@ -191,8 +192,8 @@ class RayActors:
         ray, pending, idle, busy = self._ray, deque(tasks), list(self._actors), {}
         while pending or busy:
             while idle and pending:
-                actor, (index, recipe) = idle.pop(0), pending.popleft()
-                busy[actor.evaluate.remote(recipe)] = (index, actor)
+                actor, (key, method, args) = idle.pop(0), pending.popleft()
+                busy[actor.call.remote(method, args)] = (key, actor)
             done, _ = ray.wait(list(busy), num_returns=1)
             for ref in done:
                 index, actor = busy.pop(ref)

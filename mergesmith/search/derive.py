@@ -6,9 +6,12 @@ A parameter value in the space may be a marker instead of a value:
                                         every value of a bool / literal parameter
     {range: [lo, hi]}                   a float in [lo, hi]
     {range: [lo, hi], gradient: 3}      a gradient of 3 anchors, each in [lo, hi]
+    {range: [lo, hi], groups: 3}        one value in [lo, hi] per contiguous third of the layers
+                                        (mergekit-evolve's layer_granularity); ``search`` ranges too
     {choice: [a, b, c]}                 one of the listed values
 
-``merge_method: {choice: [linear, ties]}`` makes one branch per method; a parameter that a
+A slice source's ``model`` and ``layer_range`` may be ``{choice: [...]}`` too (layer stacking:
+stack.py). ``merge_method: {choice: [linear, ties]}`` makes one branch per method; a parameter that a
 method lacks is dropped from that method's branch. A required parameter (``weight``, ``t``)
 that the space never sets is searched over the registry's range, per model where it is per
 model.
@@ -19,17 +22,11 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import (
-    Annotated,
     Any,
-    Literal,
-    Union,
-    get_args,
-    get_origin,
 )
 
 import yaml
@@ -37,97 +34,16 @@ import yaml
 from mergesmith.errors import ConfigError
 from mergesmith.methods.registry import METHODS, get_method
 from mergesmith.methods.spec import MethodSpec, Param, Scope
+from mergesmith.search.markers import MARKER, check_spelling, is_marker, marker_dims
 from mergesmith.search.space import Branch, Dim, Slot, Space, put
-
-MARKER = "search"
-MARKER_KEYS = ("range", "choice", "gradient")
-
-
-def finite_options(kind: Any) -> tuple | None:
-    """Every value of a bool / literal type (unions of them too); None when the type is open."""
-    origin, args = get_origin(kind), get_args(kind)
-    if origin is Annotated:
-        return finite_options(args[0])
-    if origin is Literal:
-        return tuple(args)
-    if origin is Union:
-        parts = [finite_options(a) for a in args]
-        return None if any(p is None for p in parts) else tuple(v for p in parts for v in p)
-    if kind is bool:
-        return (True, False)
-    return None
-
-
-def _is_marker(value: Any) -> bool:
-    return value == MARKER or (isinstance(value, dict) and any(k in value for k in MARKER_KEYS))
-
-
-def _check_spelling(setting: Any, param: Param, where: str) -> None:
-    """``{rnage: [0, 1]}`` is a misspelt marker, not a value: say so, rather than let the recipe
-    parser call it an unknown key of a conditional value."""
-    if not isinstance(setting, dict) or _is_marker(setting) or "value" in setting:
-        return
-    for key in setting:
-        match = difflib.get_close_matches(str(key), MARKER_KEYS, n=1, cutoff=0.6)
-        if match:
-            raise ConfigError(
-                f"{where}: unknown key '{key}' in the search marker of '{param.name}'; did you mean '{match[0]}'?"
-            )
-
-
-def _marker_dims(param: Param, marker: Any, label: str, where: str) -> tuple[list[Dim], bool]:
-    spec = {} if marker == MARKER else marker
-    unknown = [k for k in spec if k not in MARKER_KEYS]
-    if unknown:
-        match = difflib.get_close_matches(str(unknown[0]), MARKER_KEYS, n=1, cutoff=0.5)
-        hint = f"did you mean '{match[0]}'?" if match else f"valid keys: {', '.join(MARKER_KEYS)}"
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' in the search marker of '{param.name}'; {hint}")
-    choice, bounds, anchors = spec.get("choice"), spec.get("range"), spec.get("gradient")
-    if choice is not None:
-        if bounds is not None or anchors is not None or not isinstance(choice, list) or len(choice) < 2:
-            raise ConfigError(
-                f"{where}: '{param.name}': choice is a list of at least 2 values, without range or gradient"
-            )
-        return [Dim(label, options=tuple(param.validate(v, f"{where}: ") for v in choice))], False
-    if bounds is None and anchors is None and param.search_bounds is None and finite_options(param.kind):
-        return [Dim(label, options=finite_options(param.kind))], False
-    bounds = param.search_bounds if bounds is None else bounds
-    if bounds is None:
-        raise ConfigError(
-            f"{where}: '{param.name}' has no search range in the method registry; write {{range: [lo, hi]}}"
-        )
-    if not (
-        isinstance(bounds, (list, tuple))
-        and len(bounds) == 2
-        and all(_number(b) for b in bounds)
-        and bounds[0] < bounds[1]
-    ):
-        raise ConfigError(f"{where}: '{param.name}': range is [lo, hi] with finite numbers lo < hi, got {bounds!r}")
-    if not _takes_floats(param):
-        raise ConfigError(
-            f"{where}: '{param.name}' is not a float parameter, so it takes no range; use {{choice: [...]}}"
-        )
-    if anchors is None:
-        return [Dim(label, float(bounds[0]), float(bounds[1]))], False
-    if not isinstance(anchors, int) or isinstance(anchors, bool) or anchors < 2:
-        raise ConfigError(f"{where}: '{param.name}': gradient is the number of anchors, at least 2, got {anchors!r}")
-    return [Dim(f"{label}[{k}]", float(bounds[0]), float(bounds[1])) for k in range(anchors)], True
-
-
-def _takes_floats(param: Param) -> bool:
-    try:
-        return isinstance(param.validate(0.5), float)
-    except ConfigError:
-        return False
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from mergesmith.search.stack import stack_dims
 
 
 def _model_label(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if value is None:  # a searched model (a stack's choice)
+        return "source"
     from mergesmith.config.references import canonical_reference
 
     try:
@@ -177,15 +93,15 @@ class _Builder:
         self.where, self.dims, self.slots = where, [], []
 
     def add(self, tpl: dict, path: tuple, param: Param, marker: Any, label: str) -> None:
-        dims, gradient = _marker_dims(param, marker, label, self.where)
+        dims, gradient, groups = marker_dims(param, marker, label, self.where)
         first = len(self.dims)
         self.dims += dims
-        self.slots.append(Slot(path, tuple(range(first, first + len(dims))), gradient))
+        self.slots.append(Slot(path, tuple(range(first, first + len(dims))), gradient, groups))
         put(tpl, path, None)
 
     def setting(self, tpl: dict, path: tuple, param: Param, setting: Any, label: str) -> None:
-        _check_spelling(setting, param, self.where)
-        if _is_marker(setting):
+        check_spelling(setting, param, self.where)
+        if is_marker(setting):
             self.add(tpl, path, param, setting, label)
         elif isinstance(setting, dict) and "value" in setting:
             self.setting(tpl, path + ("value",), param, setting["value"], f"{label}{{{setting.get('filter') or '*'}}}")
@@ -265,6 +181,7 @@ def branches_of(data: Any, name: str, where: str) -> list[Branch]:
     for method in methods:
         spec, tpl, build = METHODS[method], copy.deepcopy(data), _Builder(where)
         tpl["merge_method"] = method
+        stack_dims(tpl, build.dims, build.slots, where)
         for path, prefix, params in list(_param_mappings(tpl)):
             for pname in list(params):
                 param = _param_for(spec, pname, methods, f"{where}: {'.'.join(map(str, path))}")

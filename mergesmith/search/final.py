@@ -15,19 +15,16 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-import torch
 import yaml
 
-from mergesmith.api import RecipeSource, merge, model_keys, read_recipe
+from mergesmith.api import DEFAULT_CALIBRATION_CACHE, RecipeSource, merge
 from mergesmith.config.load import parse_recipe
-from mergesmith.io.resolve import close_models, open_models
 from mergesmith.output.card import model_card
-from mergesmith.plan.planner import build_plan
-from mergesmith.search.fitness import Scorer
+from mergesmith.search.noise import SELECTION, noise_lines
 from mergesmith.search.report import card_section, plot, ranked
-from mergesmith.search.resident import Evaluator, Setup
 from mergesmith.search.settings import resolve_path
 from mergesmith.search.store import Record, ReportRow, Store
 
@@ -36,39 +33,31 @@ PLOT_FILE = "fitness.png"
 REPORT_KEY = "report_key"  # settings entry: what the stored report scored
 
 
-def _baseline(evaluator: Evaluator, heldout: Scorer, path: Path, seed: int) -> ReportRow:
-    src = read_recipe(path)
-    models = open_models(model_keys(src.recipe), base_dir=src.base_dir)
-    try:
-        evaluator.load(build_plan(src.recipe, models, source=src.name, seed=seed), models)
-    finally:
-        close_models(models)
-    fitness, details = evaluator.scorer.score()
-    held, held_details = heldout.score()
-    recipe = yaml.safe_load(src.text)
-    return ReportRow(path.stem, "baseline", recipe, fitness, held, {**details, **held_details})
+def heldout_report(prepared, records: list[Record], backend) -> list[ReportRow]:
+    """Selection and held-out NLL of the best candidates (``selection.top`` of them with a selection
+    split, else ``report.top``), and fitness, selection and held-out NLL of the baselines; scored
+    on the search's own workers, each row where a worker is free."""
+    tasks = [(k, "report", (f"#{r.index}", r.recipe, None)) for k, r in enumerate(_top(prepared, records))]
+    for name in prepared.search.report.baselines:
+        path = str(resolve_path(name, prepared.base_dir))
+        tasks.append((len(tasks), "report", (Path(name).stem, None, path)))
+    rows = dict(backend.run(tasks))
+    out = []
+    for k, (_, _, (name, recipe, _)) in enumerate(tasks):
+        row = rows[k]
+        if recipe is not None:  # a candidate's fitness is the search's
+            row = replace(row, fitness=next(r.fitness for r in records if f"#{r.index}" == name))
+        out.append(row)
+    return out
 
 
-def heldout_report(prepared, records: list[Record], seed: int, threads: int) -> list[ReportRow]:
-    """Held-out NLL of the ``report.top`` best candidates, fitness and held-out NLL of the baselines."""
-    before = torch.get_num_threads()
-    setup = Setup(
-        prepared.source, str(prepared.base_dir), prepared.keys, _probe(records), prepared.objective, seed, threads
-    )
-    evaluator = Evaluator(setup, "report")
-    try:
-        heldout = Scorer(evaluator.scorer.target, prepared.heldout)
-        rows = []
-        for record in _top(prepared, records):
-            evaluator.load(evaluator.plan(record.recipe))
-            held, details = heldout.score()
-            rows.append(ReportRow(f"#{record.index}", "candidate", record.recipe, record.fitness, held, details))
-        for name in prepared.search.report.baselines:
-            rows.append(_baseline(evaluator, heldout, resolve_path(name, prepared.base_dir), seed))
-        return rows
-    finally:
-        evaluator.close()
-        torch.set_num_threads(before)
+def winner(prepared, records: list[Record], rows) -> Record:
+    """The best candidate on the selection split when there is one, else the fitness leaderboard's best."""
+    scored = {r.name: r.details[SELECTION] for r in rows if r.kind == "candidate" and SELECTION in r.details}
+    if prepared.selection is None or not scored:
+        return ranked(records)[0]
+    by_name = {f"#{r.index}": r for r in records}
+    return by_name[min(scored, key=lambda name: (scored[name], by_name[name].index))]
 
 
 def _probe(records: list[Record]) -> str:
@@ -76,7 +65,8 @@ def _probe(records: list[Record]) -> str:
 
 
 def _top(prepared, records: list[Record]) -> list[Record]:
-    return [r for r in ranked(records) if math.isfinite(r.fitness)][: prepared.search.report.top]
+    top = prepared.search.report.top if prepared.selection is None else prepared.search.selection.top
+    return [r for r in ranked(records) if math.isfinite(r.fitness)][:top]
 
 
 def report_key(prepared, records: list[Record], settings: dict) -> str:
@@ -114,8 +104,9 @@ def finish(
     settings: dict,
     out: Path,
     seed: int,
-    threads: int,
+    backend,
     on_status: Callable[[str], None] = lambda _: None,
+    calibration_cache=DEFAULT_CALIBRATION_CACHE,
 ) -> list[ReportRow]:
     baselines = len(prepared.search.report.baselines)
     on_status(
@@ -123,20 +114,22 @@ def finish(
         + (f" and {baselines} baselines" if baselines else "")
     )
     store.save_settings({REPORT_KEY: None})  # set again only once the report and the winner are written
-    rows = heldout_report(prepared, records, seed, threads)
+    rows = heldout_report(prepared, records, backend)
     store.save_report(rows)
     on_status("writing the winner")
     plot(records, rows, out / PLOT_FILE, f"{Path(prepared.source).name}: {settings['optimizer']}, seed {seed}")
-    best = ranked(records)[0]
+    best = winner(prepared, records, rows)
     recipe = parse_recipe(best.recipe, prepared.source)
     text = yaml.safe_dump(best.recipe, sort_keys=False)
     card = (
         model_card(recipe, text, out.name, base_dir=prepared.base_dir).rstrip("\n")
         + "\n\n"
-        + card_section(records, rows, settings)
+        + card_section(records, rows, settings, best, noise_lines(prepared, records, rows, best))
     )
     source = RecipeSource(recipe, text, f"{prepared.source} (candidate #{best.index})", prepared.base_dir, card=card)
     # lora_cache=None: base+adapter inputs are folded on the fly, nothing is written outside OUT
-    merge(source, out / WINNER_DIR, force=True, seed=seed, workers=1, lora_cache=None)
+    merge(
+        source, out / WINNER_DIR, force=True, seed=seed, workers=1, lora_cache=None, calibration_cache=calibration_cache
+    )
     store.save_settings({REPORT_KEY: report_key(prepared, records, settings)})
     return rows

@@ -12,6 +12,7 @@ Texts and tasks are read here, in the driver, and travel to the workers as data.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from mergesmith.eval import choice, perplexity
 from mergesmith.eval.data import Task, Text, read_task, read_text
 from mergesmith.eval.models import LoadedModel, check_same_tokenizer, load_model
 from mergesmith.search.settings import Fitness, resolve_path, resolve_text
+
+WINDOWS = "windows"  # details key: per-window sums of every text
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,11 @@ class Objective:
     limit: int | None
 
 
-def objective(fitness: Fitness, base_dir: Path) -> Objective:
-    terms = []
+def objective(fitness: Fitness, base_dir: Path, texts: dict[str, Text] | None = None) -> Objective:
+    """The fitness as data; ``texts`` gives the text scored for a name (a split part) where it has one."""
+    terms, given = [], texts or {}
     for term in fitness.terms:
-        texts = tuple(read_text(resolve_text(t, base_dir)) for t in (term.nll or term.kl or ()))
+        texts = tuple(given.get(t) or read_text(resolve_text(t, base_dir)) for t in (term.nll or term.kl or ()))
         ref = None if term.ref is None else str(resolve_path(term.ref, base_dir))
         task = None
         if term.accuracy is not None:
@@ -94,7 +98,8 @@ class Scorer:
                 check_same_tokenizer(target, self.refs[term.ref])
         self.ids = {t.path: perplexity.token_ids(target, t.text) for term in obj.terms for t in term.texts}
 
-    def _text(self, text: Text, ref: LoadedModel | None) -> tuple[float, float]:
+    def _text(self, text: Text, ref: LoadedModel | None, skip: int, limit: int | None) -> list[list[float]]:
+        """[nll sum, tokens, KL sum] of each window in ``[skip, limit)``."""
         o = self.obj
         sums = perplexity.score_ids(
             self.target,
@@ -103,33 +108,64 @@ class Scorer:
             stride=o.stride,
             batch_size=o.batch_size,
             ref=ref,
-            limit=o.limit,
+            limit=limit,
+            skip=skip,
         )
-        kl = float(torch.cat(sums.kl).mean()) if ref is not None else float("nan")
-        return sums.nll / sums.tokens, kl
+        self.scored_tokens += sums.tokens
+        kls = [float(k.sum()) for k in sums.kl] if ref is not None else [0.0] * len(sums.windows)  # no reference: no KL
+        return [[nll, n, kl] for (nll, n), kl in zip(sums.windows, kls)]
 
-    def score(self) -> tuple[float, dict[str, float]]:
-        """(fitness, details): the weighted sum and each term's value (per text for NLL)."""
-        total, details = 0.0, {}
-        for term in self.obj.terms:
+    def _raw(self, skip: int, limit: int | None) -> dict[str, list]:
+        """Per-window sums of windows ``[skip, limit)`` of every text term (key ``"k/i"``: term k, text i),
+        and each accuracy term's error rate (key ``"k"``, scored with the first windows only)."""
+        out: dict[str, list] = {}
+        self.scored_tokens = 0
+        for k, term in enumerate(self.obj.terms):
             if term.metric == "accuracy":
-                o = self.obj
-                result = choice.score_task(
-                    self.target,
-                    term.task,
-                    fewshot=term.fewshot,
-                    context=o.context,
-                    batch_size=o.batch_size,
-                    limit=o.limit,
-                )
-                value = 1.0 - result.acc
-            else:
-                ref = self.refs.get(term.ref) if term.ref else None
-                per_text = [self._text(t, ref) for t in term.texts]
-                values = [nll if term.metric == "nll" else kl for nll, kl in per_text]
-                value = sum(values) / len(values)
-                if len(term.texts) > 1:
-                    details.update({f"{term.metric} {t.name}": v for t, v in zip(term.texts, values)})
-            details[term.label] = value
-            total += term.weight * value
-        return total, details
+                if skip == 0:
+                    o = self.obj
+                    result = choice.score_task(
+                        self.target,
+                        term.task,
+                        fewshot=term.fewshot,
+                        context=o.context,
+                        batch_size=o.batch_size,
+                        limit=o.limit,
+                    )
+                    out[str(k)] = [1.0 - result.acc]
+                continue
+            ref = self.refs.get(term.ref) if term.ref else None
+            for i, text in enumerate(term.texts):
+                out[f"{k}/{i}"] = self._text(text, ref, skip, limit)
+        return out
+
+    def score(self, skip: int = 0, limit: int | None | str = "fitness") -> tuple[float, dict]:
+        """(fitness, details) on windows ``[skip, limit)`` of every text (default: the objective's
+        limit): the weighted sum and each term's value (per text for NLL), and under ``windows`` the
+        per-window sums that racing and paired differences use. Past the first windows (``skip`` > 0)
+        only the windows: their fitness needs the ones before (``combine``)."""
+        raw = self._raw(skip, self.obj.limit if limit == "fitness" else limit)
+        if skip:
+            return math.nan, {WINDOWS: raw}
+        fitness, details = combine(self.obj, raw)
+        return fitness, {**details, WINDOWS: raw}
+
+
+def combine(obj: Objective, raw: dict[str, list]) -> tuple[float, dict[str, float]]:
+    """Fitness and term values from per-window sums (``Scorer.raw``, rungs concatenated)."""
+    total, details = 0.0, {}
+    for k, term in enumerate(obj.terms):
+        if term.metric == "accuracy":
+            value = raw[str(k)][0]
+        else:
+            column = 0 if term.metric == "nll" else 2
+            values = []
+            for i in range(len(term.texts)):
+                windows = raw[f"{k}/{i}"]
+                values.append(sum(w[column] for w in windows) / sum(w[1] for w in windows))
+            value = sum(values) / len(values)
+            if len(term.texts) > 1:
+                details.update({f"{term.metric} {t.name}": v for t, v in zip(term.texts, values)})
+        details[term.label] = value
+        total += term.weight * value
+    return total, details

@@ -18,8 +18,9 @@ CARD_ROWS = 10
 
 
 def ranked(records: Sequence[Record]) -> list[Record]:
-    """Best first (lowest fitness); ties keep evaluation order; failed candidates last."""
-    return sorted(records, key=lambda r: (r.fitness, r.index))
+    """Best first: the highest racing rung reached (most windows scored), then the lowest fitness
+    there; ties keep evaluation order; failed candidates last."""
+    return sorted(records, key=lambda r: (not math.isfinite(r.fitness), -r.details.get("rung", 0), r.fitness, r.index))
 
 
 def params_text(params: dict) -> str:
@@ -35,33 +36,43 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else "failed" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _rows(records: Sequence[Record], report: Sequence[ReportRow], top: int) -> list[list[str]]:
+def _rows(records: Sequence[Record], report: Sequence[ReportRow], top: int, best: Record | None) -> list[list[str]]:
     heldout = {r.name: r.heldout for r in report if r.kind == "candidate"}
+    selection = {r.name: r.details.get("selection") for r in report}
+    with_selection = any(v is not None for v in selection.values())
     rows = []
     for rank, r in enumerate(ranked(records)[:top], 1):
+        name = f"#{r.index}" + (" (winner)" if best is not None and with_selection and r.index == best.index else "")
+        recipe = params_text(r.params) if r.error is None else f"{params_text(r.params)} ({r.error})"
+        if r.details.get("rung"):
+            recipe += f" [rung {r.details['rung']}]"
         rows.append(
-            [
-                str(rank),
-                f"#{r.index}",
-                _num(r.fitness),
-                _num(heldout.get(f"#{r.index}")),
-                f"{r.seconds:.1f}",
-                r.worker,
-                params_text(r.params) if r.error is None else f"{params_text(r.params)} ({r.error})",
-            ]
+            [str(rank), name, _num(r.fitness), _num(heldout.get(f"#{r.index}"))]
+            + ([_num(selection.get(f"#{r.index}"))] if with_selection else [])
+            + [f"{r.seconds:.1f}", r.worker, recipe]
         )
     for b in (r for r in report if r.kind == "baseline"):
-        rows.append(["base", b.name, _num(b.fitness), _num(b.heldout), "", "", "hand-written recipe"])
+        extra = [_num(selection.get(b.name))] if with_selection else []
+        rows.append(["base", b.name, _num(b.fitness), _num(b.heldout), *extra, "", "", "hand-written recipe"])
     return rows
 
 
 HEADER = ["rank", "candidate", "fitness", "held-out NLL", "seconds", "worker", "recipe"]
 
 
-def leaderboard_table(records: Sequence[Record], report: Sequence[ReportRow] = (), top: int = 10) -> str:
+def _header(report: Sequence[ReportRow]) -> list[str]:
+    if any("selection" in r.details for r in report):
+        return HEADER[:4] + ["selection NLL"] + HEADER[4:]
+    return HEADER
+
+
+def leaderboard_table(
+    records: Sequence[Record], report: Sequence[ReportRow] = (), top: int = 10, best: Record | None = None
+) -> str:
     """A plain-text table for the terminal: the best ``top`` candidates, then the baselines."""
-    rows = [HEADER] + _rows(records, report, top)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER) - 1)]
+    header = _header(report)
+    rows = [header] + _rows(records, report, top, best)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
@@ -69,23 +80,43 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def card_section(records: Sequence[Record], report: Sequence[ReportRow], settings: dict) -> str:
-    """The model card's search section: settings, winner vs baselines on both splits, leaderboard."""
-    best = ranked(records)[0]
-    rows = _rows(records, report, CARD_ROWS)
+def card_section(
+    records: Sequence[Record],
+    report: Sequence[ReportRow],
+    settings: dict,
+    best: Record | None = None,
+    noise: Sequence[str] = (),
+) -> str:
+    """The model card's search section: settings, winner vs baselines on the splits, leaderboard, noise."""
+    best = best or ranked(records)[0]
+    header = _header(report)
+    rows = _rows(records, report, CARD_ROWS, best)
     table = "\n".join("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows)
     space = "\n".join(f"- {line}" for line in settings["space"])
+    selection = settings.get("selection")
+    chosen = "and picked on the selection split " if selection else ""
+    lead = "\n".join(f"- {line}" for line in noise)
     return (
         f"{SEARCH_HEADING}\n\n"
         f"This recipe is candidate #{best.index}, the best of {len(records)} scored by `mergesmith search` "
-        f"(optimizer {settings['optimizer']}, seed {settings['seed']}, budget {settings['budget']}, "
+        f"{chosen}(optimizer {settings['optimizer']}, seed {settings['seed']}, budget {settings['budget']}, "
         f"{settings['backend']}).\n\n"
         f"- Fitness (lower is better): {settings['fitness']}\n"
-        f"- Held-out (the report split, never scored during the search): {settings['heldout']}\n"
+        + (
+            f"- Selection (picks the winner among the best; the optimizer never saw it): {selection}\n"
+            if selection
+            else ""
+        )
+        + f"- Held-out (the report split, never scored during the search): {settings['heldout']}\n"
         f"- Merge seed of random methods: {settings['seed']}; model paths are as written in "
         f"`{Path(settings['search_file']).name}`, relative to its folder\n\n"
         f"Search space:\n\n{space}\n\n"
-        f"| {' | '.join(HEADER)} |\n|{'---|' * len(HEADER)}\n{table}\n"
+        f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n{table}\n"
+        + (
+            f"\nPaired differences (± standard error over windows; see `mergesmith/search/noise.py`):\n\n{lead}\n"
+            if lead
+            else ""
+        )
     )
 
 

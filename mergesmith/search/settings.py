@@ -6,9 +6,12 @@
       terms: [{nll: [kjv_fitness, austen_fitness]}]
       context: 512
       limit: 8                         # windows per text, items per task
+    selection: {texts: [kjv_selection, austen_selection], top: 5}   # picks the winner among the best
     report: {texts: [kjv_heldout, austen_heldout], top: 3, baselines: [hand.yml]}
 
-Paths are relative to the search file; a text may also name a bundled text (``kjv_fitness``).
+With ``fitness.racing: {start: 2, eta: 3}`` candidates race (successive halving): every candidate of
+a generation is scored on the first ``start`` windows per text, the best 1/eta go on to eta times
+as many, and so on up to ``limit``. Paths are relative to the search file; a text may also name a bundled text (``kjv_fitness``).
 Parsed once into frozen objects; paths are resolved and the fitness / report split checked here.
 """
 
@@ -57,12 +60,49 @@ class Term(Frozen):
         return "nll" if self.nll is not None else "kl" if self.kl is not None else "accuracy"
 
 
+class Racing(Frozen):
+    """Successive halving within each generation: rungs of ``start``, ``start·eta``, … windows per
+    text up to the fitness ``limit``; the best ``1/eta`` of a rung go on to the next."""
+
+    start: int = Field(2, ge=1)
+    eta: int = Field(3, ge=2)
+
+
 class Fitness(Frozen):
     terms: tuple[Term, ...] = Field(min_length=1)
     context: int = Field(512, ge=2)
     stride: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     limit: int | None = Field(8, ge=1)
+    racing: Racing | None = None
+
+    @model_validator(mode="after")
+    def _racing_fits(self) -> Fitness:
+        if self.racing is not None and (self.limit is None or self.racing.start >= self.limit):
+            raise ValueError(
+                f"racing.start ({self.racing.start}) must be below limit ({self.limit}), the windows per text "
+                "of the last rung"
+            )
+        return self
+
+    def rungs(self) -> tuple[int | None, ...]:
+        """Windows per text at each rung; one rung (``limit``) without racing."""
+        if self.racing is None:
+            return (self.limit,)
+        out = [self.racing.start]
+        while out[-1] * self.racing.eta < self.limit:
+            out.append(out[-1] * self.racing.eta)
+        return (*out, self.limit)
+
+
+class Selection(Frozen):
+    """The split that picks the winner: the ``top`` candidates of the fitness leaderboard are scored
+    again on texts the optimizer never saw, and the best there wins (default texts: the bundled
+    ``*_selection`` texts, or the middle part of a single fitness file)."""
+
+    texts: tuple[str, ...] | None = None
+    limit: int | None = Field(None, ge=1)
+    top: int = Field(5, ge=2)
 
 
 class Report(Frozen):
@@ -87,6 +127,7 @@ class SearchFile(Frozen):
     candidates: tuple[str | dict[str, Any], ...] | None = None
     optimizer: Literal["cma", "random", "grid"] | OptimizerSettings | None = None
     fitness: Fitness
+    selection: Selection | None = None
     report: Report = Report()
 
     @model_validator(mode="after")
@@ -117,7 +158,14 @@ def parse_search_file(data: Any, source: str) -> SearchFile:
         error = max(exc.errors(), key=lambda e: len(e["loc"]))
         if error["type"] == "extra_forbidden":
             key = str(error["loc"][-1])
-            owner = {"fitness": Fitness, "report": Report, "terms": Term, "optimizer": OptimizerSettings}
+            owner = {
+                "fitness": Fitness,
+                "report": Report,
+                "terms": Term,
+                "optimizer": OptimizerSettings,
+                "selection": Selection,
+                "racing": Racing,
+            }
             fields = list(SearchFile.model_fields)
             for part in error["loc"][:-1]:
                 fields = list(owner[part].model_fields) if part in owner else fields

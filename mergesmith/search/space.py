@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DECIMALS = 4
 
@@ -36,8 +36,9 @@ class Dim:
 @dataclass(frozen=True)
 class Slot:
     path: tuple  # where the value goes in the recipe mapping
-    dims: tuple[int, ...]  # one dim, or one per gradient anchor
+    dims: tuple[int, ...]  # one dim, or one per gradient anchor or layer group
     gradient: bool
+    groups: int = 0  # > 0: one dim per contiguous group of layers (written as a per-layer gradient)
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,24 @@ class Branch:
     template: str  # the recipe as JSON, each slot holding null
     dims: tuple[Dim, ...]
     slots: tuple[Slot, ...]
+    layers: int = 0  # the model's layer count, which layer groups are spread over (set once planned)
 
-    def recipe(self, values: Sequence) -> dict:
+    def recipe(self, values: Sequence, layers: int | None = None) -> dict:
         data = json.loads(self.template)
         for slot in self.slots:
-            picked = [values[i] for i in slot.dims]
-            put(data, slot.path, picked if slot.gradient else picked[0])
+            picked = [_plain(values[i]) for i in slot.dims]
+            if slot.groups:
+                picked = group_anchors(picked, layers or self.layers)
+            put(data, slot.path, picked if slot.gradient or slot.groups else picked[0])
         return data
+
+
+def group_anchors(values: Sequence, layers: int) -> list:
+    """One anchor per layer, layer ``i`` taking group ``i·N // layers``'s value: as a gradient over the
+    layers (layer ``i`` sits at ``i/(layers-1)``, exactly on anchor ``i``), a piecewise-constant schedule."""
+    if layers < 1:
+        raise ValueError("layer groups need the model's layer count; plan the branch first")
+    return [values[i * len(values) // layers] for i in range(layers)]
 
 
 @dataclass(frozen=True)
@@ -69,10 +81,15 @@ class Space:
     def recipe(self, point: Point) -> dict:
         return self.branches[point.branch].recipe(point.values)
 
+    def with_layers(self, b: int, layers: int) -> Space:
+        branches = list(self.branches)
+        branches[b] = replace(branches[b], layers=layers)
+        return Space(tuple(branches))
+
     def params(self, point: Point) -> dict:
         """``{"branch": name, label: value, ...}``: what the leaderboard shows."""
         branch = self.branches[point.branch]
-        return {"branch": branch.name, **{d.label: v for d, v in zip(branch.dims, point.values)}}
+        return {"branch": branch.name, **{d.label: _plain(v) for d, v in zip(branch.dims, point.values)}}
 
     @property
     def continuous(self) -> bool:
@@ -106,6 +123,11 @@ class Space:
     def center(self, b: int) -> Point:
         """The middle of every range, the first of every choice: a point to check a branch with."""
         return Point(b, tuple(d.options[0] if d.is_choice else d.at(0.5) for d in self.branches[b].dims))
+
+
+def _plain(value):
+    """A value as JSON gives it back (a layer range tuple as a list), so stored parameters compare equal."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def put(data, path: tuple, value) -> None:

@@ -85,7 +85,13 @@ def runs(tmp_path_factory) -> dict:
     tied_ft = build_arch_model("qwen3", seed=10, variant="other_tie")
     perturb_(tied_ft, torch.Generator().manual_seed(7))
     families[MIXED] = [families["qwen3"][0], save_model(tied_ft, root / MIXED / "ft1")]
-    recipes = {(k, m): slerp_recipe(*families[k]) if m == "slerp" else stack_recipe(*families[k], m) for k, m in CASES}
+    return merge_cases(families, CASES, root)
+
+
+def merge_cases(families: dict, cases, root: Path) -> dict:
+    """mergesmith's output of each ``(kind, method)`` case: a slerp or a stack of the family's models,
+    each family found by its data file (an inferred architecture fails the test)."""
+    recipes = {(k, m): slerp_recipe(*families[k]) if m == "slerp" else stack_recipe(*families[k], m) for k, m in cases}
     outputs = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -97,13 +103,17 @@ def runs(tmp_path_factory) -> dict:
     return {"families": families, "recipes": recipes, "outputs": outputs, "root": root}
 
 
-@pytest.fixture(scope="module")
-def reference(runs) -> dict:
-    """mergekit's outputs of the same recipes (one subprocess for all)."""
-    jobs = {case: runs["root"] / "ref" / "-".join(case) for case in CASES if mergekit_reads(*case)}
+def mergekit_outputs(runs: dict, cases) -> dict:
+    """mergekit's outputs of the same recipes for ``cases`` (one subprocess for all)."""
+    jobs = {case: runs["root"] / "ref" / "-".join(case) for case in cases}
     failures = run_mergekit_many([(runs["recipes"][case], out) for case, out in jobs.items()])
     assert not failures, failures
     return jobs
+
+
+@pytest.fixture(scope="module")
+def reference(runs) -> dict:
+    return mergekit_outputs(runs, [case for case in CASES if mergekit_reads(*case)])
 
 
 @pytest.mark.mergekit

@@ -88,14 +88,14 @@ def test_export_bad_inputs_are_one_line_and_write_nothing(capsys, tmp_path, llam
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((base / "config.json").read_text())
-    falcon = tmp_path / "falcon"
-    falcon.mkdir()
+    gptj = tmp_path / "gptj"  # a class llama.cpp's converter does not know
+    gptj.mkdir()
     config = json.loads((base / "config.json").read_text())
-    (falcon / "config.json").write_text(json.dumps({**config, "architectures": ["FalconForCausalLM"]}))
+    (gptj / "config.json").write_text(json.dumps({**config, "architectures": ["GPTJForCausalLM"]}))
     out = tmp_path / "out"
     cases = [
         ((base, as_file, "--quant", "f16"), [f"{as_file} exists and is not a folder"]),
-        ((falcon, out, "--quant", "f16"), ["FalconForCausalLM cannot be exported to GGUF", "supported architectures"]),
+        ((gptj, out, "--quant", "f16"), ["GPTJForCausalLM cannot be exported to GGUF", "supported architectures"]),
         ((no_weights, out, "--quant", "q8_0"), [f"model directory {no_weights} has no .safetensors", "complete"]),
         ((tmp_path / "nope", out), ["model directory", "nope", "not found"]),
         ((base, out, "--quant", "q9_z"), ["unknown quant type 'q9_z'", "choose from"]),

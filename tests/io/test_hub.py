@@ -155,6 +155,20 @@ def test_unavailable_hub_id_is_one_error_line(hub, tmp_path, capsys, ref, fragme
     assert not (tmp_path / "out").exists()
 
 
+def test_unavailable_hub_id_is_one_error_line_in_a_fresh_process(hub, tmp_path):
+    # In-process tests import huggingface_hub.utils through other packages; a bare `mergesmith`
+    # process must import the exceptions it catches itself.
+    import subprocess
+
+    recipe = linear(tmp_path, "org/missing", "org/missing")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "mergesmith", "plan", str(recipe)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 2 and run.stdout == "", run.stderr
+    assert len(run.stderr.splitlines()) == 1 and "model 'org/missing' is not found locally" in run.stderr, run.stderr
+
+
 def test_missing_huggingface_hub_names_the_extra(hub, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails as if not installed
     code, _, err = cli(capsys, "plan", linear(tmp_path, "org/pico", "org/pico"))

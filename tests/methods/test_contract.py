@@ -27,6 +27,10 @@ WHOLE = {
     "multislerp",
     "karcher",  # whole-tensor / row angles, iterations
     "arcee_fusion",  # row softmax, a sample of the tensor
+    "tsv",
+    "iso_c",
+    "iso_cts",  # SVDs of the whole deltas
+    "regmean",  # a linear solve with the whole Gram matrices
 }
 PER = {"weight": {0: 0.5, 1: 0.3, 2: 0.4}, "density": {1: 0.45, 2: 0.6}}
 SHARED = {"t": 0.3, "epsilon": 0.01, "r": 0.5}

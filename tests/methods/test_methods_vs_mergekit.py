@@ -11,9 +11,12 @@ masks must agree bit for bit.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from calls import call
+from parity_summary import BEYOND_MERGEKIT
 from reference import compare, load_dir, ulp_distance
 
 from mergesmith.methods import sparsify
@@ -239,4 +242,12 @@ def test_registry_declares_mergekits_methods_and_parameters():
         }
         assert have == want, spec.name
         assert spec.base.value == method.spec.contract.base.value, spec.name
-    assert {m.spec.name for m in registered_methods()} == set(METHODS)
+    assert {m.spec.name for m in registered_methods()} == set(METHODS) - set(BEYOND_MERGEKIT)
+
+
+def test_methods_beyond_mergekit_are_compared_with_their_authors_code():
+    here = Path(__file__).parent
+    for method, where in BEYOND_MERGEKIT.items():
+        assert method in METHODS
+        file, test = where.split("::")
+        assert f"def {test}(" in (here / file).read_text(), f"{method}: {where} is gone"

@@ -22,8 +22,12 @@ BUDGET = 6
 def test_local_processes_and_ray_give_the_leaderboard_of_one_process(llama_family, write_space, tmp_path):
     ray = pytest.importorskip("ray")
     space = write_space(ta_space(llama_family))
-    inline = search(space, tmp_path / "inline", budget=BUDGET, seed=5, threads=1, write_winner=False)
-    local = search(space, tmp_path / "local", budget=BUDGET, seed=5, workers=2, threads=1, write_winner=False)
+    inline = search(space, tmp_path / "inline", budget=BUDGET, seed=5, threads=1)
+    local = search(space, tmp_path / "local", budget=BUDGET, seed=5, workers=2, threads=1)
+    # The held-out report runs on the workers too, row by row wherever one is free: same rows.
+    assert [(r.name, r.fitness, r.heldout) for r in local.report] == [
+        (r.name, r.fitness, r.heldout) for r in inline.report
+    ]
     assert not ray.is_initialized()
     on_ray = search(
         space, tmp_path / "ray", budget=BUDGET, seed=5, workers=2, threads=1, use_ray=True, write_winner=False

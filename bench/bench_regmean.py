@@ -1,0 +1,157 @@
+"""RegMean on the 1.1B synthetic pair: the calibration stage's memory and the solve against the
+`cp -r` + `sync` floor, in one run.
+
+    python bench/bench_regmean.py                       # 16384 calibration tokens per model
+    python bench/bench_regmean.py --tokens 2048         # fewer, on a busy machine (scale the time)
+
+The synthetic pair (synthetic.py: TinyLlama's shape, bf16, no tokenizer) is hard-linked file by file
+into bench/out/regmean/<shape>/{a,b,b2} beside a small byte-level tokenizer (tests/pico.py's;
+token ids stay inside the vocabulary). The recipe merges b and b2 (b's files under a second name)
+against the base a, both calibrated on the bundled kjv_train text: the solve does the work of two
+models (two Grams per weight, read and regularised, two products), while b2 has b's content, so
+its statistics are b's cache entry and one model calibrates (3.9 GB of float32 Grams at this
+shape, not 7.8: the project machine's disk is small). Jobs, each one shell command ending in
+`sync`, measured by measure.py (wall, CPU, peak RSS):
+  floor         `cp -r` of one input + `sync`
+  calibrate     the calibration stage alone (mergesmith.calibrate, as `mergesmith merge` runs it)
+                into an empty cache: one model, layer by layer, over --tokens tokens
+  solve         `mergesmith merge` with that cache: every Gram read, no model run; the solve of
+                every linear weight and the average of the other tensors
+Peak RSS of `calibrate` is set by one decoder layer in float32, its float64 Gram sums, the hidden
+states of all windows and the embeddings; it is printed beside the size of one layer and of the
+whole model in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import measure
+import synthetic
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+MODELS, OUT = BENCH / "models", BENCH / "out" / "regmean"
+PY = shlex.quote(sys.executable)
+
+
+def linked_pair(shape: str) -> tuple[Path, Path, Path]:
+    """The pair's files hard-linked beside a tokenizer (the synthetic models ship none): a, b, and
+    b2, a second name for b's files."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from pico import build_tokenizer
+
+    pair, _ = synthetic.ensure_pair(shape, MODELS)
+    dirs = []
+    for name, src in (("a", pair.a), ("b", pair.b), ("b2", pair.b)):
+        dst = OUT / shape / name
+        if not (dst / "tokenizer.json").is_file():
+            shutil.rmtree(dst, ignore_errors=True)
+            dst.mkdir(parents=True)
+            for file in src.iterdir():  # hard links: mergesmith reads no symlink leaving the folder
+                os.link(file, dst / file.name)
+            build_tokenizer().save_pretrained(dst)
+        dirs.append(dst)
+    return dirs[0], dirs[1], dirs[2]
+
+
+def recipe(a: Path, b: Path, b2: Path, tokens: int) -> Path:
+    path = OUT / "regmean.yml"
+    path.write_text(
+        f"models:\n  - model: {json.dumps(str(b))}\n  - model: {json.dumps(str(b2))}\n"
+        f"base_model: {json.dumps(str(a))}\nmerge_method: regmean\n"
+        f"parameters:\n  calibration: kjv_train\n  calibration_tokens: {tokens}\n  alpha: 0.9\n"
+        "dtype: bfloat16\n"
+    )
+    return path
+
+
+def sizes(shape: synthetic.Shape) -> tuple[float, float]:
+    """(one decoder layer, whole model) in float32 GB."""
+    shapes = synthetic.tensor_shapes(shape)
+    layer = sum(_numel(s) for n, s in shapes.items() if n.startswith("model.layers.0."))
+    return layer * 4 / 1e9, sum(_numel(s) for s in shapes.values()) * 4 / 1e9
+
+
+def _numel(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def calibrate_only(recipe_path: str, cache: str) -> None:
+    """The calibration stage of the recipe into ``cache``, as a merge runs it, and nothing else."""
+    from mergesmith.api import model_keys, read_recipe
+    from mergesmith.calibrate.stage import statistics_inputs
+    from mergesmith.execute.memory import release_freed_tensors
+    from mergesmith.io.resolve import close_models, open_models
+    from mergesmith.plan.planner import build_plan
+
+    release_freed_tensors()  # as `mergesmith merge` does for its process
+    src = read_recipe(recipe_path)
+    models = open_models(model_keys(src.recipe), base_dir=src.base_dir)
+    try:
+        plan = build_plan(src.recipe, models, source=src.name)
+        with statistics_inputs(plan, models, src.base_dir, Path(cache)):
+            pass
+    finally:
+        close_models(models)
+
+
+def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--calibrate-only"]:
+        calibrate_only(*sys.argv[2:4])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=("1b",), default="1b", help="synthetic shape (the tokenizer needs 300 ids)")
+    p.add_argument("--tokens", type=int, default=16384, help="calibration tokens per model (default 16384)")
+    p.add_argument("--repeat", type=int, default=2, help="runs of floor and solve (cold runs once)")
+    args = p.parse_args(argv)
+    a, b, b2 = linked_pair(args.shape)
+    how, cache, out, floor = measure.probe(), OUT / "cache", OUT / "merged", OUT / "floor"
+    merge = f"{PY} -m mergesmith merge {shlex.quote(str(recipe(a, b, b2, args.tokens)))} {shlex.quote(str(out))}"
+    merge += f" --quiet --force --calibration-cache {shlex.quote(str(cache))} && sync"
+    copy = f"cp -r --reflink=never {shlex.quote(str(a))} {shlex.quote(str(floor))} && sync"
+    calibrate = f"{PY} {shlex.quote(__file__)} --calibrate-only {shlex.quote(str(OUT / 'regmean.yml'))} "
+    calibrate += shlex.quote(str(cache))
+    shutil.rmtree(cache, ignore_errors=True)
+    results = {"calibrate": [measure.run_measured(calibrate, how, REPO)]}
+    results["floor"], results["solve"] = [], []
+    for _ in range(args.repeat):
+        shutil.rmtree(floor, ignore_errors=True)
+        results["floor"].append(measure.run_measured(copy, how, REPO))
+        shutil.rmtree(floor, ignore_errors=True)  # disk: the cache and the output are large already
+        results["solve"].append(measure.run_measured(merge, how, REPO))
+    shutil.rmtree(floor, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    layer, whole = sizes(synthetic.SHAPES[args.shape])
+    print(
+        f"shape {args.shape}, {args.tokens} calibration tokens, 1 model calibrated, 2 in the solve; one layer {layer:.2f} GB "
+        f"and the whole model {whole:.2f} GB in float32"
+    )
+    print("| job | wall s (median) | CPU s | peak RSS GB |\n|---|---|---|---|")
+    med = {k: statistics.median(s.wall_s for s in v) for k, v in results.items()}
+    for name, samples in results.items():
+        cpu = statistics.median(s.cpu_s for s in samples)
+        rss = max(s.peak_rss_bytes for s in samples) / 1e9
+        print(f"| {name} | {med[name]:.2f} ({', '.join(f'{s.wall_s:.2f}' for s in samples)}) | {cpu:.1f} | {rss:.2f} |")
+    calibration = med["calibrate"]
+    print(
+        f"calibration per model {calibration:.1f} s ({calibration / args.tokens * 1000:.2f} s per 1000 tokens); "
+        f"solve / floor = {med['solve'] / med['floor']:.2f}x (target ≤ 10x)"
+    )
+    entry_gb = sum(f.stat().st_size for f in cache.rglob("*.safetensors")) / 1e9
+    print(f"cache on disk: {entry_gb:.2f} GB (one model)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The calibration stage, streamed: one decoder layer in memory at a time.
+
+The transformers model is built on the meta device from the input's config (no weight
+allocated); everything outside the decoder layers (embeddings, rotary tables, final norm) is
+materialised from the checkpoint through mergesmith's reader. One forward pass per window, with
+every layer replaced by a recorder (the last one stops the pass), yields the window's embeddings
+and the arguments each layer receives (masks, position embeddings, sliding windows) exactly as the
+model computes them; the arguments are kept once per window length.
+Then, layer by layer: its weights are read (float32), forward pre-hooks on its ``nn.Linear``
+modules add ``XᵀX`` of their inputs to float64 sums, every window's hidden states go through,
+the layer's sums are handed on and its weights dropped. Peak memory: one layer, its Gram sums,
+the hidden states of all windows, and the non-layer weights. Linear modules called with the very
+same input tensor (q/k/v, gate/up) share one sum.
+
+Models whose decoder layers are not one ``nn.ModuleList`` at the place the architecture data
+names run whole (every weight in memory at once), with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+from mergesmith._torch import torch
+from mergesmith.arch.spec import ArchSpec
+from mergesmith.errors import ArchitectureError
+from mergesmith.io.header import ModelInput
+
+Layer = tuple[int, dict, dict]  # (index, {stored name: Gram}, {weight name: stored name})
+
+
+class _Stop(Exception):
+    """Raised by the last recorder: nothing after the layers is needed."""
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self, index: int, calls: dict, last: bool):
+        super().__init__()
+        self.index, self.calls, self.last = index, calls, last
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        self.calls[self.index] = (hidden, args[1:], kwargs)
+        if self.last:
+            raise _Stop
+        return hidden
+
+
+class GramHooks:
+    """Float64 sums of ``XᵀX`` of each linear module's input; one sum per distinct input tensor."""
+
+    def __init__(self, modules: dict[str, torch.nn.Linear]):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.aliases: dict[str, str] = {}
+        self.rows: dict[str, int] = {}  # tokens each sum has seen
+        self._seen: list[tuple[torch.Tensor, str]] = []  # this call's inputs, held so ids stay unique
+        self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module, args):
+            x = args[0]
+            owner = next((stored for seen, stored in self._seen if seen is x), None)
+            if owner is not None:
+                self.aliases.setdefault(name, owner)
+                return
+            self._seen.append((x, name))
+            self.aliases.setdefault(name, name)
+            flat = x.reshape(-1, x.shape[-1]).to(torch.float64)
+            stored = self.aliases[name]
+            if stored in self.sums:
+                self.sums[stored].addmm_(flat.T, flat)  # in place: no [in, in] temporary per window
+            else:
+                self.sums[stored] = flat.T @ flat
+            self.rows[stored] = self.rows.get(stored, 0) + flat.shape[0]
+
+        return hook
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """``XᵀX / N`` per stored input in float32, as the cache stores it (the mean over tokens, so
+        models calibrated on different token counts weigh alike, as FusionBench's RegMean averages
+        them); the float64 sums are released."""
+        means = {name: total.div_(self.rows[name]).to(torch.float32) for name, total in self.sums.items()}
+        self.sums.clear()
+        return means
+
+    def end_call(self) -> None:
+        self._seen.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _build(model: ModelInput):
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.for_model(**dict(model.config))
+        with init_empty_weights():  # parameters on meta; buffers (rotary tables) computed for real
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (ValueError, KeyError, ImportError) as exc:
+        raise ArchitectureError(
+            f"model '{model.key}': transformers cannot build {model.config.get('architectures')} ({exc}); "
+            "regmean runs the model to calibrate it: merge it with another method"
+        ) from None
+
+
+def _set(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    path, _, leaf = name.rpartition(".")
+    module = root.get_submodule(path)
+    setattr(module, leaf, torch.nn.Parameter(tensor, requires_grad=False))
+
+
+def _materialise(root: torch.nn.Module, model: ModelInput, names: Sequence[str], tied: dict) -> None:
+    for name in names:
+        source = name if name in model.tensors else tied.get(name)
+        if source is None or source not in model.tensors:
+            raise ArchitectureError(
+                f"model '{model.key}': transformers' model has parameter {name}, the checkpoint has not; "
+                "the checkpoint does not match its config.json"
+            )
+        _set(root, name, model.reader.get(source).to(torch.float32))
+
+
+def _layer_prefix(arch: ArchSpec) -> str:
+    return arch.layer[0].name.split(".{layer}")[0]
+
+
+def _linears(layer: torch.nn.Module, prefix: str) -> dict[str, torch.nn.Linear]:
+    dot = prefix + "." if prefix else ""
+    return {f"{dot}{name}.weight": m for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and name}
+
+
+def _record(base, layers, ids: list[int]) -> dict:
+    """Each layer's (hidden, args, kwargs) for one window, from one recorded forward pass."""
+    calls: dict = {}
+    real = list(layers)
+    for i in range(len(layers)):
+        layers[i] = _Recorder(i, calls, i == len(layers) - 1)
+    try:
+        with torch.no_grad():
+            base(input_ids=torch.tensor([ids]), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for i, layer in enumerate(real):
+            layers[i] = layer
+    return calls
+
+
+def layer_grams(model: ModelInput, arch: ArchSpec, windows: list[list[int]]) -> Iterator[Layer]:
+    """Per decoder layer (in order), the mean Gram matrices of its linear layers' inputs over
+    ``windows`` (token id lists), computed as the layer is consumed: one layer in memory."""
+    hf = _build(model)
+    prefix = _layer_prefix(arch)
+    try:
+        layers = hf.get_submodule(prefix)
+    except AttributeError:
+        layers = None
+    count = arch.num_layers(dict(model.config), f"model '{model.key}'")
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) != count:
+        yield from _whole_model(hf, model, windows, prefix, arch)
+        return
+    names = [n for n, _ in hf.named_parameters() if not n.startswith(prefix + ".")]
+    base = hf.get_submodule(prefix.rsplit(".", 1)[0]) if "." in prefix else hf
+    tied = {w.name: w.tied_to[0] for w in arch.pre + arch.post if w.tied_to}
+    outside = [n for n in names if n.startswith(_prefix_of(base, hf))]
+    _materialise(hf, model, outside, tied)
+    by_length: dict[int, dict] = {}
+    hidden = []
+    for ids in windows:
+        calls = _record(base, layers, ids)
+        by_length.setdefault(len(ids), {i: (a, k) for i, (_, a, k) in calls.items()})
+        hidden.append(calls[0][0])
+    for name in outside:  # the embeddings did their work: only the layers run from here on
+        _set(hf, name, torch.empty(hf.get_parameter(name).shape, device="meta"))
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            yield i, *_run_layer(layer, f"{prefix}.{i}", model, hidden, by_length, i)
+
+
+def _prefix_of(base: torch.nn.Module, root: torch.nn.Module) -> str:
+    return next(name for name, m in root.named_modules() if m is base)
+
+
+def _run_layer(layer, prefix: str, model: ModelInput, hidden: list, by_length: dict, index: int):
+    names = [f"{prefix}.{n}" for n, _ in layer.named_parameters()]
+    _materialise_layer(layer, prefix, model, names)
+    hooks = GramHooks(_linears(layer, prefix))
+    try:
+        for w, h in enumerate(hidden):
+            args, kwargs = by_length[h.shape[1]][index]
+            out = layer(h, *args, **kwargs)
+            hidden[w] = out[0] if isinstance(out, tuple) else out
+            hooks.end_call()
+    finally:
+        hooks.remove()
+        layer.to("meta")  # the layer's weights go before its sums are rounded to float32
+    return hooks.means(), hooks.aliases
+
+
+def _materialise_layer(layer, prefix: str, model: ModelInput, names: list[str]) -> None:
+    for name in names:
+        if name not in model.tensors:
+            raise ArchitectureError(
+                f"model '{model.key}': transformers' layer has parameter {name}, the checkpoint has not; "
+                "the checkpoint does not match its config.json"
+            )
+        _set(layer, name[len(prefix) + 1 :], model.reader.get(name).to(torch.float32))
+
+
+def _whole_model(hf, model: ModelInput, windows, prefix: str, arch: ArchSpec) -> Iterator[Layer]:
+    total = sum(_numel(info.shape) for info in model.tensors.values())
+    warnings.warn(
+        f"model '{model.key}': no layer-by-layer path for {model.config.get('architectures')} (no module list "
+        f"'{prefix}'); calibrating the whole model in memory, about {total * 4 / 1e9:.1f} GB in float32",
+        stacklevel=3,
+    )
+    names = [n for n, _ in hf.named_parameters()]
+    _materialise(hf, model, names, {})
+    outside = {w.name for w in arch.pre + arch.post}  # the head: averaged, never calibrated
+    hooks = GramHooks({k: m for k, m in _linears(hf, "").items() if k not in outside})
+    try:
+        with torch.no_grad():
+            for ids in windows:
+                hf(input_ids=torch.tensor([ids]), use_cache=False)
+                hooks.end_call()
+    finally:
+        hooks.remove()
+    yield -1, hooks.means(), hooks.aliases
+
+
+def _numel(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count

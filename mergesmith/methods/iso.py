@@ -1,0 +1,136 @@
+"""Iso-C and Iso-CTS (Marczak et al., ICML 2025, "No Task Left Behind: Isotropic Model Merging
+with Common and Task-Specific Subspaces", arXiv:2502.04959; the equations
+as the authors' code ``danielm1405/iso-merging`` computes them).
+
+With base ``b``, ``T`` task deltas ``δ_i = x_i − b`` and their sum ``Δ = Σ_i δ_i = U Σ Vᵀ``:
+
+    iso_c:    out = b + alpha · σ̄ U_r V_rᵀ,  σ̄ = mean(σ_1 … σ_r)
+
+the spectrum of the sum flattened over its rank ``r``: ``U_r V_rᵀ`` is the orthogonal polar factor
+of ``Δ``. Iso-CTS keeps the ``c`` leading directions of the sum and adds each task's own:
+
+    c = r − T · round((r − int(f · r)) / T),  s = (r − c) / T     (f: common_space_fraction)
+    δ_i' = δ_i − U_c U_cᵀ δ_i,  its s leading triplets U_i' S_i' V_i'ᵀ
+    U = polar([U_1' … U_T' U_c]),  V = polar([V_1' … V_T' V_c]),  σ̄ = mean([S_1' … S_T' Σ_c])
+    iso_cts:  out = b + alpha · σ̄ U Vᵀ
+
+"Rank" ``r`` is the numerical rank of ``Δ`` (subspace.py): the reference flattens over all
+min(m, n) singular values, which for full fine-tunes is the same thing. A sum of LoRA deltas
+(rank ≤ Σ r_i) has a tail of rounding noise beyond its rank: flattening over min(m, n) would set
+those noise directions to σ̄ and shrink σ̄ by min(m, n) / r, so they are left out, and so are a
+task's projected directions past its own numerical rank. The polar factor over a small rank comes
+from a seeded randomised range finder that stops once the residual is under the rank's floor; a
+full-rank sum takes one full SVD (on 2048² float32 on this CPU, 1.2 s against 3.4 s for the
+Gram and its eigh; Newton–Schulz needs some ten iterations of two such products each).
+
+Tensors that are not matrices take ``b + alpha · mean_i δ_i``, as the reference
+(``danielm1405/iso-merging``, ``src/utils/iso.py``) before its merged task vector is scaled as a
+whole; every 2-D tensor is a matrix, embeddings and lm_head included (see tsv.py).
+"""
+
+from __future__ import annotations
+
+from mergesmith._torch import torch
+from mergesmith.methods import subspace
+from mergesmith.methods.params import Params
+from mergesmith.methods.spec import UNIT, BasePolicy, MethodSpec, Param
+from mergesmith.methods.steps import WholeTensor, fixed
+from mergesmith.methods.tsv import ALPHA, RANK_TOL
+
+
+def _summed(tensors, base_index, others) -> torch.Tensor:
+    """``Σ_i (x_i − b)``, each difference taken exactly in the working dtype, in row blocks."""
+    total = subspace.delta(tensors, base_index, others[0])
+    rows = max(1, subspace.BLOCK // max(1, total.shape[1]))
+    for i in others[1:]:
+        for lo in range(0, total.shape[0], rows):
+            total[lo : lo + rows] += subspace.delta_rows(tensors, base_index, i, lo, lo + rows)
+    return total
+
+
+def _flat(t: subspace.Triplets) -> subspace.Triplets:
+    """The spectrum set to its mean: the isotropic step of both methods."""
+    return subspace.Triplets(t.u, torch.full_like(t.s, float(t.s.mean())) if len(t) else t.s, t.vh)
+
+
+def _start(tensors, base_index, params: Params):
+    """``(done, tasks, rank tolerance)``: ``done`` is the merge where there is no matrix to
+    decompose (no task: the base; a 1-D tensor: the scaled mean delta), else None."""
+    others = [i for i in range(len(tensors)) if i != base_index]
+    base = tensors[base_index]
+    if not others:
+        return base, others, None
+    if base.dim() != 2:
+        return subspace.mean_delta(tensors, base_index, others, params.alpha), others, None
+    default_tol = subspace.tolerance(base.shape, subspace.work_dtype(base.dtype), None)
+    return None, others, params.rank_tol if params.rank_tol is not None else default_tol
+
+
+def iso_c(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
+    base = tensors[base_index]
+    done, others, rel_tol = _start(tensors, base_index, params)
+    if done is not None:
+        return done
+    found = subspace.numerical(subspace.deltas(tensors, base_index, others), generator, rel_tol)
+    return subspace.assemble(base, _flat(found), params.alpha)
+
+
+def split(rank: int, tasks: int, fraction: float) -> tuple[int, int]:
+    """(common, per task) directions of a rank-``rank`` sum, as the reference rounds them."""
+    common = int(rank * fraction)
+    specific = round((rank - common) / tasks) * tasks
+    common = rank - specific
+    return common, specific // tasks
+
+
+def iso_cts(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
+    base = tensors[base_index]
+    done, others, rel_tol = _start(tensors, base_index, params)
+    if done is not None:
+        return done
+    whole = subspace.numerical(_summed(tensors, base_index, others), generator, rel_tol)
+    if len(whole) == 0:
+        return base.clone()
+    floor = rel_tol * float(whole.s[0])
+    common_rank, per_task = split(len(whole), len(others), params.common_space_fraction)
+    common = whole.head(common_rank)
+    parts = []
+    for i in others:
+        d = subspace.delta(tensors, base_index, i)
+        subspace.project_out(d, common.u)  # the task's part outside the common subspace
+        parts.append(subspace.top(d, per_task, generator).above(floor))
+    merged = subspace.orthogonalised(subspace.concat([*parts, common]))
+    return subspace.assemble(base, _flat(merged), params.alpha)
+
+
+URL = "https://arxiv.org/abs/2502.04959"
+SPECS = (
+    MethodSpec(
+        name="iso_c",
+        pretty_name="Isotropic merging in common subspace (Iso-C)",
+        reference=URL,
+        steps=fixed(WholeTensor(iso_c)),
+        params=(ALPHA, RANK_TOL),
+        base=BasePolicy.REQUIRED,
+        random=True,
+    ),
+    MethodSpec(
+        name="iso_cts",
+        pretty_name="Isotropic merging in common and task-specific subspaces (Iso-CTS)",
+        reference=URL,
+        steps=fixed(WholeTensor(iso_cts)),
+        params=(
+            ALPHA,
+            Param(
+                "common_space_fraction",
+                float,
+                default=0.8,
+                doc="share of the rank kept from the sum's leading directions; the rest is split over the tasks",
+                domain=UNIT,
+            ),
+            RANK_TOL,
+        ),
+        base=BasePolicy.REQUIRED,
+        random=True,
+    ),
+)

@@ -1,0 +1,170 @@
+"""``build_moe(config, out)``: a MoE model from dense fine-tunes, streamed and written atomically.
+
+Headers first (every check before a weight is read or a Hub file downloaded), then the inputs are
+opened; in the staging directory the tokenizer is copied (the prompts are tokenized with it), and
+every tensor but the routers is copied one at a time from its input to its place in the shards
+while a thread computes the routers (the hidden-state pass holds one layer of the base).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from mergesmith.config.references import parse_reference
+from mergesmith.io.resolve import close_models, local_paths, open_headers, open_models
+from mergesmith.io.writer import ShardedWriter, TensorSlot, parse_size
+from mergesmith.moe.card import moe_card
+from mergesmith.moe.config import MoeSource, read_moe
+from mergesmith.moe.layout import Copy, MoePlan, Router, Zeros, plan_moe
+from mergesmith.output.directory import check_not_input, check_target, staged_directory
+from mergesmith.output.tokenizer import (
+    check_tokenizer_files,
+    copy_generation_config,
+    copy_tokenizer,
+    resolve_chat_template,
+    write_chat_template,
+)
+
+CONFIG_COPY = "mergesmith_moe_config.yml"
+
+
+def _source(config) -> MoeSource:
+    return config if isinstance(config, MoeSource) else read_moe(config)
+
+
+def plan_file(config, *, allow_pickle: bool = False) -> MoePlan:
+    """What ``build_moe`` would write; reads headers and configs only."""
+    src = _source(config)
+    headers = open_headers(src.config.referenced_models(), base_dir=src.base_dir, allow_pickle=allow_pickle)
+    return plan_moe(src.config, headers, src.name)
+
+
+def build_moe(
+    config,
+    out: str | Path,
+    *,
+    force: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    shard_size: str = "5GB",
+    allow_pickle: bool = False,
+    lora_cache: Path | None = None,
+    progress: bool = False,
+    status: Callable[[str], None] | None = None,
+) -> MoePlan:
+    """Build the MoE of ``config`` (a path or a read MoeSource) into ``out``."""
+    from mergesmith.execute.runner import check_device
+
+    say = status or (lambda _message: None)
+    src, out = _source(config), Path(out)
+    device = check_device(device)
+    keys = src.config.referenced_models()
+    inputs = [(f"model '{k}'", p) for k in keys for p in local_paths(k, src.base_dir)] + [
+        ("the config", Path(src.name))
+    ]
+    check_not_input(out, inputs)
+    check_target(out, force)
+    size = parse_size(shard_size)
+    say("reading metadata and planning")
+    headers = open_headers(keys, base_dir=src.base_dir, allow_pickle=allow_pickle)
+    check_not_input(out, [(f"model '{k}'", h.path) for k, h in headers.items()])
+    plan = plan_moe(src.config, headers, src.name)
+    check_tokenizer_files(headers[plan.tokenizer_donor])
+    template = src.config.chat_template and resolve_chat_template(src.config.chat_template, headers, src.name)
+    adapters = any(parse_reference(k).lora is not None for k in keys)
+    say("opening the inputs and folding adapters" if adapters else "opening the inputs")
+    cache = Path(lora_cache).expanduser() if lora_cache is not None else None  # "~/..." as the CLI's default
+    models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
+    try:
+        with staged_directory(out, force) as staging:
+            _write(
+                plan, models, src, staging, out.name, template, dict(seed=seed, device=device, size=size), progress, say
+            )
+    finally:
+        close_models(models)
+    return plan
+
+
+def _write(plan: MoePlan, models, src: MoeSource, staging: Path, name: str, template, opts, progress, say) -> None:
+    from mergesmith.moe.gates import router_tensors
+
+    copy_tokenizer(models[plan.tokenizer_donor], staging)
+    copy_generation_config(models[plan.config.base_model], staging)
+    if template:
+        write_chat_template(template, staging)
+    # The routers (a forward pass: CPU) are computed in a thread while the other tensors are
+    # copied (reading and writing: mostly waiting on the disk), then written into their slots.
+    say(f"copying tensors; computing the routers ({plan.config.gate_mode}) meanwhile")
+    with ThreadPoolExecutor(1) as pool, _bar(progress, len(plan.tensors), "tensors") as tick:
+        routers = pool.submit(router_tensors, plan, models, staging, seed=opts["seed"], device=opts["device"])
+        _copy_all(plan, models, routers, staging, opts["size"], opts["seed"], tick)
+    (staging / "config.json").write_text(json.dumps(plan.out_config, indent=2) + "\n")
+    (staging / CONFIG_COPY).write_text(src.text)
+    (staging / "README.md").write_text(moe_card(plan, src.text, name, base_dir=src.base_dir))
+
+
+class _bar:
+    """A tqdm bar's update as a no-argument callable, or nothing when progress is off."""
+
+    def __init__(self, on: bool, total: int, desc: str):
+        self.bar = None
+        if on:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="tensor", desc=desc)
+
+    def __enter__(self):
+        return (lambda: self.bar.update(1)) if self.bar is not None else (lambda: None)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _copy_all(plan: MoePlan, models, routers: Future, staging: Path, size: int, seed: int, tick) -> None:
+    """Every copied tensor, then (once ``routers`` is done) every router, each into its slot."""
+    from mergesmith._torch import torch
+
+    dtype = getattr(torch, plan.out_dtype)
+    writer = ShardedWriter(staging, [TensorSlot(t.name, t.shape, dtype) for t in plan.tensors], size)
+    try:
+        for tensor in plan.tensors:
+            if isinstance(tensor.source, Copy):
+                value = expert_tensor(plan, models, tensor, seed)
+            elif isinstance(tensor.source, Zeros):
+                value = torch.zeros(tensor.shape, dtype=dtype)
+            else:
+                continue
+            writer.write(tensor.name, value.to(dtype).contiguous())
+            tick()
+        computed = routers.result()
+        for tensor in plan.tensors:
+            if isinstance(tensor.source, Router):
+                writer.write(tensor.name, computed[tensor.name].to(dtype).contiguous())
+                tick()
+        writer.finish()
+    except BaseException:
+        writer.close()
+        raise
+
+
+def expert_tensor(plan: MoePlan, models, tensor, seed: int):
+    """A copied tensor as read, with the expert's ``noise_scale`` (seeded by output name) and, on
+    down projections, its ``residual_scale`` applied in the input's dtype, as mergekit does."""
+    from mergesmith._torch import torch
+    from mergesmith.execute.runner import generator_for
+
+    source: Copy = tensor.source
+    value = models[source.model].reader.get(source.tensor)
+    if source.expert is None:
+        return value
+    expert = plan.config.all_experts()[source.expert]
+    if expert.noise_scale is not None:
+        noise = torch.randn(value.shape, generator=generator_for(seed, tensor.name)).to(value.dtype)
+        value = value + noise * expert.noise_scale
+    if source.down and expert.residual_scale is not None:
+        value = value * expert.residual_scale
+    return value
