@@ -24,6 +24,7 @@ from mergesmith.output.directory import check_not_input, check_target, staged_di
 from mergesmith.output.tokenizer import (
     check_tokenizer_files,
     copy_generation_config,
+    copy_processor_files,
     copy_tokenizer,
     resolve_chat_template,
     write_chat_template,
@@ -241,6 +242,7 @@ def _write_metadata(the_plan, models, src: RecipeSource, staging: Path, name: st
     config = output_config(the_plan, models)
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     copy_generation_config(models[the_plan.config_donor], staging)
+    copy_processor_files(models[the_plan.config_donor], staging)
     copy_remote_code(models[the_plan.config_donor], staging)
     copy_tokenizer(models[the_plan.tokenizer_donor], staging, the_plan.vocab)
     if template:

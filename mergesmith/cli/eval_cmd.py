@@ -53,6 +53,11 @@ def add_parser(sub) -> None:
         metavar="N",
         help="only the first N windows per text and N items per task (default: all; for quick checks)",
     )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the code a model ships with (config.json auto_map) to load it; only for sources you trust",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_log_format(p)
     p.set_defaults(handler=run)
@@ -86,6 +91,7 @@ def run(args) -> int:
         limit=args.limit,
         progress=args.log.progress,
         lm_eval=args.lm_eval,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.json:
         save_results(result, args.json)

@@ -26,6 +26,11 @@ def add_parser(sub) -> None:
         help="where base+adapter experts are merged and reused "
         "(default $MERGESMITH_CACHE/lora, else ~/.cache/mergesmith/lora)",
     )
+    p.add_argument(
+        "--intermediate-dir",
+        metavar="DIR",
+        help="where merge stages named by the MoE config are built (a lineage file; default OUT.stages)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
 
@@ -33,9 +38,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from mergesmith.cli.merge_cmd import _lora_cache
     from mergesmith.moe.build import build_moe
+    from mergesmith.moe.stages import read_moe_lineage
 
+    config = args.config
+    if (lineage := read_moe_lineage(args.config)) is not None:
+        config = _build_stages(args, lineage, _lora_cache(args))
     plan = build_moe(
-        args.config,
+        config,
         args.out,
         force=args.force,
         seed=args.seed,
@@ -53,3 +62,35 @@ def run(args) -> int:
             sys.stdout,
         )
     return 0
+
+
+def _build_stages(args, lineage, lora_cache):
+    """The merge stages the MoE config names, built as lineages (up-to-date ones kept)."""
+    from pathlib import Path
+
+    from mergesmith.lineage import merge_lineage
+    from mergesmith.lineage.run import default_intermediate_dir
+    from mergesmith.moe.stages import build_stages, resolved_source
+
+    inter = Path(args.intermediate_dir).resolve() if args.intermediate_dir else default_intermediate_dir(args.out)
+
+    def report(outcome) -> None:
+        if not args.quiet:
+            args.log.line(
+                f"stage {outcome.stage}: {outcome.status} ({outcome.tensors} tensors) -> {outcome.path}", sys.stdout
+            )
+
+    def run_stage(stages, out) -> None:
+        merge_lineage(
+            stages,
+            out,
+            intermediate_dir=inter,
+            force=args.force,
+            seed=args.seed,
+            allow_pickle=args.allow_pickle,
+            progress=args.log.progress,
+            on_stage=report,
+            lora_cache=lora_cache,
+        )
+
+    return resolved_source(lineage, build_stages(lineage, inter, run_stage))

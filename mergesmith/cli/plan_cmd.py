@@ -66,8 +66,11 @@ def _run_lineage(args) -> int:
 def run(args) -> int:
     from mergesmith.api import plan
     from mergesmith.lineage import is_lineage_file
+    from mergesmith.moe.stages import read_moe_lineage
     from mergesmith.plan.render import render_json
 
+    if (moe_lineage := read_moe_lineage(args.recipe)) is not None:
+        return _run_moe_lineage(args, moe_lineage)
     if is_lineage_file(args.recipe):
         return _run_lineage(args)
     from mergesmith.moe.config import is_moe_file
@@ -111,6 +114,32 @@ def _run_moe(args) -> int:
 
     the_plan = plan_file(args.recipe, allow_pickle=args.allow_pickle)
     print(render_json(the_plan) if args.json else render_text(the_plan, tensors=args.tensors))
+    return 0
+
+
+def _run_moe_lineage(args, moe_lineage) -> int:
+    """Merge stages, then a MoE config naming them: each stage's plan; the MoE is planned from the
+    stage outputs when `mergesmith moe` has built them."""
+    import json
+
+    from mergesmith.lineage import plan_lineage
+    from mergesmith.plan.render import plan_to_dict
+
+    plans = {
+        name: plan_lineage(sub, seed=args.seed, allow_pickle=args.allow_pickle)
+        for name, sub in moe_lineage.stages.items()
+    }
+    if args.json:
+        print(json.dumps({"stages": {name: [plan_to_dict(p) for _, p in ps] for name, ps in plans.items()}}, indent=1))
+        return 0
+    lines = [
+        f"# {moe_lineage.source}: a MoE config over the merge stages {', '.join(plans)}; `mergesmith moe` builds "
+        "each (with the stages it uses) into OUT.stages, then plans and builds the MoE from them"
+    ]
+    for name, stage_plans in plans.items():
+        for stage, the_plan in stage_plans:
+            lines += ["", f"## stage {stage.label} (for the MoE's '{name}')", _view(the_plan, args, stage.label)]
+    print("\n".join(lines))
     return 0
 
 

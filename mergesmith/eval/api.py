@@ -101,12 +101,14 @@ def evaluate(
     limit: int | None = None,
     progress: bool = False,
     lm_eval: Sequence[str] | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalResult:
     """Score ``models`` (Hugging Face directories); with no ``texts``, ``tasks`` or ``lm_eval``, the bundled sets.
 
     ``tasks`` are JSONL files or bundled task names; ``lm_eval`` are lm-eval-harness task names,
     task YAMLs or directories of them (needs the ``lmeval`` extra); ``limit`` caps windows per
     text and items per task (quick checks). The reference, if any, is the first row, marked ``is_ref``.
+    ``trust_remote_code`` runs the code a model ships with (config.json ``auto_map``) to load it.
     """
     ref = None if ref is None else str(ref)
     names = [ref] if ref else []
@@ -132,7 +134,7 @@ def evaluate(
     for name in names:  # the reference, if any, comes first and stays loaded
         start = time.perf_counter()
         is_ref = name == ref
-        loaded = load_model(name, dtype, device, progress)
+        loaded = load_model(name, dtype, device, progress, trust_remote_code)
         ref_loaded = loaded if is_ref else ref_loaded
         kl_ref = None if is_ref else ref_loaded
         if kl_ref is not None:

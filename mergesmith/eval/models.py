@@ -109,7 +109,31 @@ def _check_loading(ref: str, info: dict) -> None:
         )
 
 
-def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: bool = False) -> LoadedModel:
+def _check_remote_code(ref: str, path: Path, trust_remote_code: bool) -> None:
+    """A model whose class transformers lacks and whose config points to code shipped with it
+    (``auto_map``) runs that code only when the user says so."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers names the problem when it loads the model
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if trust_remote_code or not isinstance(auto_map, dict) or config.get("model_type") in CONFIG_MAPPING:
+        return
+    modules = sorted({str(v).rsplit(".", 1)[0] for v in auto_map.values() if isinstance(v, str)})
+    raise InputFormatError(
+        f"model '{ref}': its class ({config.get('model_type')}) is code shipped with the model "
+        f"({', '.join(modules)}.py), which transformers runs only when trusted; pass --trust-remote-code "
+        "if you trust its source"
+    )
+
+
+def load_model(
+    ref: str, dtype: str = "float32", device: str = "cpu", progress: bool = False, trust_remote_code: bool = False
+) -> LoadedModel:
+    """``trust_remote_code``: load a model whose class ships with it (config.json ``auto_map``),
+    running that code; otherwise such a model is refused with one line."""
     if is_gguf(ref):  # llama.cpp on the CPU: the GGUF's own tensor types, whatever dtype / device say
         from mergesmith.eval.gguf_model import load_gguf
 
@@ -121,11 +145,13 @@ def load_model(ref: str, dtype: str = "float32", device: str = "cpu", progress: 
         raise MergesmithError(
             f"evaluating '{ref}' needs transformers ({exc}); install it: pip install 'mergesmith[hf]'"
         ) from exc
+    _check_remote_code(ref, Path(path), trust_remote_code)
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         with _quiet_transformers(progress):
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, **remote)
             model, info = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch_dtype(dtype), output_loading_info=True, ignore_mismatched_sizes=True
+                path, dtype=torch_dtype(dtype), output_loading_info=True, ignore_mismatched_sizes=True, **remote
             )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
         why = str(exc).replace("\n", " ")

@@ -123,6 +123,20 @@ def copy_generation_config(donor: ModelInput, dest: Path) -> None:
         shutil.copyfile(donor.path / "generation_config.json", dest / "generation_config.json")
 
 
+# A multimodal model's processor files (image, video, the processor itself), beside its tokenizer's.
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+
+
+def copy_processor_files(donor: ModelInput, dest: Path) -> None:
+    """The config donor's processor files, so that a merged VLM loads with ``AutoProcessor`` as the
+    donor does (a text model has none; a Hub input has them only once downloaded)."""
+    if donor.gguf_file is not None:
+        return
+    for name in PROCESSOR_FILES:
+        if (donor.path / name).is_file():
+            shutil.copyfile(donor.path / name, dest / name)
+
+
 def _template_of(model: ModelInput) -> str | None:
     if model.gguf_file is not None:
         return None

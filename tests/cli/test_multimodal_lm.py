@@ -83,6 +83,21 @@ def test_language_model_merged_and_towers_passed_through(kind, family, tmp_path)
     assert config["text_config"]["num_hidden_layers"] == 2 and "num_hidden_layers" not in config
 
 
+def test_the_vlms_processor_files_are_copied(family, tmp_path):
+    vlm, _, text_ft = family["qwen2_vl"]
+    donor = copy_model(vlm, tmp_path / "vlm")
+    files = {"preprocessor_config.json": '{"image_processor_type": "Qwen2VLImageProcessor"}\n'}
+    files["video_preprocessor_config.json"] = '{"video_processor_type": "Qwen2VLVideoProcessor"}\n'
+    for name, text in files.items():
+        (donor / name).write_text(text)
+    out = _merge(slerp(donor, text_ft), tmp_path / "out")
+    assert {name: (out / name).read_text() for name in files} == files
+    assert not (out / "processor_config.json").exists()  # the donor has none
+    # Between text models there is nothing to copy.
+    plain = _merge(slerp(family["qwen2_vl"][1], text_ft), tmp_path / "plain")
+    assert not any((plain / name).exists() for name in files)
+
+
 @pytest.mark.parametrize("kind", ["gemma3", "qwen2_vl"])
 def test_output_loads_in_transformers(kind, family, tmp_path):
     from transformers import AutoModelForImageTextToText
