@@ -5,7 +5,8 @@ is a named merge stage in mergekit-multi's format (README "Multi-stage lineages"
 config's ``base_model``, ``source_model`` and ``tokenizer_source`` may name those stages. Each
 stage the MoE uses is built with the stages it uses, by the lineage runner, into
 ``<intermediate dir>/<name>`` (an up-to-date one is kept); the MoE is then built from those
-directories. Every stage and the MoE config are parsed and checked before anything is built.
+directories. Every stage and the MoE config are parsed before anything is built; each stage's
+lineage is planned (its references checked) by the runner just before it is built.
 """
 
 from __future__ import annotations
