@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -94,3 +95,13 @@ def digest(*paths: Path) -> dict[str, str]:
     """sha256 of every file under ``paths``: what "inputs byte-identical" compares."""
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()]
     return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def quiet_merge(text: str, out: Path) -> Path:
+    """``mergesmith.api.merge`` of recipe text into ``out``, its warnings silenced; returns ``out``."""
+    from mergesmith.api import merge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merge(text, out)
+    return out

@@ -28,18 +28,23 @@ def _check_phi2(config: dict, path: Path) -> None:
         )
 
 
-def _check_gemma3(config: dict, path: Path) -> None:
-    """llama.cpp lays out Gemma 3's attention as five sliding-window layers, then one global, repeated
-    (the converter writes no per-layer list); any other ``layer_types`` would run wrong, silently."""
-    types = config.get("layer_types")
-    if types is None:
-        return
-    expected = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(len(types))]
-    if list(types) != expected:
-        raise ArchitectureError(
-            f"{path}: layer_types {types} differ from Gemma 3's five sliding-window layers per global one, the only "
-            "layout llama.cpp's gemma3 runs; export a model with the standard layout"
-        )
+def _check_sliding_pattern(period: int, sliding: str, family: str) -> Callable[[dict, Path], None]:
+    """llama.cpp lays out ``family``'s attention as ``period - 1`` (``sliding``) sliding-window layers, then one
+    global, repeated (the converter writes no per-layer list); any other ``layer_types`` would run
+    wrong, silently. Gemma 3: five and one; Command R7B (cohere2): three and one."""
+
+    def check(config: dict, path: Path) -> None:
+        types = config.get("layer_types")
+        if types is None:
+            return
+        expected = ["full_attention" if i % period == period - 1 else "sliding_attention" for i in range(len(types))]
+        if list(types) != expected:
+            raise ArchitectureError(
+                f"{path}: layer_types {types} differ from {sliding} sliding-window layers per global one, the "
+                f"only layout llama.cpp's {family} runs; export a model with the standard layout"
+            )
+
+    return check
 
 
 def _check_ffn(key: str, default_key: str) -> Callable[[dict, Path], None]:
@@ -55,19 +60,6 @@ def _check_ffn(key: str, default_key: str) -> Callable[[dict, Path], None]:
             )
 
     return check
-
-
-def _check_sliding_every_fourth(config: dict, path: Path) -> None:
-    """llama.cpp's Command R7B: three sliding-window layers, then a global one (no per-layer list is written)."""
-    types = config.get("layer_types")
-    if types is None:
-        return
-    expected = ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(len(types))]
-    if list(types) != expected:
-        raise ArchitectureError(
-            f"{path}: layer_types {types} differ from three sliding-window layers per global one, the only layout "
-            "llama.cpp's cohere2 runs; export a model with the standard layout"
-        )
 
 
 def _check_norm_topk(wanted: bool) -> Callable[[dict, Path], None]:
@@ -118,11 +110,11 @@ def _check_no_sliding_window(config: dict, path: Path) -> None:
 
 CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "phi-2": _check_phi2,
-    "gemma3": _check_gemma3,
+    "gemma3": _check_sliding_pattern(6, "five", "gemma3"),
     "falcon": _check_ffn("ffn_hidden_size", "hidden_size"),
     "gpt_bigcode": _check_ffn("n_inner", "n_embd"),
     "cohere": _check_no_qk_norm,
-    "cohere2": _check_sliding_every_fourth,
+    "cohere2": _check_sliding_pattern(4, "three", "cohere2"),
     "qwen2_moe": _check_norm_topk(False),
     "qwen3_moe": _check_norm_topk(True),
     "mamba": _check_vocab_padding(8),

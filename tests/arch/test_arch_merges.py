@@ -127,10 +127,16 @@ def test_same_tensors_as_mergekit(kind, method, runs, reference, parity_log):
 @pytest.mark.parametrize("kind", NEW_KINDS)
 def test_stack_repeats_source_layers(kind, runs):
     """Layer i of the output is the source layer it came from; embeddings first slice, head last."""
+    assert_stack_repeats_source_layers(runs, kind, "stack")
+
+
+def assert_stack_repeats_source_layers(runs: dict, kind: str, method: str) -> None:
+    """The stack's output: the base's embeddings, the fine-tune's head, and each output layer the
+    source layer it was planned from (``STACKS[method]``: a base range, then a fine-tune range)."""
     base, ft = (load_dir(p) for p in runs["families"][kind])
-    out = load_dir(runs["outputs"][kind, "stack"])
+    out = load_dir(runs["outputs"][kind, method])
     spec = find_arch(json.loads((runs["families"][kind][0] / "config.json").read_text()))
-    origins = [(base, i) for i in range(*STACKS["stack"][0])] + [(ft, i) for i in range(*STACKS["stack"][1])]
+    origins = [(base, i) for i in range(*STACKS[method][0])] + [(ft, i) for i in range(*STACKS[method][1])]
     expected = {w.name: base[w.name] for w in spec.pre}
     expected |= {w.name: ft[w.name] for w in spec.post if w.name in ft}
     for j, (source, i) in enumerate(origins):

@@ -9,14 +9,12 @@ that keeps the layer count, as mergekit leaves such lists at the donor's length.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from families import FAMILY_KINDS, MERGEKIT_KINDS, family_config
 from pico import perturb_, save_model
 from reference import compare, load_dir
-from test_arch_merges import STACKS, merge_cases, mergekit_outputs
+from test_arch_merges import STACKS, assert_stack_repeats_source_layers, merge_cases, mergekit_outputs
 
 from mergesmith.arch.spec import find_arch
 
@@ -80,16 +78,7 @@ def test_family_same_tensors_as_mergekit(kind, method, runs, reference, parity_l
 
 @pytest.mark.parametrize("kind,method", [c for c in CASES if c[1] != "slerp"])
 def test_family_stack_repeats_source_layers(kind, method, runs):
-    base, ft = (load_dir(p) for p in runs["families"][kind])
-    out = load_dir(runs["outputs"][kind, method])
-    spec = find_arch(json.loads((runs["families"][kind][0] / "config.json").read_text()))
-    origins = [(base, i) for i in range(*STACKS[method][0])] + [(ft, i) for i in range(*STACKS[method][1])]
-    expected = {w.name: base[w.name] for w in spec.pre}
-    expected |= {w.name: ft[w.name] for w in spec.post if w.name in ft}
-    for j, (source, i) in enumerate(origins):
-        expected |= {w.at_layer(j).name: source[w.at_layer(i).name] for w in spec.layer if w.at_layer(i).name in source}
-    assert set(out) == set(expected)
-    assert all(torch.equal(out[name], tensor) for name, tensor in expected.items())
+    assert_stack_repeats_source_layers(runs, kind, method)
 
 
 @pytest.mark.parametrize("kind,method", CASES)

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import copy_model, merge_fails
+from cli_helpers import copy_model, merge_fails, quiet_merge
 from mergekit_batch import run_mergekit_many
 from moe_pico import EXPERTS, MOE_KINDS, build_moe_model, make_moe_family
 from reference import compare, load_dir
 from safetensors import safe_open
 
-from mergesmith.api import merge
 from mergesmith.arch.infer import ArchInput, arch_for_models
 
 T = 0.3
@@ -72,13 +70,6 @@ def recipe(method: str, a: Path, b: Path, *, ours: bool) -> str:
     )
 
 
-def _merge(text: str, out: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        merge(text, out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Per kind: the two inputs, then mergesmith's and mergekit's output per method."""
@@ -88,7 +79,9 @@ def runs(tmp_path_factory):
     failures = run_mergekit_many(jobs)
     assert failures == {}, failures
     ours = {
-        (k, m): _merge(recipe(m, *families[k], ours=True), root / f"ms-{k}-{m}") for k in MOE_KINDS for m in METHODS
+        (k, m): quiet_merge(recipe(m, *families[k], ours=True), root / f"ms-{k}-{m}")
+        for k in MOE_KINDS
+        for m in METHODS
     }
     return families, ours, root
 
@@ -145,7 +138,7 @@ def test_ties_sparsifies_each_expert_alone(tmp_path, runs):
 
     a, b = runs[0]["qwen3_moe"]
     text = recipe("ties", a, b, ours=True).replace("density: 1.0", "density: 0.4")
-    mine, ins_a, ins_b = load_dir(_merge(text, tmp_path / "out")), load_dir(a), load_dir(b)
+    mine, ins_a, ins_b = load_dir(quiet_merge(text, tmp_path / "out")), load_dir(a), load_dir(b)
     params = {"weight": {1: 0.8}, "density": {1: 0.4}}
     for e in range(EXPERTS):
         name = expert_name("qwen3_moe", 1, e, 2)

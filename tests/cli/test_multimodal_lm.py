@@ -12,17 +12,15 @@ comparison here.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import copy_model, merge_fails, rewrite_tensors
+from cli_helpers import copy_model, merge_fails, quiet_merge, rewrite_tensors
 from pico import perturb_, save_model
 from reference import load_dir
 from vlm_pico import VLM_KINDS, build_vlm, language_model_of, save_vlm
 
-from mergesmith.api import merge
 from mergesmith.arch.multimodal import find_vlm
 
 # The language model's names in the text model, per VLM name prefix (transformers 5.25's saves).
@@ -37,13 +35,6 @@ TOWERS["llava"] = TOWERS["gemma3"]
 
 def slerp(a: Path, b: Path, t: float = 0.4) -> str:
     return f"models:\n  - model: {a}\n  - model: {b}\nmerge_method: slerp\nbase_model: {a}\nparameters:\n  t: {t}\n"
-
-
-def _merge(text: str, out: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        merge(text, out)
-    return out
 
 
 def text_name(kind: str, name: str) -> str | None:
@@ -69,8 +60,8 @@ def family(tmp_path_factory):
 @pytest.mark.parametrize("kind", VLM_KINDS)
 def test_language_model_merged_and_towers_passed_through(kind, family, tmp_path):
     vlm, text_base, text_ft = family[kind]
-    out = _merge(slerp(vlm, text_ft), tmp_path / "out")
-    ref = load_dir(_merge(slerp(text_base, text_ft), tmp_path / "ref"))
+    out = quiet_merge(slerp(vlm, text_ft), tmp_path / "out")
+    ref = load_dir(quiet_merge(slerp(text_base, text_ft), tmp_path / "ref"))
     merged, inputs = load_dir(out), load_dir(vlm)
     assert set(merged) == set(inputs)
     towers = [n for n in merged if text_name(kind, n) is None]
@@ -90,11 +81,11 @@ def test_the_vlms_processor_files_are_copied(family, tmp_path):
     files["video_preprocessor_config.json"] = '{"video_processor_type": "Qwen2VLVideoProcessor"}\n'
     for name, text in files.items():
         (donor / name).write_text(text)
-    out = _merge(slerp(donor, text_ft), tmp_path / "out")
+    out = quiet_merge(slerp(donor, text_ft), tmp_path / "out")
     assert {name: (out / name).read_text() for name in files} == files
     assert not (out / "processor_config.json").exists()  # the donor has none
     # Between text models there is nothing to copy.
-    plain = _merge(slerp(family["qwen2_vl"][1], text_ft), tmp_path / "plain")
+    plain = quiet_merge(slerp(family["qwen2_vl"][1], text_ft), tmp_path / "plain")
     assert not any((plain / name).exists() for name in files)
 
 
@@ -103,7 +94,7 @@ def test_output_loads_in_transformers(kind, family, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     vlm, _, text_ft = family[kind]
-    out = _merge(slerp(vlm, text_ft), tmp_path / "out")
+    out = quiet_merge(slerp(vlm, text_ft), tmp_path / "out")
     model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
     tensors = load_dir(out)
     state = model.state_dict()
@@ -122,7 +113,7 @@ def test_a_layer_stack_sets_the_text_config(family, tmp_path):
         f"slices:\n  - sources:\n      - model: {vlm}\n        layer_range: [0, 2]\n"
         f"  - sources:\n      - model: {text_ft}\n        layer_range: [1, 2]\nmerge_method: passthrough\n"
     )
-    out = _merge(recipe, tmp_path / "out")
+    out = quiet_merge(recipe, tmp_path / "out")
     config = json.loads((out / "config.json").read_text())["text_config"]
     inputs = json.loads((vlm / "config.json").read_text())["text_config"]["layer_types"]
     assert config["num_hidden_layers"] == 3 and config["layer_types"] == inputs + inputs[1:2]
@@ -147,8 +138,8 @@ def test_the_older_prefix_layout_is_read(family, tmp_path):
                 )
 
     rewrite_tensors(renamed, rename)
-    merged = load_dir(_merge(slerp(renamed, text_ft), tmp_path / "out"))
-    ref = load_dir(_merge(slerp(text_base, text_ft), tmp_path / "ref"))
+    merged = load_dir(quiet_merge(slerp(renamed, text_ft), tmp_path / "out"))
+    ref = load_dir(quiet_merge(slerp(text_base, text_ft), tmp_path / "ref"))
     assert torch.equal(
         merged["model.language_model.layers.0.self_attn.q_proj.bias"], ref["model.layers.0.self_attn.q_proj.bias"]
     )
@@ -190,7 +181,7 @@ def test_a_padded_vocabulary_goes_to_text_config(family, tmp_path):
 
     vlm, _, text_ft = family["gemma3"]
     recipe = slerp(vlm, text_ft) + "tokenizer:\n  source: base\n  pad_to_multiple_of: 64\n"
-    out = _merge(recipe, tmp_path / "out")
+    out = quiet_merge(recipe, tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["text_config"]["vocab_size"] == 320 and "vocab_size" not in config
     assert load_dir(out)["language_model.model.embed_tokens.weight"].shape[0] == 320

@@ -11,18 +11,16 @@ tensor is checked against mergekit's slerp function on that tensor at its module
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import copy_model, merge_fails, rewrite_tensors
+from cli_helpers import copy_model, merge_fails, quiet_merge, rewrite_tensors
 from parity_batch import run_mergekit_many
 from pico import perturb_
 from reference import compare, load_dir
 from vlm_pico import VLM_KINDS, build_vlm, save_vlm
 
-from mergesmith.api import merge
 from mergesmith.arch.multimodal import find_vlm
 
 T = {"text_decoder": 0.2, "vision_tower": 0.5, "multi_modal_projector": 0.8}
@@ -40,13 +38,6 @@ def modules_recipe(a: Path, b: Path, t=T, extra: str = "") -> str:
 # Qwen2-VL's projector as two "layers" of the same tensors, so it keeps a scalar).
 GRADIENTS = {"text_decoder": "[0, 1]", "vision_tower": "[0.2, 0.9]", "multi_modal_projector": 0.8}
 FILTERED = {"text_decoder": "[{filter: self_attn, value: 0.1}]", "vision_tower": 0.5, "multi_modal_projector": 0.8}
-
-
-def _merge(text: str, out: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        merge(text, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +79,7 @@ def differential(pairs, tmp_path_factory):
     failures = run_mergekit_many(jobs)
     assert failures == {}, failures
     return {
-        (kind, label): (_merge(text, root / f"ms-{kind}-{label}"), root / f"mk-{kind}-{label}")
+        (kind, label): (quiet_merge(text, root / f"ms-{kind}-{label}"), root / f"mk-{kind}-{label}")
         for (kind, label), text in recipes.items()
     }
 
@@ -120,7 +111,7 @@ def test_every_tensor_is_slerped_at_its_modules_t(kind, pairs, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     a, b = pairs[kind]
-    out = _merge(modules_recipe(a, b), tmp_path / "out")
+    out = quiet_merge(modules_recipe(a, b), tmp_path / "out")
     ours, ins_a, ins_b = load_dir(out), load_dir(a), load_dir(b)
     assert set(ours) == set(ins_a)
     layout = find_vlm(json.loads((a / "config.json").read_text())).layout(ins_a, kind)
