@@ -7,9 +7,9 @@ Why: writing a merge's output through the page cache costs the kernel a fresh ca
 the merge's arithmetic overlaps them.
 
 ``O_DIRECT`` needs block-aligned offsets, lengths and memory; tensors start wherever the
-safetensors layout puts them. So a write's aligned interior goes straight out (copied into a
-per-thread aligned buffer), and its unaligned head and tail are gathered into their blocks in
-memory; a block is written once all its bytes have arrived (each byte of the file is written
+safetensors layout puts them. So a write's aligned interior goes straight out (from the caller's
+memory where that is aligned as the file is, see ``aligned_to``; else copied into a per-thread
+aligned buffer), and its unaligned head and tail are gathered into their blocks in memory; a block is written once all its bytes have arrived (each byte of the file is written
 exactly once: header and tensors tile it), the file's last, short block by ``close()``. Where the
 filesystem refuses ``O_DIRECT`` (tmpfs, some network filesystems) the file is written through the
 page cache instead, with the same bytes.
@@ -45,6 +45,13 @@ def _reserve(fd: int, size: int, path) -> None:
                 errno.ENOSPC, f"not enough disk space for {size / 1e9:.2f} GB of output shard {Path(path).name}"
             ) from None
         # EOPNOTSUPP, EINVAL...: a filesystem without preallocation; the writes allocate instead.
+
+
+def aligned_to(raw: torch.Tensor, offset: int, nbytes: int) -> torch.Tensor:
+    """``nbytes`` of ``raw`` (flat uint8, at least ``nbytes + BLOCK`` long) at an address congruent
+    to file ``offset`` modulo BLOCK: bytes read there are written to ``offset`` without a copy."""
+    skip = (offset - raw.data_ptr()) % BLOCK
+    return raw[skip : skip + nbytes]
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -90,6 +97,11 @@ class BlockFile:
             return
         self._gather(offset, data[: lo - offset])
         self._gather(hi, data[hi - offset :])
+        if (data.data_ptr() - offset) % BLOCK == 0:
+            # The caller's memory is aligned as the file is (a buffer from ``aligned_to``): the
+            # interior goes out from it directly.
+            self._direct(memoryview(data.numpy())[lo - offset : hi - offset], lo)
+            return
         for start in range(lo, hi, STAGE):
             stop = min(hi, start + STAGE)
             stage = self._stage()

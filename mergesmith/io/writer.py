@@ -154,6 +154,12 @@ class ShardedWriter:
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         self._shards[shard_index].write(offset + start * slot.dtype.itemsize, data)
 
+    def offset_of(self, name: str, start: int = 0) -> int:
+        """The byte offset of flat element ``start`` of ``name`` in its shard file (see
+        ``blockfile.aligned_to``: a buffer aligned to it is written without a copy)."""
+        _, offset, slot = self._where[name]
+        return offset + start * slot.dtype.itemsize
+
     def complete(self, name: str) -> None:
         """Every element of ``name`` has been written."""
         self._pending.discard(name)

@@ -1,5 +1,9 @@
 """The base model's hidden states over the prompts, holding one decoder layer's tensors at a time.
 
+Plain llama, mistral and qwen2 bases run through ``forward.py`` (the same states without
+transformers' model code, which costs more to import than the pass itself); every other base
+runs through transformers as follows.
+
 transformers builds the model on the ``meta`` device (no memory); forward hooks put each module's
 tensors in place, read from the input's reader in float32, just before the module runs and drop
 them right after. So the pass is transformers' own forward (masks, rotary embeddings, attention
@@ -94,22 +98,34 @@ def compute_dtype(base: ModelInput, device: str, torch):
     return torch.float32
 
 
-def prompt_states(base: ModelInput, batch, *, average: bool, device: str = "cpu", progress=lambda: None):
-    """``(layers, prompts, hidden)`` float32: each prompt's state entering each layer.
-
-    ``batch``: the tokenizer's output (``input_ids``, ``attention_mask``), left-padded.
-    """
+def _model_code_states(base: ModelInput, ids, mask, dtype, device, progress) -> list:
     from mergesmith._torch import torch
 
     inner = _skeleton(dict(base.config), device, torch)
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    dtype = compute_dtype(base, device, torch)
     kept: list = []
     with _streamed(inner, base.reader, device, dtype, torch, kept, progress), torch.inference_mode():
         try:
             inner(input_ids=ids, attention_mask=mask, use_cache=False)
         except _Enough:
             pass
+    return kept
+
+
+def prompt_states(base: ModelInput, batch, *, average: bool, device: str = "cpu", progress=lambda: None):
+    """``(layers, prompts, hidden)`` float32: each prompt's state entering each layer.
+
+    ``batch``: the tokenizer's output (``input_ids``, ``attention_mask``), left-padded.
+    """
+    from mergesmith._torch import torch
+    from mergesmith.moe import forward
+
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    dtype = compute_dtype(base, device, torch)
+    if forward.native(dict(base.config), ids.shape[1]):
+        with torch.inference_mode():
+            kept = forward.layer_inputs(base, ids, mask, dtype, device, progress)
+    else:
+        kept = _model_code_states(base, ids, mask, dtype, device, progress)
     states = torch.stack(kept)  # (layers, prompts, tokens, hidden)
     if not average:
         return states[:, :, -1, :].cpu()

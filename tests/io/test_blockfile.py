@@ -91,3 +91,23 @@ def test_page_cache_fallback_when_direct_writes_are_refused(tmp_path, monkeypatc
     out.close()
     assert refused and not out.direct
     assert (tmp_path / "f.bin").read_bytes() == expected.numpy().tobytes()
+
+
+@pytest.mark.parametrize("offset", [0, 8, BLOCK - 8, 3 * BLOCK + 520])
+def test_aligned_buffers_go_out_without_a_staging_copy(tmp_path, offset):
+    """Bytes placed by ``aligned_to`` (any file offset, any buffer address) are written straight
+    from the caller's buffer: the staging buffer is never made, and every byte lands in place."""
+    size = offset + 5 * BLOCK + 17
+    expected = torch.randint(0, 256, (size,), dtype=torch.uint8)
+    out = BlockFile(tmp_path / "f.bin", size)
+    out.write(0, expected[:offset])
+    raw = torch.empty(size + BLOCK, dtype=torch.uint8)[1:]  # an odd address to start from
+    buffer = blockfile.aligned_to(raw, offset, size - offset)
+    assert (buffer.data_ptr() - offset) % BLOCK == 0 and buffer.numel() == size - offset
+    buffer.copy_(expected[offset:])
+    out.write(offset, buffer)
+    staged = getattr(out._local, "stage", None)
+    out.close()
+    assert (tmp_path / "f.bin").read_bytes() == expected.numpy().tobytes()
+    if out.direct and offset % BLOCK == 0:
+        assert staged is None  # a whole-block interior, nothing gathered: no copy at all

@@ -50,6 +50,30 @@ def test_mixtral_layout_config_and_copies(llama_family, tmp_path, capsys):
     assert "```yaml\n" in card and "gate_mode: hidden" in card
 
 
+@pytest.mark.parametrize("chunk", [520, 3 * 4096])
+def test_copies_in_ranges_across_shards_are_the_inputs_bytes(llama_family, tmp_path, monkeypatch, chunk):
+    """Copied tensors go range by range through buffers aligned to the output file, from several
+    threads, into several shards: every byte as in the input, whatever the range boundaries."""
+    from mergesmith.moe import build
+
+    monkeypatch.setattr(build, "CHUNK", chunk)
+    ranged, copy_ranges = [], build._copy_ranges
+    monkeypatch.setattr(build, "_copy_ranges", lambda *a: ranged.append(a[2].name) or copy_ranges(*a))
+    base, ft1, ft2 = llama_family
+    build_moe(write_config(tmp_path, moe_config(base, [ft1, ft2])), tmp_path / "out", shard_size="40KB")
+    assert len(ranged) == len(_dense(base)) + 4 * 3  # every tensor but the routers: two experts' MLPs
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) > 2
+    got, sources = output_tensors(tmp_path / "out"), [_dense(m) for m in (ft1, ft2)]
+    for layer in range(4):
+        for e, src in enumerate(sources):
+            for w, proj in (("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj")):
+                name = f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"
+                assert torch.equal(got[name], src[f"model.layers.{layer}.mlp.{proj}.weight"]), name
+    for name, tensor in _dense(base).items():
+        if ".mlp." not in name:
+            assert torch.equal(got[name], tensor), name
+
+
 def test_experts_all_equal_to_the_base_reproduce_the_base(llama_family, tmp_path):
     """Whatever the router says, top-k weights sum to 1, so k copies of one MLP are that MLP."""
     from transformers import AutoModelForCausalLM
