@@ -222,3 +222,24 @@ def test_tokenizer_options_as_in_merge_recipes(llama_family, tmp_path, capsys):
     path = write_config(tmp_path, config, "union.yml")
     line = cli(capsys, "moe", path, tmp_path / "union", "--quiet")[2]
     assert "tokenizer_source 'union' would change the vocabulary" in line and not (tmp_path / "union").exists()
+
+
+def test_router_pass_leaves_a_core_to_the_copies(llama_family, tmp_path, monkeypatch):
+    """The routers' thread runs torch on one core fewer than the process has (at least one);
+    the caller's own thread count is untouched."""
+    import os
+
+    from mergesmith.moe import gates
+
+    seen, real = [], gates.router_tensors
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gates, "router_tensors", spy)
+    before = torch.get_num_threads()
+    base, ft1, ft2 = llama_family
+    build_moe(write_config(tmp_path, moe_config(base, [ft1, ft2])), tmp_path / "out")
+    assert seen == [max(1, min(before, len(os.sched_getaffinity(0)) - 1))]
+    assert torch.get_num_threads() == before
