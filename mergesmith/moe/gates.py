@@ -95,7 +95,7 @@ def _hidden_rows(plan: MoePlan, base: ModelInput, tokenizer, device: str, progre
 def _embed_rows(plan: MoePlan, base: ModelInput, tokenizer) -> torch.Tensor:
     arch = arch_for_config(base.config, f"base model '{base.key}'")
     embed_name = next(w.name for w in arch.pre if w.role == "embed")
-    embed = base.reader.get(embed_name).float()
+    embed = base.reader.get(embed_name)  # rows widened as they are picked: the same values, no float32 copy
     per_set: list[torch.Tensor | None] = []
     for prompts in _prompt_sets(plan.config.all_experts()):
         if not prompts:
@@ -104,7 +104,7 @@ def _embed_rows(plan: MoePlan, base: ModelInput, tokenizer) -> torch.Tensor:
         batch = tokenize(tokenizer, prompts)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         _check_ids(base, batch, embed.shape[0], embed_name)
-        summed = (embed[ids] * mask[..., None]).sum(dim=(0, 1))
+        summed = (embed[ids].float() * mask[..., None]).sum(dim=(0, 1))
         per_set.append(_normalise(summed).expand(plan.num_layers, -1))
     return _rows(per_set)
 
