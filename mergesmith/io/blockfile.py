@@ -8,7 +8,7 @@ the merge's arithmetic overlaps them.
 
 ``O_DIRECT`` needs block-aligned offsets, lengths and memory; tensors start wherever the
 safetensors layout puts them. So a write's aligned interior goes straight out (from the caller's
-memory where that is aligned as the file is, see ``aligned_to``; else copied into a per-thread
+memory where that is aligned as the file is, see ``AlignedBuffer``; else copied into a per-thread
 aligned buffer), and its unaligned head and tail are gathered into their blocks in memory; a block is written once all its bytes have arrived (each byte of the file is written
 exactly once: header and tensors tile it), the file's last, short block by ``close()``. Where the
 filesystem refuses ``O_DIRECT`` (tmpfs, some network filesystems) the file is written through the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -47,11 +48,18 @@ def _reserve(fd: int, size: int, path) -> None:
         # EOPNOTSUPP, EINVAL...: a filesystem without preallocation; the writes allocate instead.
 
 
-def aligned_to(raw: torch.Tensor, offset: int, nbytes: int) -> torch.Tensor:
-    """``nbytes`` of ``raw`` (flat uint8, at least ``nbytes + BLOCK`` long) at an address congruent
-    to file ``offset`` modulo BLOCK: bytes read there are written to ``offset`` without a copy."""
-    skip = (offset - raw.data_ptr()) % BLOCK
-    return raw[skip : skip + nbytes]
+class AlignedBuffer:
+    """``size`` bytes of page-aligned memory (an anonymous map: no torch needed). ``at(offset, n)``
+    is a view of ``n`` of them starting at an address congruent to file ``offset`` modulo BLOCK:
+    bytes read into it are written to ``offset`` straight from it (``BlockFile.write_view``)."""
+
+    def __init__(self, size: int):
+        self._map = mmap.mmap(-1, size + BLOCK)  # page-aligned, and BLOCK is the page size
+        self._view = memoryview(self._map)
+
+    def at(self, offset: int, nbytes: int) -> memoryview:
+        skip = offset % BLOCK
+        return self._view[skip : skip + nbytes]
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -83,23 +91,37 @@ class BlockFile:
         self._partial: dict[int, list] = {}  # block offset -> [bytearray(BLOCK), bytes still missing]
         self._local = threading.local()
 
-    def write(self, offset: int, data: torch.Tensor) -> None:
-        """Put ``data`` (a flat uint8 CPU tensor) at byte ``offset``."""
-        end = offset + data.numel()
+    def _edges(self, offset: int, data: memoryview) -> tuple[int, int] | None:
+        """Check bounds and gather ``data``'s partial blocks: its whole-block interior [lo, hi),
+        which is left to the caller, or None when nothing is left (or it went out already)."""
+        end = offset + len(data)
         if offset < 0 or end > self.size:
             raise MergesmithError(f"internal: {self.path}: write of [{offset}, {end}) outside {self.size} bytes")
         if not self.direct:
-            _pwrite_all(self._fd, memoryview(data.numpy()), offset)
-            return
+            _pwrite_all(self._fd, data, offset)
+            return None
         lo, hi = -(-offset // BLOCK) * BLOCK, end // BLOCK * BLOCK
         if lo >= hi:
             self._gather(offset, data)
-            return
+            return None
         self._gather(offset, data[: lo - offset])
         self._gather(hi, data[hi - offset :])
-        if (data.data_ptr() - offset) % BLOCK == 0:
-            # The caller's memory is aligned as the file is (a buffer from ``aligned_to``): the
-            # interior goes out from it directly.
+        return lo, hi
+
+    def write_view(self, offset: int, data: memoryview) -> None:
+        """Put ``data`` at byte ``offset``; ``data`` from ``AlignedBuffer.at(offset, ...)``, so its
+        interior goes out from it directly (no copy, no torch)."""
+        edges = self._edges(offset, data)
+        if edges is not None:
+            self._direct(data[edges[0] - offset : edges[1] - offset], edges[0])
+
+    def write(self, offset: int, data: torch.Tensor) -> None:
+        """Put ``data`` (a flat uint8 CPU tensor) at byte ``offset``."""
+        edges = self._edges(offset, memoryview(data.numpy()))
+        if edges is None:
+            return
+        lo, hi = edges
+        if (data.data_ptr() - offset) % BLOCK == 0:  # aligned as the file is: straight from it
             self._direct(memoryview(data.numpy())[lo - offset : hi - offset], lo)
             return
         for start in range(lo, hi, STAGE):
@@ -132,18 +154,18 @@ class BlockFile:
                     self.direct = False
             _pwrite_all(self._fd, data, offset)
 
-    def _gather(self, offset: int, data: torch.Tensor) -> None:
+    def _gather(self, offset: int, data: memoryview) -> None:
         """Bytes that share their blocks with other writes: kept until each block is whole."""
         pos = 0
-        while pos < data.numel():
+        while pos < len(data):
             block = (offset + pos) // BLOCK * BLOCK
-            take = min(data.numel() - pos, block + BLOCK - offset - pos)
+            take = min(len(data) - pos, block + BLOCK - offset - pos)
             with self._lock:
                 entry = self._partial.get(block)
                 if entry is None:
                     entry = self._partial[block] = [bytearray(BLOCK), min(BLOCK, self.size - block)]
                 at = offset + pos - block
-                entry[0][at : at + take] = memoryview(data[pos : pos + take].numpy())
+                entry[0][at : at + take] = data[pos : pos + take]
                 entry[1] -= take
                 whole = entry[1] == 0
                 if whole:
@@ -156,9 +178,12 @@ class BlockFile:
             pos += take
 
     def _flush(self, block: int, content: bytearray) -> None:
-        stage = self._stage()
-        stage[:BLOCK].copy_(torch.frombuffer(content, dtype=torch.uint8))
-        self._direct(memoryview(stage.numpy())[:BLOCK], block)
+        buffer = getattr(self._local, "block", None)
+        if buffer is None:
+            buffer = self._local.block = AlignedBuffer(BLOCK)
+        view = buffer.at(block, BLOCK)
+        view[:] = content
+        self._direct(view, block)
 
     def close(self) -> None:
         """Write what is still gathered (the file's short last block) and close. A block still

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mergesmith._torch import torch
-from mergesmith.errors import InputFormatError, MissingTensorError
+from mergesmith.errors import InputFormatError, MergesmithError, MissingTensorError
 from mergesmith.io.model_files import load_json, read_index, require_inside
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -319,16 +319,23 @@ class SafetensorsReader:
         tables, which costs less than mapping the pages or faulting in a fresh allocation.
         """
         info = self.info(name)
-        shard, offset, _ = self._spans[name]
-        size = info.itemsize
-        length = (stop - start) * size
-        view, done, begin = memoryview(buffer[:length].numpy()), 0, offset + start * size
-        while done < length:
+        length = (stop - start) * info.itemsize
+        self.read_bytes(name, start * info.itemsize, memoryview(buffer[:length].numpy()))
+        return buffer[:length].view(info.dtype)
+
+    def read_bytes(self, name: str, start: int, view: memoryview) -> None:
+        """Bytes [start, start + len(view)) of ``name``'s data into ``view`` (no torch: a copy of
+        bytes as they are, e.g. into an output-aligned buffer)."""
+        self.info(name)
+        shard, offset, count = self._spans[name]
+        if start < 0 or start + len(view) > count:
+            raise MergesmithError(f"internal: {name}: bytes [{start}:{start + len(view)}] outside {count}")
+        done, begin = 0, offset + start
+        while done < len(view):
             got = os.preadv(self._fds[shard], [view[done:]], begin + done)
             if got <= 0:
                 raise InputFormatError(f"{shard}: file ends inside tensor {name}; re-download the model")
             done += got
-        return buffer[:length].view(info.dtype)
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mergesmith._torch import torch
 from mergesmith.errors import ConfigError, MergesmithError
-from mergesmith.io.blockfile import BlockFile
+from mergesmith.io.blockfile import AlignedBuffer, BlockFile
 
 # safetensors dtype codes by torch dtype name (names: importing this module needs no torch).
 ST_CODES = {
@@ -30,6 +30,18 @@ ST_CODES = {
     "int8": "I8",
     "uint8": "U8",
     "bool": "BOOL",
+}
+ITEMSIZE = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
 }
 INDEX_NAME = "model.safetensors.index.json"
 # More shards than this is almost always a shard size given in the wrong unit.
@@ -66,18 +78,28 @@ def parse_size(text: str) -> int:
     return size
 
 
+def dtype_name(dtype) -> str:
+    """``bfloat16`` for torch.bfloat16 or ``"bfloat16"``: slots may name their dtype, so that a
+    writer of bytes as read never imports torch."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class TensorSlot:
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype | str
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[dtype_name(self.dtype)]
 
     @property
     def nbytes(self) -> int:
         count = 1
         for dim in self.shape:
             count *= dim
-        return count * self.dtype.itemsize
+        return count * self.itemsize
 
 
 def _split(slots: Sequence[TensorSlot], shard_size: int) -> list[list[TensorSlot]]:
@@ -97,7 +119,7 @@ def _header(slots: Sequence[TensorSlot]) -> tuple[bytes, dict[str, tuple[int, in
     for slot in slots:
         spans[slot.name] = (offset, offset + slot.nbytes)
         entries[slot.name] = {
-            "dtype": ST_CODES[str(slot.dtype).removeprefix("torch.")],
+            "dtype": ST_CODES[dtype_name(slot.dtype)],
             "shape": list(slot.shape),
             "data_offsets": list(spans[slot.name]),
         }
@@ -129,7 +151,9 @@ class ShardedWriter:
                 header, spans = _header(shard)
                 out = BlockFile(directory / file, len(header) + sum(s.nbytes for s in shard), direct)
                 self._shards.append(out)
-                out.write(0, torch.frombuffer(bytearray(header), dtype=torch.uint8))
+                view = AlignedBuffer(len(header)).at(0, len(header))
+                view[:] = header
+                out.write_view(0, view)
                 for slot in shard:
                     self._where[slot.name] = (shard_index, len(header) + spans[slot.name][0], slot)
         except BaseException:
@@ -147,18 +171,24 @@ class ShardedWriter:
     def write_range(self, name: str, start: int, tensor: torch.Tensor) -> None:
         """Put ``tensor``'s elements at flat element ``start`` of ``name`` (streamed jobs)."""
         shard_index, offset, slot = self._where[name]
-        if tensor.dtype != slot.dtype or start + tensor.numel() > slot.nbytes // slot.dtype.itemsize:
+        if dtype_name(tensor.dtype) != dtype_name(slot.dtype) or start + tensor.numel() > slot.nbytes // slot.itemsize:
             raise MergesmithError(
                 f"internal: {name}[{start}:{start + tensor.numel()}] computed as {tensor.dtype}, planned {slot.shape} {slot.dtype}"
             )
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._shards[shard_index].write(offset + start * slot.dtype.itemsize, data)
+        self._shards[shard_index].write(offset + start * slot.itemsize, data)
 
-    def offset_of(self, name: str, start: int = 0) -> int:
-        """The byte offset of flat element ``start`` of ``name`` in its shard file (see
-        ``blockfile.aligned_to``: a buffer aligned to it is written without a copy)."""
-        _, offset, slot = self._where[name]
-        return offset + start * slot.dtype.itemsize
+    def write_view(self, name: str, start: int, view: memoryview) -> None:
+        """Put ``view``'s bytes at byte ``start`` of ``name``: bytes as read from an input of the
+        slot's dtype, in a buffer from ``AlignedBuffer.at(offset_of(name) + start, ...)``."""
+        shard_index, offset, slot = self._where[name]
+        if start < 0 or start + len(view) > slot.nbytes:
+            raise MergesmithError(f"internal: {name}: bytes [{start}:{start + len(view)}] outside {slot.nbytes}")
+        self._shards[shard_index].write_view(offset + start, view)
+
+    def offset_of(self, name: str) -> int:
+        """The byte offset of ``name``'s data in its shard file (to place bytes for ``write_view``)."""
+        return self._where[name][1]
 
     def complete(self, name: str) -> None:
         """Every element of ``name`` has been written."""

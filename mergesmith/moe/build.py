@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mergesmith.config.references import parse_reference
-from mergesmith.io.blockfile import BLOCK, aligned_to
+from mergesmith.io.blockfile import AlignedBuffer
 from mergesmith.io.resolve import close_models, local_paths, open_headers, open_models
 from mergesmith.io.writer import ShardedWriter, TensorSlot, parse_size
 from mergesmith.moe.card import moe_card
@@ -34,7 +35,7 @@ from mergesmith.output.tokenizer import (
 
 CONFIG_COPY = "mergesmith_moe_config.yml"
 # Threads copying tensors: the disk takes a few direct writes in flight faster than one at a time.
-COPIERS = 3
+COPIERS = 4
 CHUNK = 8 << 20  # bytes per read and direct write of a copied tensor
 
 
@@ -63,11 +64,12 @@ def build_moe(
     status: Callable[[str], None] | None = None,
 ) -> MoePlan:
     """Build the MoE of ``config`` (a path or a read MoeSource) into ``out``."""
-    from mergesmith.execute.runner import check_device
-
     say = status or (lambda _message: None)
     src, out = _source(config), Path(out)
-    device = check_device(device)
+    if device != "cpu":  # the check imports torch, which the copies can do without (see _write)
+        from mergesmith.execute.device import check_device
+
+        device = check_device(device)
     keys = src.config.referenced_models()
     inputs = [(f"model '{k}'", p) for k in keys for p in local_paths(k, src.base_dir)] + [
         ("the config", Path(src.name))
@@ -96,35 +98,34 @@ def build_moe(
 
 
 def _write(plan: MoePlan, models, src: MoeSource, staging: Path, name: str, template, opts, progress, say) -> None:
-    from mergesmith.moe.gates import router_tensors
-
     copy_tokenizer(models[plan.tokenizer_donor], staging)
     copy_generation_config(models[plan.config.base_model], staging)
     if template:
         write_chat_template(template, staging)
-    # The routers (a forward pass: CPU) are computed in a thread while the other tensors are
-    # copied (reading and writing: mostly waiting on the disk), then written into their slots.
+    # The routers (imports, then a forward pass: CPU) are computed in a thread while the other
+    # tensors are copied (reading and writing: mostly waiting on the disk, and no torch needed
+    # for bytes copied as they are), then written into their slots.
     say(f"copying tensors; computing the routers ({plan.config.gate_mode}) meanwhile")
     with ThreadPoolExecutor(1) as pool, _bar(progress, len(plan.tensors), "tensors") as tick:
-        routers = pool.submit(
-            _beside_copies, router_tensors, plan, models, staging, seed=opts["seed"], device=opts["device"]
-        )
+        routers = pool.submit(_routers_beside_copies, plan, models, staging, seed=opts["seed"], device=opts["device"])
         _copy_all(plan, models, routers, staging, opts["size"], opts["seed"], tick)
     (staging / "config.json").write_text(json.dumps(plan.out_config, indent=2) + "\n")
     (staging / CONFIG_COPY).write_text(src.text)
     (staging / "README.md").write_text(moe_card(plan, src.text, name, base_dir=src.base_dir))
 
 
-def _beside_copies(compute, *args, **kwargs):
-    """``compute`` with one core left to the copying threads: torch's threads in this thread (a
+def _routers_beside_copies(*args, **kwargs):
+    """``router_tensors`` (imported here: torch and transformers load in this thread while the
+    copies run) with one core left to the copying threads: torch's threads in this thread (a
     per-thread setting) one fewer than the process's cores, at least one. Asking for every core
     while the copies run beside it cost more than it gave: on 2 busy cores the 1.1B hidden pass
     took 2.5 s on one thread and 6 s on two (threads waiting on each other's preempted work)."""
     from mergesmith._torch import torch
+    from mergesmith.moe.gates import router_tensors
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
-    return compute(*args, **kwargs)
+    return router_tensors(*args, **kwargs)
 
 
 class _bar:
@@ -149,19 +150,19 @@ def _copy_all(plan: MoePlan, models, routers: Future, staging: Path, size: int, 
     """Every copied tensor (COPIERS threads), then (once ``routers`` is done) every router, each
     into its slot."""
     from mergesmith._torch import torch
-    from mergesmith.execute.stream import ChunkBuffers
 
-    dtype = getattr(torch, plan.out_dtype)
-    writer = ShardedWriter(staging, [TensorSlot(t.name, t.shape, dtype) for t in plan.tensors], size)
-    buffers = ChunkBuffers()
+    # Slots by dtype name: laying out and copying bytes as read needs no torch (see _copy_bytes).
+    writer = ShardedWriter(staging, [TensorSlot(t.name, t.shape, plan.out_dtype) for t in plan.tensors], size)
+    buffers = threading.local()
 
     def put(tensor) -> None:
-        if _plain(plan, models, tensor, dtype):
-            _copy_ranges(writer, models[tensor.source.model].reader, tensor, buffers)
+        if _plain(plan, models, tensor):
+            _copy_bytes(writer, models[tensor.source.model].reader, tensor, buffers)
         elif isinstance(tensor.source, Copy):
-            writer.write(tensor.name, expert_tensor(plan, models, tensor, seed).to(dtype).contiguous())
+            value = expert_tensor(plan, models, tensor, seed)
+            writer.write(tensor.name, value.to(getattr(torch, plan.out_dtype)).contiguous())
         else:  # Zeros: q/k/v biases of llama/mistral experts in a Qwen2-MoE
-            writer.write(tensor.name, torch.zeros(tensor.shape, dtype=dtype))
+            writer.write(tensor.name, torch.zeros(tensor.shape, dtype=getattr(torch, plan.out_dtype)))
         tick()
 
     try:
@@ -171,7 +172,7 @@ def _copy_all(plan: MoePlan, models, routers: Future, staging: Path, size: int, 
         computed = routers.result()
         for tensor in plan.tensors:
             if isinstance(tensor.source, Router):
-                writer.write(tensor.name, computed[tensor.name].to(dtype).contiguous())
+                writer.write(tensor.name, computed[tensor.name].to(getattr(torch, plan.out_dtype)).contiguous())
                 tick()
         writer.finish()
     except BaseException:
@@ -179,13 +180,13 @@ def _copy_all(plan: MoePlan, models, routers: Future, staging: Path, size: int, 
         raise
 
 
-def _plain(plan: MoePlan, models, tensor, dtype) -> bool:
+def _plain(plan: MoePlan, models, tensor) -> bool:
     """A copy of the input's bytes as they are (same dtype, no noise, no scale), from a reader
-    that reads ranges of its files."""
+    that reads bytes of its files."""
     source = tensor.source
-    if not isinstance(source, Copy) or not hasattr(models[source.model].reader, "read_range"):
+    if not isinstance(source, Copy) or not hasattr(models[source.model].reader, "read_bytes"):
         return False
-    if models[source.model].reader.info(source.tensor).dtype != dtype:
+    if models[source.model].reader.info(source.tensor).dtype_name != plan.out_dtype:
         return False
     if source.expert is None:
         return True
@@ -193,18 +194,19 @@ def _plain(plan: MoePlan, models, tensor, dtype) -> bool:
     return expert.noise_scale is None and not (source.down and expert.residual_scale is not None)
 
 
-def _copy_ranges(writer: ShardedWriter, reader, tensor, buffers) -> None:
+def _copy_bytes(writer: ShardedWriter, reader, tensor, buffers) -> None:
     """``tensor``'s bytes read range by range from the input file into a buffer at the output
-    file's alignment (``aligned_to``), so each range goes from the page cache to the output
-    file with one copy, made by the kernel: no input page is mapped, no staging copy made."""
-    itemsize = reader.info(tensor.source.tensor).itemsize
-    per = CHUNK // itemsize
-    total = math.prod(tensor.shape)
-    raw = buffers.get(0, per * itemsize + BLOCK)
-    for start in range(0, total, per):
-        stop = min(total, start + per)
-        buffer = aligned_to(raw, writer.offset_of(tensor.name, start), (stop - start) * itemsize)
-        writer.write_range(tensor.name, start, reader.read_range(tensor.source.tensor, start, stop, buffer))
+    file's alignment (``AlignedBuffer``), so each range goes from the page cache to the output
+    file with one copy, made by the kernel: no input page mapped, no staging copy, no torch (the
+    copies start while the router thread is still importing it)."""
+    total = math.prod(tensor.shape) * reader.info(tensor.source.tensor).itemsize
+    if getattr(buffers, "chunk", None) is None:
+        buffers.chunk = AlignedBuffer(CHUNK)
+    at = writer.offset_of(tensor.name)
+    for start in range(0, total, CHUNK):
+        view = buffers.chunk.at(at + start, min(CHUNK, total - start))
+        reader.read_bytes(tensor.source.tensor, start, view)
+        writer.write_view(tensor.name, start, view)
     writer.complete(tensor.name)
 
 

@@ -93,21 +93,26 @@ def test_page_cache_fallback_when_direct_writes_are_refused(tmp_path, monkeypatc
     assert (tmp_path / "f.bin").read_bytes() == expected.numpy().tobytes()
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
 @pytest.mark.parametrize("offset", [0, 8, BLOCK - 8, 3 * BLOCK + 520])
-def test_aligned_buffers_go_out_without_a_staging_copy(tmp_path, offset):
-    """Bytes placed by ``aligned_to`` (any file offset, any buffer address) are written straight
-    from the caller's buffer: the staging buffer is never made, and every byte lands in place."""
+def test_aligned_buffers_go_out_without_a_staging_copy(tmp_path, offset, direct):
+    """Bytes placed by ``AlignedBuffer.at`` (any file offset) are written straight from it, with
+    no torch staging buffer, beside ordinary tensor writes; every byte lands in place."""
     size = offset + 5 * BLOCK + 17
     expected = torch.randint(0, 256, (size,), dtype=torch.uint8)
-    out = BlockFile(tmp_path / "f.bin", size)
+    out = BlockFile(tmp_path / "f.bin", size, direct=direct)
+    view = blockfile.AlignedBuffer(size).at(offset, size - offset)
+    assert len(view) == size - offset
+    view[:] = expected[offset:].numpy().tobytes()
+    out.write_view(offset, view)
+    assert getattr(out._local, "stage", None) is None  # no staging buffer was ever made
     out.write(0, expected[:offset])
-    raw = torch.empty(size + BLOCK, dtype=torch.uint8)[1:]  # an odd address to start from
-    buffer = blockfile.aligned_to(raw, offset, size - offset)
-    assert (buffer.data_ptr() - offset) % BLOCK == 0 and buffer.numel() == size - offset
-    buffer.copy_(expected[offset:])
-    out.write(offset, buffer)
-    staged = getattr(out._local, "stage", None)
     out.close()
     assert (tmp_path / "f.bin").read_bytes() == expected.numpy().tobytes()
-    if out.direct and offset % BLOCK == 0:
-        assert staged is None  # a whole-block interior, nothing gathered: no copy at all
+
+
+def test_write_view_outside_the_file_is_refused(tmp_path):
+    out = BlockFile(tmp_path / "f.bin", 10)
+    with pytest.raises(Exception, match="outside 10 bytes"):
+        out.write_view(8, blockfile.AlignedBuffer(4).at(8, 4))
+    out.close()

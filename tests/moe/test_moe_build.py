@@ -50,15 +50,15 @@ def test_mixtral_layout_config_and_copies(llama_family, tmp_path, capsys):
     assert "```yaml\n" in card and "gate_mode: hidden" in card
 
 
-@pytest.mark.parametrize("chunk", [520, 3 * 4096])
+@pytest.mark.parametrize("chunk", [520, 3 * 4096 + 8])
 def test_copies_in_ranges_across_shards_are_the_inputs_bytes(llama_family, tmp_path, monkeypatch, chunk):
     """Copied tensors go range by range through buffers aligned to the output file, from several
     threads, into several shards: every byte as in the input, whatever the range boundaries."""
     from mergesmith.moe import build
 
     monkeypatch.setattr(build, "CHUNK", chunk)
-    ranged, copy_ranges = [], build._copy_ranges
-    monkeypatch.setattr(build, "_copy_ranges", lambda *a: ranged.append(a[2].name) or copy_ranges(*a))
+    ranged, copy_bytes = [], build._copy_bytes
+    monkeypatch.setattr(build, "_copy_bytes", lambda *a: ranged.append(a[2].name) or copy_bytes(*a))
     base, ft1, ft2 = llama_family
     build_moe(write_config(tmp_path, moe_config(base, [ft1, ft2])), tmp_path / "out", shard_size="40KB")
     assert len(ranged) == len(_dense(base)) + 4 * 3  # every tensor but the routers: two experts' MLPs
@@ -231,7 +231,7 @@ def test_router_pass_leaves_a_core_to_the_copies(llama_family, tmp_path, monkeyp
 
     from mergesmith.moe import gates
 
-    seen, real = [], gates.router_tensors
+    seen, real = [], gates.router_tensors  # looked up by the router thread when it starts
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
