@@ -3,6 +3,8 @@
     python bench/bench_subspace.py                  # 1b shape: floor, then every merge once
     python bench/bench_subspace.py --shape pico     # seconds: a smoke test of the bench
     python bench/bench_subspace.py --skip-full-rank # leave out iso_c's full-SVD case
+    python bench/bench_subspace.py --before DIR     # also each merge by the code in DIR (a copy
+                                                    # holding a `mergesmith` package), same run
 
 Inputs (generated once under bench/models/, see synthetic.py):
 - the synthetic pair A, B = A + dense noise: a "full fine-tune" whose task vector has full rank;
@@ -17,8 +19,8 @@ Jobs, each one shell command ending in `sync`, timed here, CPU and peak RSS from
   iso_cts lora       base A, C and D
   iso_c full-rank    base A, B: one full SVD per matrix (the cost of flattening a full spectrum)
 Checks: one matrix of each output equals the method run in-process on the same inputs. Prints
-seconds, ratio to the floor and peak RSS against the targets (tsv and iso_c within 10x the floor,
-at most 1 GB); a missed target is reported, not an error.
+seconds, ratio to the floor and peak RSS against the targets (each LoRA-pair merge and tsv on the
+full-rank pair within 10x the floor, at most 1 GB); a missed target is reported, not an error.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ MODELS, OUT = BENCH / "models", BENCH / "out"
 PY = shlex.quote(sys.executable)
 GB = 1e9
 LORA_RANK, LORA_STD = 16, 0.0224  # entries of B·A ~ 0.002, a tenth of the weights' spread
-TARGETS = {"tsv lora": 10.0, "tsv full-rank": 10.0, "iso_c lora": 10.0}  # x floor; RSS ≤ 1 GB
+TARGETS = {"tsv lora": 10.0, "tsv full-rank": 10.0, "iso_c lora": 10.0, "iso_cts lora": 10.0}  # x floor; RSS ≤ 1 GB
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKED = "model.layers.1.self_attn.q_proj.weight"
 
@@ -142,10 +144,10 @@ def warm(*dirs: Path) -> None:
                 pass
 
 
-def run(name: str, shell: str, out: Path, how: str) -> measure.Sample:
+def run(name: str, shell: str, out: Path, how: str, cwd: Path = REPO) -> measure.Sample:
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sample = measure.run_measured(shell, how, cwd=REPO)
+    sample = measure.run_measured(shell, how, cwd=cwd)
     print(
         f"  {name}: {sample.wall_s:.2f} s, {sample.cpu_s:.1f} CPU s, {sample.peak_rss_bytes / GB:.2f} GB",
         file=sys.stderr,
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=("pico", "1b"), default="1b")
     p.add_argument("--skip-full-rank", action="store_true", help="leave out iso_c on the full-rank pair")
+    p.add_argument("--before", type=Path, help="a copy of the code to time as well (runs `python -m mergesmith` there)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     pair, _ = synthetic.ensure_pair(args.shape, MODELS)
@@ -172,7 +175,10 @@ def main(argv=None) -> int:
         if args.skip_full_rank and job == "iso_c full-rank":
             continue
         out = OUT / args.shape / "subspace" / job.replace(" ", "-")
-        sample = run(job, f"{PY} -m mergesmith merge {q(recipe)} {q(out)} --quiet --force && sync", out, how)
+        merge = f"{PY} -m mergesmith merge {q(recipe)} {q(out)} --quiet --force && sync"
+        if args.before:  # the merge is seeded: the same output, so the check stays with the current code
+            rows.append((f"{job} (before)", run(f"{job} (before)", merge, out, how, cwd=args.before.resolve()), ""))
+        sample = run(job, merge, out, how)
         rows.append((f"{job} {json.dumps(params)}", sample, check(out, recipe)))
         shutil.rmtree(out, ignore_errors=True)
     print("| job | wall s | x floor | CPU s | peak RSS | one matrix vs in-process |")

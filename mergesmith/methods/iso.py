@@ -31,21 +31,11 @@ whole; every 2-D tensor is a matrix, embeddings and lm_head included (see tsv.py
 from __future__ import annotations
 
 from mergesmith._torch import torch
-from mergesmith.methods import subspace
+from mergesmith.methods import deltas, subspace
 from mergesmith.methods.params import Params
 from mergesmith.methods.spec import UNIT, BasePolicy, MethodSpec, Param
 from mergesmith.methods.steps import WholeTensor, fixed
 from mergesmith.methods.tsv import ALPHA, RANK_TOL
-
-
-def _summed(tensors, base_index, others) -> torch.Tensor:
-    """``Σ_i (x_i − b)``, each difference taken exactly in the working dtype, in row blocks."""
-    total = subspace.delta(tensors, base_index, others[0])
-    rows = max(1, subspace.BLOCK // max(1, total.shape[1]))
-    for i in others[1:]:
-        for lo in range(0, total.shape[0], rows):
-            total[lo : lo + rows] += subspace.delta_rows(tensors, base_index, i, lo, lo + rows)
-    return total
 
 
 def _flat(t: subspace.Triplets) -> subspace.Triplets:
@@ -71,7 +61,10 @@ def iso_c(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
     done, others, rel_tol = _start(tensors, base_index, params)
     if done is not None:
         return done
-    found = subspace.numerical(subspace.deltas(tensors, base_index, others), generator, rel_tol)
+    members = deltas.changed(tensors, base_index, others)  # zero deltas add nothing to the sum
+    if not members:
+        return base
+    found = subspace.numerical(deltas.Deltas(tensors, base_index, members), generator, rel_tol)
     return subspace.assemble(base, _flat(found), params.alpha)
 
 
@@ -88,17 +81,21 @@ def iso_cts(tensors, base_index, params: Params, generator=None) -> torch.Tensor
     done, others, rel_tol = _start(tensors, base_index, params)
     if done is not None:
         return done
-    whole = subspace.numerical(_summed(tensors, base_index, others), generator, rel_tol)
+    members = deltas.changed(tensors, base_index, others)  # a zero delta has no directions
+    if not members:
+        return base
+    total = deltas.Deltas(tensors, base_index, members)
+    whole = subspace.numerical(total, generator, rel_tol)
     if len(whole) == 0:
         return base.clone()
     floor = rel_tol * float(whole.s[0])
     common_rank, per_task = split(len(whole), len(others), params.common_space_fraction)
     common = whole.head(common_rank)
-    parts = []
-    for i in others:
-        d = subspace.delta(tensors, base_index, i)
-        subspace.project_out(d, common.u)  # the task's part outside the common subspace
-        parts.append(subspace.top(d, per_task, generator).above(floor))
+    parts, memory = [], total.release()
+    for i in members:  # each task's part outside the common subspace, (I − U_c U_cᵀ) δ_i
+        outside = deltas.Deltas(tensors, base_index, (i,), outside=common.u, into=memory)
+        parts.append(subspace.top(outside, per_task, generator).above(floor))
+        memory = outside.release()
     merged = subspace.orthogonalised(subspace.concat([*parts, common]))
     return subspace.assemble(base, _flat(merged), params.alpha)
 

@@ -1,14 +1,12 @@
-"""Spectral steps shared by the subspace merges (tsv.py, iso.py): task deltas, truncated SVDs
-(randomised where the rank is small), the numerical rank, the orthogonal polar factor.
+"""Spectral steps shared by the subspace merges (tsv.py, iso.py): truncated SVDs of task vectors
+(deltas.py; randomised where the rank is small), the numerical rank, the orthogonal polar factor.
 
 Arithmetic runs in float32 (float64 when the compute dtype is float64): LAPACK has no
 half-precision SVD; results are cast back to the compute dtype once, at the end.
 
 The randomised SVD is Halko, Martinsson & Tropp (SIAM Review 53(2), 2011), Algorithms 4.4
 (subspace iteration) and 5.1, drawn from the tensor's seeded generator: ``torch.svd_lowrank``
-draws from the global RNG, so its results would depend on which tensors ran before. Above
-``LARGE`` elements (embeddings, lm_head) the randomised products read the task vectors by row
-blocks from the inputs (``Deltas``), so no float32 copy of such a matrix is held whole.
+draws from the global RNG, so its results would depend on which tensors ran before.
 
 "Rank" is the numerical rank: singular values above ``tol · σ₁``, with ``tol`` the recipe's
 ``rank_tol`` or, by default, ``max(m, n) · ε`` of the working dtype (the tolerance of
@@ -22,15 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mergesmith._torch import torch
+from mergesmith.methods.deltas import Deltas, block_rows, work_dtype
 
 OVERSAMPLE = 10  # extra probe columns of the randomised range finder (Halko et al. §4.2)
 POWER_ITERATIONS = 1  # subspace iterations (Halko et al. Alg. 4.4); each costs two passes over the matrix
 RANDOMISED_SHARE = 4  # randomised while the probe width is at most min(shape) / this
 FIRST_PROBE = 32  # probe width of the first try at a numerical rank; doubled until it fits
-RESIDUAL_BLOCK, RESIDUAL_STEPS = 4, 3  # power iteration estimating what a probe left out
+RESIDUAL_BLOCK, RESIDUAL_STEPS = 4, 3  # block power steps estimating what a probe left out
 FLAT = 0.05  # probe still this flat at its last column: go to the full SVD (cost only, same triplets)
-LARGE = 1 << 25  # elements above which task vectors stay an operator (Deltas), never one matrix
-BLOCK = 1 << 22  # elements per row block where a product would otherwise be a whole matrix
+ORTHONORMAL = 1e-10  # largest |QᵀQ − I| accepted from CholeskyQR2 (float64), else Householder QR
 
 
 @dataclass(frozen=True)
@@ -52,68 +50,13 @@ class Triplets:
         return self.head(int((self.s > floor).sum()))
 
 
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def delta(tensors, base_index: int, i: int) -> torch.Tensor:
-    """Task vector ``x_i − base`` in the working dtype: one new matrix, the base subtracted in
-    place (the same rounding as casting both first, without two more matrices of that size)."""
-    out = tensors[i].to(work_dtype(tensors[base_index].dtype), copy=True)
-    out -= tensors[base_index]
-    return out
-
-
-def delta_rows(tensors, base_index: int, i: int, lo: int, hi: int) -> torch.Tensor:
-    """Rows ``lo:hi`` of ``x_i − base`` in the working dtype."""
-    out = tensors[i][lo:hi].to(work_dtype(tensors[base_index].dtype), copy=True)
-    out -= tensors[base_index][lo:hi]
-    return out
-
-
-class Deltas:
-    """``Σ_i (x_i − base)`` over ``members`` as an operator: products by row blocks, so a
-    vocabulary-sized matrix is never held whole in the working dtype (``dense()`` makes it)."""
-
-    def __init__(self, tensors, base_index: int, members):
-        self.tensors, self.base_index, self.members = tensors, base_index, tuple(members)
-        self.shape = tuple(tensors[base_index].shape)
-        self.dtype = work_dtype(tensors[base_index].dtype)
-        self.device = tensors[base_index].device
-        self.step = max(1, BLOCK // max(1, self.shape[1]))
-
-    def rows(self, lo: int, hi: int) -> torch.Tensor:
-        out = delta_rows(self.tensors, self.base_index, self.members[0], lo, hi)
-        for i in self.members[1:]:
-            out += delta_rows(self.tensors, self.base_index, i, lo, hi)
-        return out
-
-    def dense(self) -> torch.Tensor:
-        return self.rows(0, self.shape[0])
-
-    def mm(self, m: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.rows(i, i + self.step) @ m for i in range(0, self.shape[0], self.step)])
-
-    def tmm(self, m: torch.Tensor) -> torch.Tensor:
-        out = m.new_zeros(self.shape[1], m.shape[1])
-        for i in range(0, self.shape[0], self.step):
-            out += self.rows(i, i + self.step).mT @ m[i : i + self.step]
-        return out
-
-
-def deltas(tensors, base_index: int, members) -> torch.Tensor | Deltas:
-    """The summed task vectors: a matrix, or an operator above ``LARGE`` elements."""
-    op = Deltas(tensors, base_index, members)
-    return op if op.shape[0] * op.shape[1] > LARGE else op.dense()
-
-
 def mm(x, m: torch.Tensor) -> torch.Tensor:
-    return x.mm(m) if isinstance(x, Deltas) else x @ m
+    return x.mm(m) if isinstance(x, Deltas) else (m.mT @ x.mT).mT
 
 
 def tmm(x, m: torch.Tensor) -> torch.Tensor:
     """``xᵀ m``."""
-    return x.tmm(m) if isinstance(x, Deltas) else x.mT @ m
+    return x.tmm(m) if isinstance(x, Deltas) else (m.mT @ x).mT
 
 
 def tolerance(shape, dtype: torch.dtype, rank_tol: float | None) -> float:
@@ -121,19 +64,67 @@ def tolerance(shape, dtype: torch.dtype, rank_tol: float | None) -> float:
     return rank_tol if rank_tol is not None else max(shape) * torch.finfo(dtype).eps
 
 
+def _svd(a: torch.Tensor) -> Triplets:
+    """Thin SVD. A wide matrix goes through its transpose (LAPACK takes several times longer on
+    it), a tall and narrow one through ``orthonormal`` and the SVD of the small factor: LAPACK's
+    SVD of such a matrix with 32 columns or more ran as slowly as its QR under a merge's threads."""
+    if a.shape[0] < a.shape[1]:
+        t = _svd(a.mT)
+        return Triplets(t.vh.mT, t.s, t.u.mT)
+    if a.shape[0] >= RANDOMISED_SHARE * a.shape[1] > 0:
+        q = orthonormal(a)
+        u, s, vh = torch.linalg.svd(q.mT @ a, full_matrices=False)
+        return Triplets(q @ u, s, vh)
+    return Triplets(*torch.linalg.svd(a, full_matrices=False))
+
+
 def exact(x) -> Triplets:
-    return Triplets(*torch.linalg.svd(x.dense() if isinstance(x, Deltas) else x, full_matrices=False))
+    return _svd(x.dense() if isinstance(x, Deltas) else x)
 
 
-def randomised(x: torch.Tensor, width: int, generator: torch.Generator | None) -> Triplets:
-    """``width`` approximate leading triplets: Gaussian probe, subspace iteration, small SVD."""
-    probe = torch.randn(x.shape[1], width, generator=generator, dtype=x.dtype).to(x.device)
-    q = torch.linalg.qr(mm(x, probe)).Q
-    for _ in range(POWER_ITERATIONS):
-        q = torch.linalg.qr(tmm(x, q)).Q
-        q = torch.linalg.qr(mm(x, q)).Q
-    u, s, vh = torch.linalg.svd(tmm(x, q).mT, full_matrices=False)
-    return Triplets(q @ u, s, vh)
+def orthonormal(y: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the columns of a tall ``y``: CholeskyQR2 (Fukaya et al., 2014) on a
+    float64 Gram, checked, else Householder QR. LAPACK's QR of a tall matrix runs as many small
+    threaded steps: with a merge's two worker threads on two cores it took ~100 ms for 5632 × 36
+    instead of < 1 ms; this is three small products and a triangular solve. Any orthonormal basis
+    of the range gives the same triplets downstream."""
+    basis = y.to(torch.float64)
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(basis.mT @ basis, upper=True)
+        if int(info) != 0:  # columns (numerically) dependent: the Gram is not positive definite
+            return torch.linalg.qr(y).Q
+        basis = torch.linalg.solve_triangular(r, basis, upper=True, left=False)
+    eye = torch.eye(y.shape[1], dtype=torch.float64, device=y.device)
+    if float((basis.mT @ basis - eye).abs().max()) > ORTHONORMAL:
+        return torch.linalg.qr(y).Q
+    return basis.to(y.dtype)
+
+
+def _gaussian(x, columns: int, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape[1], columns, generator=generator, dtype=x.dtype).to(x.device)
+
+
+def randomised(x, width: int, generator: torch.Generator | None, check: int = 0):
+    """``width`` approximate leading triplets: Gaussian probe, subspace iteration, small SVD.
+
+    With ``check`` columns, also the start of ``residual_norm``'s estimate, carried along the
+    last two products (one at ``width + check`` columns costs about what one at ``width`` does):
+    returns ``(triplets, Rᵀ R v₀)`` for a seeded orthonormal ``v₀`` and ``R = x − q qᵀ x``, the
+    part of ``x`` outside the probe's range ``q``. Needs ``POWER_ITERATIONS`` ≥ 1."""
+    q = orthonormal(mm(x, _gaussian(x, width, generator)))
+    for i in range(POWER_ITERATIONS):
+        z = orthonormal(tmm(x, q))
+        if check and i == POWER_ITERATIONS - 1:
+            z = torch.cat([z, orthonormal(_gaussian(x, check, generator))], dim=1)
+        y = mm(x, z)
+        q = orthonormal(y[:, :width])
+    if check:
+        rv = y[:, width:]
+        q = torch.cat([q, rv - q @ (q.mT @ rv)], dim=1)  # R v₀ = x v₀ less its part in range(q)
+    both = tmm(x, q)  # [xᵀ q, xᵀ R v₀], and xᵀ R v₀ = Rᵀ R v₀ since R v₀ ⟂ q
+    small = _svd(both[:, :width].mT)
+    found = Triplets(q[:, :width] @ small.u, small.s, small.vh)
+    return (found, both[:, width:]) if check else found
 
 
 def _randomises(width: int, x: torch.Tensor) -> bool:
@@ -150,29 +141,30 @@ def top(x: torch.Tensor, k: int, generator: torch.Generator | None) -> Triplets:
     return found.head(k)
 
 
-def residual_norm(x: torch.Tensor, t: Triplets, generator: torch.Generator | None) -> float:
-    """Estimate of the spectral norm of ``x − u uᵀ x`` (``u`` orthonormal, spanning the probe):
-    block power iteration from a seeded start. The Frobenius norm would be a bound, but for a
-    noise tail it exceeds the spectral norm by ~√min(m, n)/2 and would never accept a low rank."""
-    v = torch.randn(x.shape[1], RESIDUAL_BLOCK, generator=generator, dtype=x.dtype).to(x.device)
-    w = v
-    for _ in range(RESIDUAL_STEPS):
-        v = torch.linalg.qr(v).Q
+def residual_norm(x, u: torch.Tensor, v: torch.Tensor, steps: int) -> float:
+    """Estimate of the spectral norm of ``R = x − u uᵀ x`` (``u`` orthonormal): ``steps`` block
+    power steps from ``v`` (``randomised``'s ``Rᵀ R v₀``), the last one ending at ``‖R v‖``. The
+    Frobenius norm would be a bound, but for a noise tail it exceeds the spectral norm by
+    ~√min(m, n)/2 and would never accept a low rank."""
+    for step in range(steps):
+        v = orthonormal(v)
         w = mm(x, v)
-        w -= t.u @ (t.u.mT @ w)  # the residual applied to v
+        w = w - u @ (u.mT @ w)  # the residual applied to v
+        if step == steps - 1:
+            return float(torch.linalg.vector_norm(w, dim=0).max())
         v = tmm(x, w)  # its transpose applied to w (w is already orthogonal to u)
-    return float(torch.linalg.vector_norm(w, dim=0).max())
+    raise ValueError("residual_norm needs at least one step")
 
 
-def numerical(x: torch.Tensor, generator: torch.Generator | None, rel_tol: float) -> Triplets:
+def numerical(x, generator: torch.Generator | None, rel_tol: float) -> Triplets:
     """The triplets above ``rel_tol · σ₁``: randomised probes of doubling width until what they
     leave out is under that floor (with a factor 2 for the estimate), else the full SVD: at once
     when the probe's spectrum is still flat at its last column (a rank far beyond the probe)."""
     width = FIRST_PROBE
     while _randomises(width, x):
-        found = randomised(x, width, generator)
+        found, v = randomised(x, width, generator, check=RESIDUAL_BLOCK)
         floor = rel_tol * float(found.s[0])
-        if 2 * residual_norm(x, found, generator) <= floor:
+        if 2 * residual_norm(x, found.u, v, RESIDUAL_STEPS - 1) <= floor:
             return found.above(floor)
         if float(found.s[-1]) > FLAT * float(found.s[0]):
             break
@@ -181,20 +173,12 @@ def numerical(x: torch.Tensor, generator: torch.Generator | None, rel_tol: float
     return found.above(rel_tol * float(found.s[0]))
 
 
-def project_out(x: torch.Tensor, u: torch.Tensor) -> None:
-    """``x ← x − u uᵀ x`` in place, in row blocks (``u`` orthonormal columns)."""
-    coefficients = u.mT @ x
-    rows = max(1, BLOCK // max(1, x.shape[1]))
-    for i in range(0, x.shape[0], rows):
-        x[i : i + rows] -= u[i : i + rows] @ coefficients
-
-
 def polar(a: torch.Tensor) -> torch.Tensor:
     """Orthogonal polar factor ``P Qᵀ`` of ``a = P S Qᵀ`` (the nearest matrix with orthonormal columns)."""
     if a.shape[1] == 0:
         return a
-    p, _, qh = torch.linalg.svd(a, full_matrices=False)
-    return p @ qh
+    t = _svd(a)
+    return t.u @ t.vh
 
 
 def concat(parts: list[Triplets]) -> Triplets:
@@ -209,19 +193,23 @@ def orthogonalised(t: Triplets) -> Triplets:
 
 
 def assemble(base: torch.Tensor, t: Triplets, alpha: float) -> torch.Tensor:
-    """``base + alpha · u diag(s) vh`` in row blocks, cast to the base's dtype once."""
+    """``base + alpha · u diag(s) vh`` by row blocks in one reused buffer (each block's kernels in
+    cache), cast to the base's dtype once."""
     if len(t) == 0:
         return base.clone()
     us = t.u * (t.s * alpha)
     out = torch.empty_like(base)
-    rows = max(1, BLOCK // max(1, base.shape[1]))
+    rows = block_rows(base.shape[1])
+    buffer = us.new_empty(min(rows, base.shape[0]), base.shape[1])
     for i in range(0, base.shape[0], rows):
-        out[i : i + rows] = torch.addmm(base[i : i + rows].to(us.dtype), us[i : i + rows], t.vh).to(base.dtype)
+        block = buffer[: min(rows, base.shape[0] - i)].copy_(base[i : i + rows])
+        out[i : i + rows] = block.addmm_(us[i : i + rows], t.vh)
     return out
 
 
 def mean_delta(tensors, base_index: int, others: list[int], alpha: float) -> torch.Tensor:
     """Tensors that are not matrices: ``base + alpha · mean_i δ_i``."""
     base = tensors[base_index]
-    total = sum(delta(tensors, base_index, i) for i in others)
-    return (base.to(total.dtype) + total * (alpha / len(others))).to(base.dtype)
+    dtype = work_dtype(base.dtype)
+    total = sum(tensors[i].to(dtype) - base.to(dtype) for i in others)
+    return (base.to(dtype) + total * (alpha / len(others))).to(base.dtype)

@@ -27,7 +27,7 @@ delta that is zero (a tensor no task changed, e.g. the embeddings under LoRA) st
 from __future__ import annotations
 
 from mergesmith._torch import torch
-from mergesmith.methods import subspace
+from mergesmith.methods import deltas, subspace
 from mergesmith.methods.params import Params
 from mergesmith.methods.spec import FRACTION, BasePolicy, Interval, MethodSpec, Param
 from mergesmith.methods.steps import WholeTensor, fixed
@@ -60,10 +60,14 @@ def tsv(tensors, base_index, params: Params, generator=None) -> torch.Tensor:
         return subspace.mean_delta(tensors, base_index, others, params.alpha)
     k = rank_per_task(base.shape, len(others), params)
     rel_tol = subspace.tolerance(base.shape, subspace.work_dtype(base.dtype), params.rank_tol)
-    parts = []
-    for i in others:
-        found = subspace.top(subspace.deltas(tensors, base_index, (i,)), k, generator)
+    parts, memory = [], None
+    for i in deltas.changed(tensors, base_index, others):  # a zero delta has no directions
+        delta = deltas.Deltas(tensors, base_index, (i,), into=memory)
+        found = subspace.top(delta, k, generator)
         parts.append(found.above(rel_tol * float(found.s[0])) if len(found) else found)
+        memory = delta.release()
+    if not parts:
+        return base
     merged = subspace.orthogonalised(subspace.concat(parts))
     return subspace.assemble(base, merged, params.alpha)
 

@@ -9,7 +9,7 @@ from calls import call
 from cli_helpers import assert_one_error_line, cli, merge_fails, write_recipe
 
 from mergesmith.execute.runner import generator_for
-from mergesmith.methods import subspace
+from mergesmith.methods import deltas, subspace
 
 
 def reference_tsv(deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -117,22 +117,40 @@ def test_randomised_svd_finds_the_leading_triplets():
     assert torch.equal(again.u, randomised.u)
 
 
-@pytest.mark.parametrize("method,shared", [("tsv", {"k": 4}), ("iso_c", {})])
-def test_large_matrices_as_an_operator_give_the_same_merge(monkeypatch, method, shared):
-    """Above subspace.LARGE elements the task vectors stay an operator on row blocks (no whole
-    float32 copy of a vocabulary matrix): same merge as the matrix, to float32 rounding."""
+@pytest.mark.parametrize("method,shared", [("tsv", {"k": 4}), ("iso_c", {}), ("iso_cts", {})])
+def test_large_matrices_by_row_blocks_give_the_same_merge(monkeypatch, method, shared):
+    """Above deltas.LARGE elements the task vectors are formed and multiplied by row blocks
+    (no whole float32 copy of a vocabulary matrix): the same merge as the whole matrix, to
+    float32 rounding."""
     g = torch.Generator().manual_seed(9)
     base = torch.randn(300, 140, generator=g).bfloat16()
     tensors = [base, *((base.float() + lora((300, 140), 3, g)).bfloat16() for _ in range(2))]
     shared = {**shared, "rank_tol": 0.02}  # bf16 inputs: rounding noise near 1e-3 of sigma_1
     whole = call(method, tensors, base_index=0, shared=shared, generator=generator_for(0, "t"))
-    monkeypatch.setattr(subspace, "LARGE", 0)
-    monkeypatch.setattr(subspace, "BLOCK", 140 * 64)  # 5 row blocks
+    monkeypatch.setattr(deltas, "LARGE", 0)
+    monkeypatch.setattr(deltas, "BLOCK", 140 * 64)  # 5 row blocks
     blocked = call(method, tensors, base_index=0, shared=shared, generator=generator_for(0, "t"))
     # float32 sums in another order, then bfloat16: a few elements round to the next bf16 value
-    torch.testing.assert_close(blocked.float(), whole.float(), rtol=2**-7, atol=0)
+    torch.testing.assert_close(blocked.float(), whole.float(), rtol=2**-7, atol=1e-6)
     assert (blocked != whole).float().mean() < 0.01
     assert not torch.equal(whole, base)
+
+
+@pytest.mark.parametrize("rank", [12, 5])
+def test_orthonormal_basis_and_thin_svd_of_a_tall_matrix(rank):
+    """CholeskyQR2 (rank 12 of 12 columns) or, for dependent columns (rank 5), Householder QR:
+    either way an orthonormal basis of the same range; the tall-matrix SVD built on it has
+    LAPACK's singular values and reproduces the matrix."""
+    g = torch.Generator().manual_seed(11)
+    y = torch.randn(400, rank, generator=g, dtype=torch.float64) @ torch.randn(
+        rank, 12, generator=g, dtype=torch.float64
+    )
+    q = subspace.orthonormal(y)
+    torch.testing.assert_close(q.mT @ q, torch.eye(12, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(q @ (q.mT @ y), y, rtol=0, atol=1e-10)
+    t = subspace.exact(y)
+    torch.testing.assert_close(t.s, torch.linalg.svdvals(y), rtol=0, atol=1e-10)
+    torch.testing.assert_close(t.u @ torch.diag(t.s) @ t.vh, y, rtol=0, atol=1e-10)
 
 
 def test_k_is_clamped_to_the_share_of_the_smaller_side():
@@ -145,6 +163,20 @@ def test_k_is_clamped_to_the_share_of_the_smaller_side():
 def test_zero_deltas_give_the_base():
     base = torch.randn(8, 6)
     assert torch.equal(call("tsv", [base, base.clone(), base.clone()], base_index=0), base)
+
+
+@pytest.mark.parametrize("method,shared", [("tsv", {"k": 3}), ("iso_c", {})])
+def test_an_unchanged_model_adds_nothing(method, shared):
+    """A model equal to the base (LoRA's embeddings) is skipped before any decomposition: with a
+    fixed k its zero task vector would contribute no direction anyway, so the merge is that of
+    the other task alone, bit for bit; a model differing in one element is not skipped."""
+    base, x = family((30, 24), 1, seed=5)
+    alone = call(method, [base, x], base_index=0, shared=shared, generator=generator_for(0, "t"))
+    with_copy = call(method, [base, x, base.clone()], base_index=0, shared=shared, generator=generator_for(0, "t"))
+    assert torch.equal(with_copy, alone)
+    nudged = base.clone()
+    nudged[3, 4] += 1.0
+    assert deltas.changed([base, x, base.clone(), nudged], 0, [1, 2, 3]) == [1, 3]
 
 
 RECIPE = """\
