@@ -9,18 +9,20 @@ layer of the base).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mergesmith.config.references import parse_reference
 from mergesmith.io.blockfile import AlignedBuffer
 from mergesmith.io.resolve import close_models, local_paths, open_headers, open_models
 from mergesmith.io.writer import ShardedWriter, TensorSlot, parse_size
+from mergesmith.moe import router_proc
 from mergesmith.moe.card import moe_card
 from mergesmith.moe.config import MoeSource, read_moe
 from mergesmith.moe.layout import Copy, MoePlan, Router, plan_moe
@@ -89,9 +91,8 @@ def build_moe(
     models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
         with staged_directory(out, force) as staging:
-            _write(
-                plan, models, src, staging, out.name, template, dict(seed=seed, device=device, size=size), progress, say
-            )
+            opts = dict(seed=seed, device=device, size=size, allow_pickle=allow_pickle)
+            _write(plan, models, src, staging, out.name, template, opts, progress, say)
     finally:
         close_models(models)
     return plan
@@ -102,30 +103,53 @@ def _write(plan: MoePlan, models, src: MoeSource, staging: Path, name: str, temp
     copy_generation_config(models[plan.config.base_model], staging)
     if template:
         write_chat_template(template, staging)
-    # The routers (imports, then a forward pass: CPU) are computed in a thread while the other
-    # tensors are copied (reading and writing: mostly waiting on the disk, and no torch needed
-    # for bytes copied as they are), then written into their slots.
+    # The routers (imports, then a forward pass: CPU) are computed in a child process or a
+    # thread (router_proc.py) while the other tensors are copied (reading and writing: mostly
+    # waiting on the disk, and no torch needed for bytes copied as they are), then written.
     say(f"copying tensors; computing the routers ({plan.config.gate_mode}) meanwhile")
-    with ThreadPoolExecutor(1) as pool, _bar(progress, len(plan.tensors), "tensors") as tick:
-        routers = pool.submit(_routers_beside_copies, plan, models, staging, seed=opts["seed"], device=opts["device"])
-        _copy_all(plan, models, routers, staging, opts["size"], opts["seed"], tick)
+    copied = threading.Event()
+
+    def here() -> dict:
+        return _routers_beside_copies(copied, plan, models, staging, seed=opts["seed"], device=opts["device"])
+
+    child = None
+    if router_proc.eligible(plan, models, src.base_dir):
+        keys = ("seed", "device", "allow_pickle")
+        child = router_proc.RouterProcess(dict(src=src, **{k: opts[k] for k in keys}))
+    try:
+        with ThreadPoolExecutor(1) as pool, _bar(progress, len(plan.tensors), "tensors") as tick:
+            if child is not None:
+                routers = functools.partial(child.result, here)
+                copies_done = lambda: (copied.set(), child.copies_done())  # noqa: E731
+            else:
+                routers, copies_done = pool.submit(here).result, copied.set
+            _copy_all(plan, models, routers, staging, opts["size"], opts["seed"], tick, copies_done)
+    finally:
+        if child is not None:
+            child.close()
     (staging / "config.json").write_text(json.dumps(plan.out_config, indent=2) + "\n")
     (staging / CONFIG_COPY).write_text(src.text)
     (staging / "README.md").write_text(moe_card(plan, src.text, name, base_dir=src.base_dir))
 
 
-def _routers_beside_copies(*args, **kwargs):
+def _routers_beside_copies(copied: threading.Event, *args, **kwargs):
     """``router_tensors`` (imported here: torch and transformers load in this thread while the
-    copies run) with one core left to the copying threads: torch's threads in this thread (a
-    per-thread setting) one fewer than the process's cores, at least one. Asking for every core
-    while the copies run beside it cost more than it gave: on 2 busy cores the 1.1B hidden pass
-    took 2.5 s on one thread and 6 s on two (threads waiting on each other's preempted work)."""
+    copies run) with one core left to the copying threads until ``copied`` is set, every core
+    after (torch's thread count is a per-thread setting, adjusted before each layer of a hidden
+    pass). Asking for every core while the copies ran beside it cost more than it gave: on 2
+    busy cores the 1.1B hidden pass took 2.5 s on one thread and 6 s on two (threads waiting on
+    each other's preempted work); once the copies are done the second core is idle."""
     from mergesmith._torch import torch
     from mergesmith.moe.gates import router_tensors
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
-    return router_tensors(*args, **kwargs)
+    full = torch.get_num_threads()
+
+    def pace() -> None:
+        torch.set_num_threads(full if copied.is_set() else max(1, min(full, cores - 1)))
+
+    pace()
+    return router_tensors(*args, progress=pace, **kwargs)
 
 
 class _bar:
@@ -146,9 +170,12 @@ class _bar:
             self.bar.close()
 
 
-def _copy_all(plan: MoePlan, models, routers: Future, staging: Path, size: int, seed: int, tick) -> None:
-    """Every copied tensor (COPIERS threads), then (once ``routers`` is done) every router, each
-    into its slot."""
+def _copy_all(
+    plan: MoePlan, models, routers: Callable[[], dict], staging: Path, size: int, seed: int, tick, copies_done
+) -> None:
+    """Every copied tensor (COPIERS threads), ``copies_done()``, then every router (``routers()``
+    waits for them: tensors, or bytes in the output dtype from the child process), each into its
+    slot."""
     from mergesmith._torch import torch
 
     # Slots by dtype name: laying out and copying bytes as read needs no torch (see _copy_bytes).
@@ -169,15 +196,28 @@ def _copy_all(plan: MoePlan, models, routers: Future, staging: Path, size: int, 
         with ThreadPoolExecutor(COPIERS) as pool:
             for done in [pool.submit(put, t) for t in plan.tensors if not isinstance(t.source, Router)]:
                 done.result()
-        computed = routers.result()
+        copies_done()
+        computed = routers()
         for tensor in plan.tensors:
             if isinstance(tensor.source, Router):
-                writer.write(tensor.name, computed[tensor.name].to(getattr(torch, plan.out_dtype)).contiguous())
+                _put_router(writer, tensor.name, computed[tensor.name], plan.out_dtype)
                 tick()
         writer.finish()
     except BaseException:
         writer.close()
         raise
+
+
+def _put_router(writer: ShardedWriter, name: str, value, out_dtype: str) -> None:
+    if isinstance(value, bytes):  # from the child: written without importing torch here
+        view = AlignedBuffer(len(value)).at(writer.offset_of(name), len(value))
+        view[:] = value
+        writer.write_view(name, 0, view)
+        writer.complete(name)
+        return
+    from mergesmith._torch import torch
+
+    writer.write(name, value.to(getattr(torch, out_dtype)).contiguous())
 
 
 def _plain(plan: MoePlan, models, tensor) -> bool:

@@ -201,8 +201,13 @@ def test_noise_scale_is_seeded_and_scaled(llama_family, tmp_path):
     )
 
 
-def test_nearly_parallel_router_rows_are_warned_about(llama_family, tmp_path):
-    """mergekit-moe's check: a layer whose rows have a condition number above 5 cannot route."""
+@pytest.mark.parametrize("where", ["never", "always"], ids=["thread", "child process"])
+def test_nearly_parallel_router_rows_are_warned_about(llama_family, tmp_path, monkeypatch, where):
+    """mergekit-moe's check: a layer whose rows have a condition number above 5 cannot route;
+    the warning reaches the caller from the router thread and from the child process alike."""
+    from mergesmith.moe import router_proc
+
+    monkeypatch.setattr(router_proc, "MODE", where)
     base, ft1, ft2 = llama_family
     config = moe_config(base, [ft1, ft2], gate_mode="cheap_embed")  # rows: summed prompt embeddings
     config["experts"][1]["positive_prompts"] = config["experts"][0]["positive_prompts"] + ["fox"]
