@@ -6,7 +6,7 @@ imports before its first prompt). Imported in a thread of the copying process, t
 copies of the 1.1B bench from 1.7 s to 2.3 s though two cores were never both busy (loading a
 library maps and faults pages under the process's one memory-map lock, which every direct write
 also takes); from a process of its own they cost the copies 0.1 s. The child runs the same code
-as the in-process path (``plan_file``, ``copy_tokenizer`` into a scratch folder as into the
+as the in-process path (``plan_moe``, ``copy_tokenizer`` into a scratch folder as into the
 staging directory, ``router_tensors``), so the routers are the same bits; it leaves one core to
 the copies until the parent says they are done.
 
@@ -89,13 +89,16 @@ class RouterProcess:
 
 def _compute(request: dict, folder: Path) -> dict:
     from mergesmith._torch import torch
-    from mergesmith.io.resolve import close_models, open_models
-    from mergesmith.moe.build import plan_file
+    from mergesmith.io.resolve import close_models, open_headers, open_models
     from mergesmith.moe.gates import router_tensors
+    from mergesmith.moe.layout import plan_moe
     from mergesmith.output.tokenizer import copy_tokenizer
 
     src = request["src"]
-    plan = plan_file(src, allow_pickle=request["allow_pickle"])
+    keys = src.config.referenced_models()
+    plan = plan_moe(
+        src.config, open_headers(keys, base_dir=src.base_dir, allow_pickle=request["allow_pickle"]), src.name
+    )
     models = open_models([plan.config.base_model], base_dir=src.base_dir, allow_pickle=request["allow_pickle"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     full = torch.get_num_threads()
