@@ -3,6 +3,10 @@
 
     python bench/bench_regmean.py                       # 16384 calibration tokens per model
     python bench/bench_regmean.py --tokens 2048         # fewer, on a busy machine (scale the time)
+    python bench/bench_regmean.py --cache /dev/shm/grams --reuse-cache   # the solve alone, again
+
+``--cache`` puts the Gram cache elsewhere (3.9 GB: a RAM disk where the disk is short); with
+``--reuse-cache`` a complete cache is kept and only floor and solve run.
 
 The synthetic pair (synthetic.py: TinyLlama's shape, bf16, no tokenizer) is hard-linked file by file
 into bench/out/regmean/<shape>/{a,b,b2} beside a small byte-level tokenizer (tests/pico.py's;
@@ -14,7 +18,7 @@ shape, not 7.8: the project machine's disk is small). Jobs, each one shell comma
 `sync`, measured by measure.py (wall, CPU, peak RSS):
   floor         `cp -r` of one input + `sync`
   calibrate     the calibration stage alone (mergesmith.calibrate, as `mergesmith merge` runs it)
-                into an empty cache: one model, layer by layer, over --tokens tokens
+                into an empty cache: one model, layer by layer, over --tokens tokens, then `sync`
   solve         `mergesmith merge` with that cache: every Gram read, no model run; the solve of
                 every linear weight and the average of the other tensors
 Peak RSS of `calibrate` is set by one decoder layer in float32, its float64 Gram sums, the hidden
@@ -114,16 +118,20 @@ def main(argv=None) -> int:
     p.add_argument("--shape", choices=("1b",), default="1b", help="synthetic shape (the tokenizer needs 300 ids)")
     p.add_argument("--tokens", type=int, default=16384, help="calibration tokens per model (default 16384)")
     p.add_argument("--repeat", type=int, default=2, help="runs of floor and solve (cold runs once)")
+    p.add_argument("--cache", type=Path, default=OUT / "cache", help="the Gram cache (default bench/out/regmean/cache)")
+    p.add_argument("--reuse-cache", action="store_true", help="keep a complete cache: no calibration run")
     args = p.parse_args(argv)
     a, b, b2 = linked_pair(args.shape)
-    how, cache, out, floor = measure.probe(), OUT / "cache", OUT / "merged", OUT / "floor"
+    how, cache, out, floor = measure.probe(), args.cache, OUT / "merged", OUT / "floor"
     merge = f"{PY} -m mergesmith merge {shlex.quote(str(recipe(a, b, b2, args.tokens)))} {shlex.quote(str(out))}"
     merge += f" --quiet --force --calibration-cache {shlex.quote(str(cache))} && sync"
     copy = f"cp -r --reflink=never {shlex.quote(str(a))} {shlex.quote(str(floor))} && sync"
     calibrate = f"{PY} {shlex.quote(__file__)} --calibrate-only {shlex.quote(str(OUT / 'regmean.yml'))} "
-    calibrate += shlex.quote(str(cache))
-    shutil.rmtree(cache, ignore_errors=True)
-    results = {"calibrate": [measure.run_measured(calibrate, how, REPO)]}
+    calibrate += f"{shlex.quote(str(cache))} && sync"
+    results: dict[str, list] = {}
+    if not (args.reuse_cache and any(cache.glob("*/calibration.json"))):
+        shutil.rmtree(cache, ignore_errors=True)
+        results["calibrate"] = [measure.run_measured(calibrate, how, REPO)]
     results["floor"], results["solve"] = [], []
     for _ in range(args.repeat):
         shutil.rmtree(floor, ignore_errors=True)
@@ -143,11 +151,10 @@ def main(argv=None) -> int:
         cpu = statistics.median(s.cpu_s for s in samples)
         rss = max(s.peak_rss_bytes for s in samples) / 1e9
         print(f"| {name} | {med[name]:.2f} ({', '.join(f'{s.wall_s:.2f}' for s in samples)}) | {cpu:.1f} | {rss:.2f} |")
-    calibration = med["calibrate"]
-    print(
-        f"calibration per model {calibration:.1f} s ({calibration / args.tokens * 1000:.2f} s per 1000 tokens); "
-        f"solve / floor = {med['solve'] / med['floor']:.2f}x (target ≤ 10x)"
-    )
+    if "calibrate" in med:
+        calibration = med["calibrate"]
+        print(f"calibration per model {calibration:.1f} s ({calibration / args.tokens * 1000:.2f} s per 1000 tokens)")
+    print(f"solve / floor = {med['solve'] / med['floor']:.2f}x (target ≤ 10x)")
     entry_gb = sum(f.stat().st_size for f in cache.rglob("*.safetensors")) / 1e9
     print(f"cache on disk: {entry_gb:.2f} GB (one model)")
     return 0

@@ -4,11 +4,12 @@ per-tensor inputs of the jobs that use them, like any other input. Headers only,
 A job of a calibrated method (``MethodSpec.calibrated``: regmean) whose output is the weight of a
 linear layer (a role in ``LINEAR_ROLES``) reads, after the models' weights, one Gram matrix per
 non-base model: tensor ``<source tensor name>`` of input ``<model>#grams``, ``[in, in]``, which
-the calibration stage (mergesmith/calibrate) writes. Its compute dtype is at least float32 (the
-method solves in float64 and rounds once). Every other tensor (norms, embeddings, heads, biases)
-becomes a ``linear`` job over the non-base models with their ``weight``: what RegMean prescribes
-for parameters outside linear layers. The plan's ``calibration`` lists, per non-base model, the
-texts and token count the recipe gives (``calibration``, ``calibration_tokens``: one value per
+the calibration stage (mergesmith/calibrate) writes. Its compute dtype is float64, or float32 for
+a 16-bit output (the method's float32 fast path, methods/regmean.py). Every other tensor (norms,
+embeddings, heads, biases) becomes a ``linear`` job over the non-base models with their
+``weight``: what RegMean prescribes for parameters outside linear layers. The plan's
+``calibration`` lists, per non-base model, the texts and token count the recipe gives
+(``calibration``, ``calibration_tokens``: one value per
 model for the whole merge, from the model's own parameters, else its slice's, else the top level).
 """
 
@@ -109,7 +110,8 @@ def _with_grams(job: TensorJob) -> TensorJob:
     grams = tuple(
         TensorSource(statistics_key(s.model), s.name) for i, s in enumerate(job.sources) if i != job.base_index
     )
-    dtype = "float64" if job.dtype == "float64" else "float32"
+    # float32 compute runs regmean's float32 fast path: only for 16-bit outputs, whose rounding is far coarser
+    dtype = "float32" if job.out_dtype in ("bfloat16", "float16") and job.dtype != "float64" else "float64"
     return replace(job, sources=job.sources + grams, dtype=dtype)
 
 

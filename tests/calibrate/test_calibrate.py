@@ -54,11 +54,16 @@ def _whole_model_grams(model_dir: Path, ids: list[int]) -> dict[str, torch.Tenso
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
-def test_streamed_grams_equal_the_whole_models(kind, llama_family, gemma3_family):
-    """gemma3 alternates sliding and full attention: each layer must get its own mask."""
+def test_streamed_grams_equal_the_whole_models(kind, llama_family, gemma3_family, monkeypatch):
+    """gemma3 alternates sliding and full attention: each layer must get its own mask. Three whole
+    windows and a short one, in batches of at most two windows (the recorded masks and positions
+    repeated along the batch), the Gram sums in blocks of 24 features (64 and 128: a ragged last block)."""
+    monkeypatch.setattr(stream, "BATCH_TOKENS", 2 * WINDOW)
+    monkeypatch.setattr(stream, "BLOCK", 24)
     model_dir = {"llama": llama_family, "gemma3": gemma3_family}[kind][1]
     model = open_model(str(model_dir))
-    ids = [(7 * i + 3) % 290 + 4 for i in range(WINDOW + 40)]  # one whole window and a short one
+    ids = [(7 * i + 3) % 290 + 4 for i in range(3 * WINDOW + 40)]
+    assert [h.shape[0] for h in stream._batches([torch.zeros(1, len(w), 1) for w in windows(ids)])] == [2, 1, 1]
     try:
         layers = list(stream.layer_grams(model, find_arch(model.config), windows(ids)))
     finally:
@@ -76,6 +81,18 @@ def test_streamed_grams_equal_the_whole_models(kind, llama_family, gemma3_family
     assert first[q.format("k")] == first[q.format("v")] == q.format("q")  # one matrix for q/k/v
     assert first["model.layers.0.mlp.up_proj.weight"] == "model.layers.0.mlp.gate_proj.weight"
     assert len(layers[0][1]) == 4  # attention input, o_proj input, MLP input, down_proj input
+
+
+@pytest.mark.parametrize("features", [7, 24, 50])
+def test_block_triangle_sums_mirror_to_the_full_gram(features, monkeypatch):
+    """Only the lower block triangle is accumulated; mirrored, it is XᵀX exactly (same dot products)."""
+    monkeypatch.setattr(stream, "BLOCK", 8)
+    xs = [torch.randn(30, features, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in (1, 2)]
+    total = torch.zeros(features, features, dtype=torch.float64)
+    for x in xs:
+        stream.add_gram(total, x)
+    assert torch.allclose(stream.mirror(total), xs[0].T @ xs[0] + xs[1].T @ xs[1], rtol=1e-14, atol=1e-13)
+    assert torch.equal(total, total.T)
 
 
 def _recipe(family, text: Path, alpha=0.9, models=(1, 2), base=True, extra="") -> str:
@@ -150,7 +167,7 @@ def test_plan_lists_texts_tokens_and_the_grams(tmp_path, llama_family, capsys):
     assert code == 0
     assert f"# calibration: {llama_family[1]} on {_text(tmp_path)} (300 tokens; not cached" in out
     line = next(r for r in out.splitlines() if r.startswith("model.layers.1.self_attn.k_proj.weight"))
-    assert "\tregmean\tfloat32\talpha=0.9" in line
+    assert "\tregmean\tfloat64->float32\talpha=0.9" in line  # a float32 output: the float64 solve
     assert f"{llama_family[2]}#grams:model.layers.1.self_attn.k_proj.weight" in line
     norm = next(r for r in out.splitlines() if r.startswith("model.norm.weight"))
     assert "\tlinear\t" in norm and str(llama_family[0]) not in norm  # the base is a reference only

@@ -1,5 +1,5 @@
 """RegMean's solve (methods/regmean.py) on pico tensors: identities, deltas, the dead-feature rule,
-and agreement with FusionBench's reference formula."""
+agreement with FusionBench's reference formula, and the float32 fast path's error bound."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mergesmith.execute.method import merge_tensors
-from mergesmith.methods.regmean import SPEC, regmean
+from mergesmith.methods.regmean import SPEC, fast_enough, regmean, regularized
 
 F64 = torch.float64
 
@@ -85,12 +85,13 @@ def test_regmean_fits_both_models_outputs_better_than_the_average():
         assert loss(merged + step) > loss(merged)
 
 
-def test_a_feature_no_model_activated_takes_the_average_column():
+@pytest.mark.parametrize("out", [4, 20])  # 20 > 2·6: M⁻¹[G̃_1 …] is formed first
+def test_a_feature_no_model_activated_takes_the_average_column(out):
     ga, gb = _gram(10), _gram(11)
     for g in (ga, gb):
         g[2, :] = 0
         g[:, 2] = 0
-    a, b = _weights(10), _weights(11)
+    a, b = _weights(10, out=out), _weights(11, out=out)
     merged = _merge([a, b], [ga, gb], [1.0, 3.0])
     assert torch.isfinite(merged).all()
     assert torch.allclose(merged[:, 2], (a[:, 2] + 3 * b[:, 2]) / 4, atol=1e-12)
@@ -113,22 +114,76 @@ def _fusion_bench_regmean(weights, grams, ratio):
     return merged.transpose(0, 1)
 
 
+@pytest.mark.parametrize("out", [5, 30])
 @pytest.mark.parametrize("alpha", [1.0, 0.9, 0.5, 0.1])
-def test_matches_fusion_bench(alpha):
-    """Both in float64 on the same 3 models; mergesmith solves by Cholesky, FusionBench inverts.
-    The Grams here have condition numbers below 1e3, so the two agree to ~1e-13 relative; 1e-10
-    leaves room for the different factorisations and nothing for a different formula."""
-    ws = [_weights(s, out=5, n=7) for s in (40, 41, 42)]
+def test_matches_fusion_bench(alpha, out):
+    """Both in float64 on the same 3 models; mergesmith solves by Cholesky around the first model
+    (out 30 > 2·7: the stacked M⁻¹ G̃_i formed first), FusionBench inverts. The Grams here have
+    condition numbers below 1e3, so the two agree to ~1e-13 relative; 1e-10 leaves room for the
+    different factorisations and nothing for a different formula."""
+    ws = [_weights(s, out=out, n=7) for s in (40, 41, 42)]
     gs = [_gram(s, n=7) for s in (40, 41, 42)]
     ours = _merge(ws, gs, [1.0, 1.0, 1.0], alpha=alpha)
     theirs = _fusion_bench_regmean(ws, gs, alpha)
     assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
-def test_float32_inputs_come_back_float32_from_a_float64_solve():
-    ws = [_weights(50).float(), _weights(51).float()]
-    gs = [_gram(50).float(), _gram(51).float()]
-    out = _merge(ws, gs, [1.0, 1.0])
+def test_float64_compute_is_the_float64_solve_and_alpha_one_never_fast():
+    ws = [_weights(50), _weights(51)]
+    gs = [_gram(50), _gram(51)]
+    assert torch.equal(_merge(ws, gs, [1.0, 1.0]), regmean(ws, gs, [1.0, 1.0], 0.9))
+    # α = 1: no bound on the conditioning, so float32 compute still solves in float64.
+    out = _merge([w.float() for w in ws], [g.float() for g in gs], [1.0, 1.0], alpha=1.0)
     assert out.dtype == torch.float32
-    exact = regmean([w.double() for w in ws], [g.double() for g in gs], [1.0, 1.0], 0.9)
+    exact = regmean([w.float().double() for w in ws], [g.float().double() for g in gs], [1.0, 1.0], 1.0)
     assert torch.equal(out, exact.float())
+
+
+def test_a_singular_sum_of_grams_takes_the_minimum_norm_solution():
+    """α = 1 with fewer tokens than features: Σ G_i is singular, the solve is least squares."""
+    xs = [torch.randn(2, 6, generator=torch.Generator().manual_seed(s), dtype=F64) for s in (60, 61)]
+    gs, ws = [x.T @ x for x in xs], [_weights(60), _weights(61)]
+    expected = torch.linalg.pinv(gs[0] + gs[1]) @ (gs[0] @ ws[0].T + gs[1] @ ws[1].T)
+    assert torch.allclose(regmean(ws, gs, [1.0, 1.0], 1.0), expected.T, atol=1e-9)
+
+
+def _ill_conditioned_gram(seed: int, n: int = 384, tokens: int = 4096) -> torch.Tensor:
+    """Correlated features with a spectrum decaying over 3 decades and three channels 300x the
+    rest (LLM activations' massive channels): condition number ~1e16 before regularisation."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(n, n, generator=g, dtype=F64) * torch.logspace(0, -3, n, dtype=F64)[:, None]
+    x = torch.randn(tokens, n, generator=g, dtype=F64) @ mix
+    x[:, :3] *= 300
+    return x.T @ x / tokens
+
+
+@pytest.mark.parametrize("out", [96, 1500])  # the right-hand side first; M⁻¹ G̃ first
+def test_fast_path_error_is_far_below_a_16_bit_outputs_rounding(out):
+    """Float32 compute (the planner's choice for bf16/fp16 outputs): products and triangular solves
+    in float32. Against the float64 solve on ill-conditioned Grams at the default α 0.9, the error
+    is at most 1e-4 of the largest weight (measured 2e-5), 20x below bf16's half step (2^-9)."""
+    gs = [_ill_conditioned_gram(s) for s in (1, 11)]
+    g = torch.Generator().manual_seed(6)
+    base = 0.02 * torch.randn(out, 384, generator=g, dtype=F64)
+    deltas = [0.002 * torch.randn(out, 384, generator=g, dtype=F64) for _ in gs]
+    models = [(base + d).float() for d in deltas]
+    fast = _merge(models, [g.float() for g in gs], [1.0, 1.0], base=base.float())
+    assert fast.dtype == torch.float32
+    exact = regmean(
+        [m.double() - base.float().double() for m in models], [g.float().double() for g in gs], [1.0, 1.0], 0.9
+    )
+    exact = exact + base.float().double()
+    error = (fast.double() - exact).abs().max() / exact.abs().max()
+    assert 1e-9 < error < 1e-4  # not the float64 path, and within the bound
+    assert not torch.allclose(exact, (models[0].double() + models[1].double()) / 2, atol=1e-3)
+
+
+def test_fast_path_bound_holds_and_excludes_alpha_one():
+    """The Jacobi-scaled Σ G̃_i has condition number ≤ 1 + α·in/(1 − α) (what ``fast_enough`` uses)."""
+    for alpha in (0.5, 0.9, 0.99):
+        total = sum(regularized(_ill_conditioned_gram(s, n=64, tokens=256), alpha) for s in (3, 4))
+        scale = total.diagonal().rsqrt()
+        eig = torch.linalg.eigvalsh(total * scale[:, None] * scale[None, :])
+        assert eig[-1] / eig[0] <= 1 + alpha * 64 / (1 - alpha)
+    assert fast_enough(0.9, 5632) and fast_enough(0.9, 14336)
+    assert not fast_enough(1.0, 8) and not fast_enough(0.99999, 14336)
