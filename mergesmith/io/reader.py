@@ -28,8 +28,8 @@ MAX_HEADER_BYTES = 100_000_000
 # torch counts elements (and each dimension) in a signed 64-bit integer.
 _MAX_NUMEL = 2**63 - 1
 
-# safetensors header dtype codes -> torch dtypes (the subset checkpoints use).
-_ITEMSIZE = {
+# Bytes per element of the dtypes tensors are read and written in, by torch dtype name.
+ITEMSIZE = {
     "float64": 8,
     "float32": 4,
     "float16": 2,
@@ -41,6 +41,7 @@ _ITEMSIZE = {
     "uint8": 1,
     "bool": 1,
 }
+# safetensors header dtype codes -> torch dtype names (the subset checkpoints use).
 _ST_DTYPES = {
     "F64": "float64",
     "F32": "float32",
@@ -54,7 +55,7 @@ _ST_DTYPES = {
     "BOOL": "bool",
 }
 # Byte sizes of every whole-byte safetensors dtype, read or not: byte counts are checked for all.
-_ST_ITEMSIZE = {code: _ITEMSIZE[name] for code, name in _ST_DTYPES.items()} | {
+_ST_ITEMSIZE = {code: ITEMSIZE[name] for code, name in _ST_DTYPES.items()} | {
     "U16": 2,
     "U32": 4,
     "U64": 8,
@@ -84,7 +85,7 @@ class TensorInfo:
 
     @property
     def itemsize(self) -> int:
-        return _ITEMSIZE[self.dtype_name]
+        return ITEMSIZE[self.dtype_name]
 
 
 class TensorReader(Protocol):

@@ -17,6 +17,7 @@ from pathlib import Path
 from mergesmith._torch import torch
 from mergesmith.errors import ConfigError, MergesmithError
 from mergesmith.io.blockfile import AlignedBuffer, BlockFile
+from mergesmith.io.reader import ITEMSIZE
 
 # safetensors dtype codes by torch dtype name (names: importing this module needs no torch).
 ST_CODES = {
@@ -30,18 +31,6 @@ ST_CODES = {
     "int8": "I8",
     "uint8": "U8",
     "bool": "BOOL",
-}
-ITEMSIZE = {
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "int64": 8,
-    "int32": 4,
-    "int16": 2,
-    "int8": 1,
-    "uint8": 1,
-    "bool": 1,
 }
 INDEX_NAME = "model.safetensors.index.json"
 # More shards than this is almost always a shard size given in the wrong unit.
