@@ -79,6 +79,18 @@ def build_moe(
     check_not_input(out, inputs)
     check_target(out, force)
     size = parse_size(shard_size)
+    opts = dict(seed=seed, device=device, size=size, allow_pickle=allow_pickle, child=None)
+    if router_proc.eligible(src):  # first: its imports then overlap all of the work below
+        opts["child"] = router_proc.RouterProcess(dict(src=src, seed=seed, device=device, allow_pickle=allow_pickle))
+    try:
+        return _build(src, out, force, lora_cache, opts, progress, say)
+    finally:
+        if opts["child"] is not None:
+            opts["child"].close()
+
+
+def _build(src: MoeSource, out: Path, force: bool, lora_cache, opts: dict, progress, say) -> MoePlan:
+    keys, allow_pickle = src.config.referenced_models(), opts["allow_pickle"]
     say("reading metadata and planning")
     headers = open_headers(keys, base_dir=src.base_dir, allow_pickle=allow_pickle)
     check_not_input(out, [(f"model '{k}'", h.path) for k, h in headers.items()])
@@ -91,7 +103,6 @@ def build_moe(
     models = open_models(keys, base_dir=src.base_dir, allow_pickle=allow_pickle, lora_cache=cache)
     try:
         with staged_directory(out, force) as staging:
-            opts = dict(seed=seed, device=device, size=size, allow_pickle=allow_pickle)
             _write(plan, models, src, staging, out.name, template, opts, progress, say)
     finally:
         close_models(models)
@@ -112,21 +123,14 @@ def _write(plan: MoePlan, models, src: MoeSource, staging: Path, name: str, temp
     def here() -> dict:
         return _routers_beside_copies(copied, plan, models, staging, seed=opts["seed"], device=opts["device"])
 
-    child = None
-    if router_proc.eligible(plan, models, src.base_dir):
-        keys = ("seed", "device", "allow_pickle")
-        child = router_proc.RouterProcess(dict(src=src, **{k: opts[k] for k in keys}))
-    try:
-        with ThreadPoolExecutor(1) as pool, _bar(progress, len(plan.tensors), "tensors") as tick:
-            if child is not None:
-                routers = functools.partial(child.result, here)
-                copies_done = lambda: (copied.set(), child.copies_done())  # noqa: E731
-            else:
-                routers, copies_done = pool.submit(here).result, copied.set
-            _copy_all(plan, models, routers, staging, opts["size"], opts["seed"], tick, copies_done)
-    finally:
+    child = opts["child"]
+    with ThreadPoolExecutor(1) as pool, _bar(progress, len(plan.tensors), "tensors") as tick:
         if child is not None:
-            child.close()
+            routers = functools.partial(child.result, here)
+            copies_done = lambda: (copied.set(), child.copies_done())  # noqa: E731
+        else:
+            routers, copies_done = pool.submit(here).result, copied.set
+        _copy_all(plan, models, routers, staging, opts["size"], opts["seed"], tick, copies_done)
     (staging / "config.json").write_text(json.dumps(plan.out_config, indent=2) + "\n")
     (staging / CONFIG_COPY).write_text(src.text)
     (staging / "README.md").write_text(moe_card(plan, src.text, name, base_dir=src.base_dir))

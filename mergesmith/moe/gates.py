@@ -22,7 +22,6 @@ from pathlib import Path
 from mergesmith._torch import torch
 from mergesmith.arch.spec import arch_for_config
 from mergesmith.errors import InputFormatError
-from mergesmith.execute.runner import generator_for
 from mergesmith.io.header import ModelInput
 from mergesmith.moe.config import Expert
 from mergesmith.moe.hidden import prompt_states
@@ -110,6 +109,8 @@ def _embed_rows(plan: MoePlan, base: ModelInput, tokenizer) -> torch.Tensor:
 
 
 def _random_router(plan: MoePlan, tensor: OutTensor, seed: int) -> torch.Tensor:
+    from mergesmith.execute.runner import generator_for  # the executor's imports: only for random gates
+
     generator = generator_for(seed, tensor.name)
     if plan.config.gate_mode == "random":
         return torch.randn(tensor.shape, generator=generator)

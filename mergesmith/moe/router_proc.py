@@ -38,18 +38,24 @@ MODE = "auto"
 CHILD = (sys.executable, "-m", "mergesmith.moe.router_proc")  # + the exchange folder
 
 
-def eligible(plan, models, base_dir: Path | None) -> bool:
+def eligible(src) -> bool:
+    """Whether a child computes the routers of ``src`` (a read MoE config): decided from the
+    config alone, so the child starts before this process reads any header."""
     from mergesmith.config.references import parse_reference
     from mergesmith.io.resolve import local_paths
 
     if MODE == "never" or (MODE == "auto" and "torch" in sys.modules):
         return False
-    base = plan.config.base_model
-    if plan.config.gate_mode not in PROMPT_GATES or plan.tokenizer_donor != base:
+    config = src.config
+    if config.gate_mode not in PROMPT_GATES or config.tokenizer_source not in (None, "base"):
         return False
-    model = models[base]
-    local = local_paths(base, base_dir)
-    return parse_reference(base).lora is None and model.gguf_file is None and bool(local) and local[0].is_dir()
+    try:
+        if parse_reference(config.base_model).lora is not None:
+            return False
+    except ValueError:
+        return False  # the build reports it
+    local = local_paths(config.base_model, src.base_dir)
+    return bool(local) and local[0].is_dir()  # a folder here: not a Hub id, not a GGUF file
 
 
 class RouterProcess:

@@ -44,23 +44,25 @@ def test_child_routers_are_the_threads_bytes(llama_family, tmp_path, monkeypatch
 
 
 def test_not_for_random_gates_adapters_or_another_tokenizer(llama_family, tmp_path, monkeypatch):
-    from mergesmith.io.resolve import close_models, open_models
-    from mergesmith.moe.build import plan_file
+    from moe_configs import make_adapter
+
+    from mergesmith.moe.config import read_moe
 
     base, ft1, ft2 = llama_family
+    adapter, _ = make_adapter(tmp_path)
     monkeypatch.setattr(router_proc, "MODE", "always")
     cases = {
-        "random": moe_config(base, [ft1, ft2], gate_mode="random"),
-        "tokenizer": moe_config(base, [ft1, ft2], tokenizer_source=str(ft1)),
-        "plain": moe_config(base, [ft1, ft2]),
+        "random": (moe_config(base, [ft1, ft2], gate_mode="random"), False),
+        "tokenizer": (moe_config(base, [ft1, ft2], tokenizer_source=str(ft1)), False),
+        "adapter base": (moe_config(f"{base}+{adapter}", [ft1, ft2]), False),
+        "hub id": (moe_config("someone/some-model", [ft1, ft2]), False),
+        "plain": (moe_config(base, [ft1, ft2]), True),
     }
-    for name, config in cases.items():
-        plan = plan_file(write_config(tmp_path, config, name=f"{name}.yml"))
-        models = open_models([plan.config.base_model, plan.tokenizer_donor])
-        try:
-            assert router_proc.eligible(plan, models, None) == (name == "plain"), name
-        finally:
-            close_models(models)
+    for name, (config, expected) in cases.items():
+        src = read_moe(write_config(tmp_path, config, name=f"{name.replace(' ', '_')}.yml"))
+        assert router_proc.eligible(src) == expected, name
+    monkeypatch.setattr(router_proc, "MODE", "auto")  # this process imported torch: a thread is as quick
+    assert not router_proc.eligible(read_moe(tmp_path / "plain.yml"))
 
 
 def test_child_errors_are_the_parents_one_line(llama_family, tmp_path, monkeypatch, capsys):
