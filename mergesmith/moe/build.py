@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -143,17 +142,9 @@ def _routers_beside_copies(copied: threading.Event, *args, **kwargs):
     pass). Asking for every core while the copies ran beside it cost more than it gave: on 2
     busy cores the 1.1B hidden pass took 2.5 s on one thread and 6 s on two (threads waiting on
     each other's preempted work); once the copies are done the second core is idle."""
-    from mergesmith._torch import torch
     from mergesmith.moe.gates import router_tensors
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    full = torch.get_num_threads()
-
-    def pace() -> None:
-        torch.set_num_threads(full if copied.is_set() else max(1, min(full, cores - 1)))
-
-    pace()
-    return router_tensors(*args, progress=pace, **kwargs)
+    return router_tensors(*args, progress=router_proc.paced(copied.is_set), **kwargs)
 
 
 class _bar:

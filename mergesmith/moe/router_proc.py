@@ -58,6 +58,22 @@ def eligible(src) -> bool:
     return bool(local) and local[0].is_dir()  # a folder here: not a Hub id, not a GGUF file
 
 
+def paced(done: Callable[[], bool]) -> Callable[[], None]:
+    """A callback for each layer of the router pass, called once now: torch's threads in the
+    calling thread (a per-thread setting) one fewer than the process's cores, at least one, until
+    ``done()`` (the copies beside it have finished), every core after."""
+    from mergesmith._torch import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    full = torch.get_num_threads()
+
+    def pace() -> None:
+        torch.set_num_threads(full if done() else max(1, min(full, cores - 1)))
+
+    pace()
+    return pace
+
+
 class RouterProcess:
     """The child computing the routers: ``result(fallback)`` gives them as bytes by output name."""
 
@@ -106,13 +122,7 @@ def _compute(request: dict, folder: Path) -> dict:
         src.config, open_headers(keys, base_dir=src.base_dir, allow_pickle=request["allow_pickle"]), src.name
     )
     models = open_models([plan.config.base_model], base_dir=src.base_dir, allow_pickle=request["allow_pickle"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    full = torch.get_num_threads()
-
-    def pace() -> None:  # before each layer: one core left to the parent's copies until they are done
-        torch.set_num_threads(full if (folder / "copied").exists() else max(1, min(full, cores - 1)))
-
-    pace()
+    pace = paced(lambda: (folder / "copied").exists())
     scratch = folder / "tokenizer"  # inside the folder the parent removes, even if it kills this child
     scratch.mkdir()
     try:
