@@ -79,9 +79,14 @@ class RouterProcess:
 
     def __init__(self, request: dict):
         self._dir = Path(tempfile.mkdtemp(prefix="mergesmith-routers-"))
-        (self._dir / "request.pickle").write_bytes(pickle.dumps(request))
-        with open(self._dir / "log", "wb") as log:
-            self._proc = subprocess.Popen([*CHILD, str(self._dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            (self._dir / "request.pickle").write_bytes(pickle.dumps(request))
+            with open(self._dir / "log", "wb") as log:
+                command = [*CHILD, str(self._dir)]
+                self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)  # nothing left behind
+            raise
 
     def copies_done(self) -> None:
         """Tell the child the copies are done: its pass may take every core from now on."""
