@@ -63,8 +63,10 @@ def build_moe(
     lora_cache: Path | None = None,
     progress: bool = False,
     status: Callable[[str], None] | None = None,
+    router_child: bool | None = None,
 ) -> MoePlan:
-    """Build the MoE of ``config`` (a path or a read MoeSource) into ``out``."""
+    """Build the MoE of ``config`` (a path or a read MoeSource) into ``out``. ``router_child``:
+    compute the routers in a child process (None: where that is quicker, see router_proc.py)."""
     say = status or (lambda _message: None)
     src, out = _source(config), Path(out)
     if device != "cpu":  # the check imports torch, which the copies can do without (see _write)
@@ -79,7 +81,7 @@ def build_moe(
     check_target(out, force)
     size = parse_size(shard_size)
     opts = dict(seed=seed, device=device, size=size, allow_pickle=allow_pickle, child=None)
-    if router_proc.eligible(src):  # first: its imports then overlap all of the work below
+    if router_proc.eligible(src, router_child):  # first: its imports then overlap all of the work below
         opts["child"] = router_proc.RouterProcess(dict(src=src, seed=seed, device=device, allow_pickle=allow_pickle))
     try:
         return _build(src, out, force, lora_cache, opts, progress, say)

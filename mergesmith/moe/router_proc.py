@@ -12,7 +12,8 @@ the copies until the parent says they are done.
 
 Used for ``hidden``/``hidden_avg``/``cheap_embed`` gates over a local base with its own tokenizer
 (no adapter to fold, no Hub download, nothing the two processes would both write), where this
-process has not imported torch yet (``MODE``); otherwise the build computes them in a thread.
+process has not imported torch yet (``build_moe(router_child=None)``; True or False forces the
+choice); otherwise the build computes them in a thread.
 The child's errors come back as the same one-line errors; if it dies without an answer, the
 parent computes the routers itself.
 """
@@ -33,18 +34,18 @@ from mergesmith import errors
 from mergesmith.errors import MergesmithError
 
 PROMPT_GATES = ("hidden", "hidden_avg", "cheap_embed")
-# "auto": a child where this process has not imported torch (a CLI run); "always" / "never".
-MODE = "auto"
 CHILD = (sys.executable, "-m", "mergesmith.moe.router_proc")  # + the exchange folder
 
 
-def eligible(src) -> bool:
+def eligible(src, wanted: bool | None = None) -> bool:
     """Whether a child computes the routers of ``src`` (a read MoE config): decided from the
-    config alone, so the child starts before this process reads any header."""
+    config alone, so the child starts before this process reads any header. ``wanted``: None
+    where this process has not imported torch (a CLI run; once it has, a thread is as quick),
+    True or False to choose."""
     from mergesmith.config.references import parse_reference
     from mergesmith.io.resolve import local_paths
 
-    if MODE == "never" or (MODE == "auto" and "torch" in sys.modules):
+    if wanted is False or (wanted is None and "torch" in sys.modules):
         return False
     config = src.config
     if config.gate_mode not in PROMPT_GATES or config.tokenizer_source not in (None, "base"):

@@ -37,3 +37,15 @@ def call(
 ) -> torch.Tensor:
     params = params_for(method, len(tensors), base_index, shared, per)
     return merge_tensors(METHODS[method], list(tensors), base_index, params, generator)
+
+
+# A two-model recipe over a base, for the methods' CLI tests (float32 output).
+RECIPE = """\
+merge_method: {method}
+base_model: {base}
+models:
+  - model: {a}
+  - model: {b}
+parameters: {{{params}}}
+dtype: float32
+"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from calls import call
+from calls import RECIPE, call
 from cli_helpers import cli, merge_fails, write_recipe
 
 from mergesmith.execute.runner import generator_for
@@ -154,17 +154,6 @@ def test_full_rank_probe_falls_back_to_the_full_svd():
 def test_zero_deltas_give_the_base(method):
     base = torch.randn(9, 7)
     assert torch.equal(call(method, [base, base.clone(), base.clone()], base_index=0), base)
-
-
-RECIPE = """\
-merge_method: {method}
-base_model: {base}
-models:
-  - model: {a}
-  - model: {b}
-parameters: {{{params}}}
-dtype: float32
-"""
 
 
 @pytest.mark.parametrize("method", ["iso_c", "iso_cts"])

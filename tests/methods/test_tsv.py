@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from calls import call
+from calls import RECIPE, call
 from cli_helpers import assert_one_error_line, cli, merge_fails, write_recipe
 
 from mergesmith.execute.runner import generator_for
@@ -179,20 +179,9 @@ def test_an_unchanged_model_adds_nothing(method, shared):
     assert deltas.changed([base, x, base.clone(), nudged], 0, [1, 2, 3]) == [1, 3]
 
 
-RECIPE = """\
-merge_method: tsv
-base_model: {base}
-models:
-  - model: {a}
-  - model: {b}
-parameters: {{{params}}}
-dtype: float32
-"""
-
-
 def test_merge_and_plan_through_the_cli(capsys, tmp_path, llama_family):
     base, a, b = llama_family
-    recipe = write_recipe(tmp_path, RECIPE.format(base=base, a=a, b=b, params="k: 2, alpha: 0.5"))
+    recipe = write_recipe(tmp_path, RECIPE.format(method="tsv", base=base, a=a, b=b, params="k: 2, alpha: 0.5"))
     code, out, err = cli(capsys, "plan", recipe)
     assert code == 0, err
     assert "tsv" in out and "k" in out and "0.5" in out
@@ -210,7 +199,7 @@ def test_merge_and_plan_through_the_cli(capsys, tmp_path, llama_family):
 )
 def test_out_of_range_parameters_are_one_error_line(capsys, tmp_path, llama_family, params, fragments):
     base, a, b = llama_family
-    merge_fails(capsys, tmp_path, RECIPE.format(base=base, a=a, b=b, params=params), *fragments)
+    merge_fails(capsys, tmp_path, RECIPE.format(method="tsv", base=base, a=a, b=b, params=params), *fragments)
 
 
 def test_without_a_base_model_is_one_error_line(capsys, tmp_path, llama_family):
@@ -222,5 +211,5 @@ def test_without_a_base_model_is_one_error_line(capsys, tmp_path, llama_family):
 
 def test_plan_refuses_before_merging(capsys, tmp_path, llama_family):
     base, a, b = llama_family
-    recipe = write_recipe(tmp_path, RECIPE.format(base=base, a=a, b=b, params="k: -1"))
+    recipe = write_recipe(tmp_path, RECIPE.format(method="tsv", base=base, a=a, b=b, params="k: -1"))
     assert_one_error_line(*cli(capsys, "plan", recipe), "'k' = -1")

@@ -201,18 +201,15 @@ def test_noise_scale_is_seeded_and_scaled(llama_family, tmp_path):
     )
 
 
-@pytest.mark.parametrize("where", ["never", "always"], ids=["thread", "child process"])
-def test_nearly_parallel_router_rows_are_warned_about(llama_family, tmp_path, monkeypatch, where):
+@pytest.mark.parametrize("child", [False, True], ids=["thread", "child process"])
+def test_nearly_parallel_router_rows_are_warned_about(llama_family, tmp_path, child):
     """mergekit-moe's check: a layer whose rows have a condition number above 5 cannot route;
     the warning reaches the caller from the router thread and from the child process alike."""
-    from mergesmith.moe import router_proc
-
-    monkeypatch.setattr(router_proc, "MODE", where)
     base, ft1, ft2 = llama_family
     config = moe_config(base, [ft1, ft2], gate_mode="cheap_embed")  # rows: summed prompt embeddings
     config["experts"][1]["positive_prompts"] = config["experts"][0]["positive_prompts"] + ["fox"]
     with pytest.warns(UserWarning, match="nearly parallel"):
-        build_moe(write_config(tmp_path, config), tmp_path / "out")
+        build_moe(write_config(tmp_path, config), tmp_path / "out", router_child=child)
     rows = output_tensors(tmp_path / "out")["model.layers.3.block_sparse_moe.gate.weight"]
     assert torch.linalg.cond(rows) > 5
 
