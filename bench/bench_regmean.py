@@ -21,6 +21,13 @@ shape, not 7.8: the project machine's disk is small). Jobs, each one shell comma
                 into an empty cache: one model, layer by layer, over --tokens tokens, then `sync`
   solve         `mergesmith merge` with that cache: every Gram read, no model run; the solve of
                 every linear weight and the average of the other tensors
+  arithmetic   no command: the least arithmetic any exact solve does, timed in this process on
+                random matrices of one layer's shapes (float32, as a bf16 output's solve runs) and
+                multiplied by the layer count: per Gram one Cholesky factor (q/k/v share one, so
+                do gate/up), per weight one `[in, in] x [in, out]` product and the two triangular
+                solves, or where the group's outputs outnumber its inputs `M⁻¹G̃` once and one
+                product per weight (fewer flops); no IO, nothing else. It bounds what the solve
+                can reach on this machine.
 Peak RSS of `calibrate` is set by one decoder layer in float32, its float64 Gram sums, the hidden
 states of all windows and the embeddings; it is printed beside the size of one layer and of the
 whole model in float32.
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -91,6 +99,42 @@ def _numel(shape) -> int:
     return count
 
 
+def arithmetic_floor(shape: synthetic.Shape, repeat: int = 2) -> float:
+    """Seconds of the arithmetic alone for every layer's solve (see the module docstring): best of
+    ``repeat`` timings of one layer, times the layer count."""
+    import time
+
+    import torch
+
+    kv = shape.kv_heads * (shape.hidden // shape.heads)
+    groups = (  # (in, the outs of the weights that read that input's Gram)
+        (shape.hidden, (shape.hidden, kv, kv)),
+        (shape.hidden, (shape.hidden,)),
+        (shape.hidden, (shape.intermediate, shape.intermediate)),
+        (shape.intermediate, (shape.hidden,)),
+    )
+    g = torch.Generator().manual_seed(0)
+    best = math.inf
+    for _ in range(repeat):
+        took = 0.0
+        for features, outs in groups:
+            x = torch.randn(features, features, generator=g)
+            spd = x @ x.T + features * torch.eye(features)
+            rhs = [torch.randn(features, out, generator=g) for out in outs]
+            start = time.perf_counter()
+            factor = torch.linalg.cholesky(spd)
+            if features < sum(outs):  # M⁻¹ G̃ first, shared by the group's weights: fewer flops
+                mixed = torch.cholesky_solve(spd, factor)
+                for r in rhs:
+                    mixed @ r
+            else:
+                for r in rhs:
+                    torch.cholesky_solve(spd @ r, factor)
+            took += time.perf_counter() - start
+        best = min(best, took)
+    return best * shape.layers
+
+
 def calibrate_only(recipe_path: str, cache: str) -> None:
     """The calibration stage of the recipe into ``cache``, as a merge runs it, and nothing else."""
     from mergesmith.api import model_keys, read_recipe
@@ -140,6 +184,7 @@ def main(argv=None) -> int:
         results["solve"].append(measure.run_measured(merge, how, REPO))
     shutil.rmtree(floor, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
+    arithmetic = arithmetic_floor(synthetic.SHAPES[args.shape])
     layer, whole = sizes(synthetic.SHAPES[args.shape])
     print(
         f"shape {args.shape}, {args.tokens} calibration tokens, 1 model calibrated, 2 in the solve; one layer {layer:.2f} GB "
@@ -155,6 +200,10 @@ def main(argv=None) -> int:
         calibration = med["calibrate"]
         print(f"calibration per model {calibration:.1f} s ({calibration / args.tokens * 1000:.2f} s per 1000 tokens)")
     print(f"solve / floor = {med['solve'] / med['floor']:.2f}x (target ≤ 10x)")
+    print(
+        f"arithmetic alone (one factor per Gram, one product and two triangular solves per weight, "
+        f"float32, no IO): {arithmetic:.1f} s = {arithmetic / med['floor']:.1f}x the floor"
+    )
     entry_gb = sum(f.stat().st_size for f in cache.rglob("*.safetensors")) / 1e9
     print(f"cache on disk: {entry_gb:.2f} GB (one model)")
     return 0

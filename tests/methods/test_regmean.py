@@ -3,11 +3,13 @@ agreement with FusionBench's reference formula, and the float32 fast path's erro
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from mergesmith.execute.method import merge_tensors
-from mergesmith.methods.regmean import SPEC, fast_enough, regmean, regularized
+from mergesmith.methods.regmean import SPEC, _factor, fast_enough, regmean, regularized
 
 F64 = torch.float64
 
@@ -176,6 +178,23 @@ def test_fast_path_error_is_far_below_a_16_bit_outputs_rounding(out):
     error = (fast.double() - exact).abs().max() / exact.abs().max()
     assert 1e-9 < error < 1e-4  # not the float64 path, and within the bound
     assert not torch.allclose(exact, (models[0].double() + models[1].double()) / 2, atol=1e-3)
+
+
+@pytest.mark.parametrize("smallest, expected", [(1e-6, torch.float32), (3e-9, torch.float64), (1e-9, None)])
+def test_a_float32_factorisation_that_rounding_breaks_is_redone_in_float64(smallest, expected):
+    """A positive definite float32 matrix whose smallest eigenvalue is below float32 Cholesky's
+    rounding (3e-9 of the largest) gets a float64 factor; an indefinite one (1e-9: the float32
+    rounding of the matrix itself crosses zero) none, and the solve takes least squares."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(256, 256, generator=g, dtype=F64))
+    spd = ((q * torch.logspace(0, math.log10(smallest), 256, dtype=F64)) @ q.T).float()
+    assert (int(torch.linalg.cholesky_ex(spd)[1]) == 0) == (expected is torch.float32)
+    factor = _factor(spd)
+    if expected is None:
+        assert factor is None and torch.linalg.eigvalsh(spd.double())[0] < 0
+        return
+    assert factor.dtype == expected
+    assert torch.allclose(factor.double() @ factor.double().T, spd.double(), atol=1e-6)
 
 
 def test_fast_path_bound_holds_and_excludes_alpha_one():
