@@ -6,29 +6,38 @@ An entry ``ROOT/<key>/`` holds ``layer-NNNNN.safetensors`` (float32 Gram matrice
 layer, each named after the first linear weight it feeds; the sums were taken in float64) and
 ``calibration.json`` (format, provenance, and ``aliases``: every linear weight → the stored matrix
 of its input, so q/k/v and gate/up share one). The key is sha256 over the model's files (weights
-and JSON metadata, base and adapter for ``base+adapter``: io/lora.py's ``content_key``), the
-texts' contents, the token count and window and ``FORMAT``. Entries are written into a staging
-sibling and renamed whole (io/staging.py): an interrupted run leaves none that looks complete.
+and JSON metadata, tokenizer.json or a sentencepiece .model among them; base and adapter for
+``base+adapter``: io/lora.py's ``content_key``), the texts' contents, the token count and window
+and ``FORMAT``. Entries are written into a staging sibling and renamed whole (io/staging.py): an
+interrupted run leaves none that looks complete, and a damaged one is named when it is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mergesmith._torch import torch
 from mergesmith.calibrate.texts import WINDOW, CalibrationText
-from mergesmith.errors import InputFormatError, MissingTensorError, OutputExistsError
+from mergesmith.errors import (
+    InputFormatError,
+    MergesmithError,
+    MissingTensorError,
+    OutputExistsError,
+    OutputWriteError,
+)
 from mergesmith.io.reader import SafetensorsReader, TensorInfo
 
 # Part of the key: change it whenever the statistics a run writes would change.
 FORMAT = "mergesmith-grams-1"
 MANIFEST = "calibration.json"
-_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json")
+_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model")  # .model: sentencepiece tokenizers
 
 
 def model_files(paths: Sequence[Path]) -> list[Path]:
@@ -64,10 +73,20 @@ class GramReader:
 
     def __init__(self, entry: Path):
         self.path = entry
-        manifest = json.loads((entry / MANIFEST).read_text())
-        self.aliases: dict[str, str] = manifest["aliases"]
-        files = {name: entry / file for name, file in manifest["files"].items()}
-        self._reader = SafetensorsReader(entry, files)
+        try:  # every header checked against its file's size here: a later read cannot fail
+            manifest = json.loads((entry / MANIFEST).read_text())
+            self.aliases: dict[str, str] = dict(manifest["aliases"])
+            files = {name: entry / file for name, file in manifest["files"].items()}
+            self._reader = SafetensorsReader(entry, files)
+            unknown = sorted(set(self.aliases.values()) - set(files))
+            if unknown:
+                raise InputFormatError(f"no stored matrix {unknown[0]}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, MergesmithError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputFormatError(
+                f"calibration cache entry {entry} is damaged ({reason[:300]}); remove that directory "
+                "and merge again: its Gram matrices are computed anew"
+            ) from None
 
     def keys(self) -> list[str]:
         return list(self.aliases)
@@ -107,13 +126,28 @@ class EntryWriter:
         from safetensors.torch import save_file
 
         name = f"layer-{index:05d}.safetensors" if index >= 0 else "model.safetensors"
-        save_file({k: v.to(torch.float32).contiguous() for k, v in grams.items()}, str(self.staging / name))
+        with self._writing():
+            save_file({k: v.to(torch.float32).contiguous() for k, v in grams.items()}, str(self.staging / name))
         self.files.update({k: name for k in grams})
         self.aliases.update(aliases)
 
+    @contextlib.contextmanager
+    def _writing(self):
+        from safetensors import SafetensorError  # what save_file raises for a full disk
+
+        try:
+            yield
+        except (OSError, SafetensorError) as exc:  # a full disk or quota: ``written`` discards the entry
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise OutputWriteError(
+                f"calibration cache {self.entry.parent}: cannot write {self.entry.name} ({reason}); "
+                "free space there or give another directory with --calibration-cache"
+            ) from None
+
     def finish(self) -> None:
         manifest = {**self.provenance, "format": FORMAT, "aliases": self.aliases, "files": self.files}
-        (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        with self._writing():
+            (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         try:
             os.rename(self.staging, self.entry)
         except OSError:
@@ -131,10 +165,20 @@ def written(entry: Path, provenance: Mapping, layers: Iterable) -> Path:
         return entry
     try:
         writer = EntryWriter(entry, provenance)  # another live process writing it: OutputExistsError
-    except OutputExistsError:
+    except OutputExistsError as exc:
         if is_complete(entry):  # finished by another process since the check above
             return entry
-        raise
+        if entry.exists():
+            raise InputFormatError(
+                f"calibration cache entry {entry} is incomplete (no {MANIFEST}); remove that directory and "
+                "merge again: its Gram matrices are computed anew"
+            ) from None
+        pid = re.search(r"\(pid (\d+)", str(exc))
+        raise OutputExistsError(
+            f"calibration cache entry {entry} is being computed by another process"
+            f"{f' (pid {pid[1]})' if pid else ''}; wait for it to finish and merge again: its Gram matrices "
+            "are then reused"
+        ) from None
     try:
         for index, grams, aliases in layers:
             writer.add(index, grams, aliases)

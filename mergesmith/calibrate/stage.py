@@ -4,6 +4,7 @@ missing) opened as one more input, ``<model>#grams``, whose tensors the plan's j
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -86,6 +87,8 @@ def statistics_inputs(
     bar per model, one step per layer."""
     from mergesmith.calibrate.stream import layer_grams
 
+    if cache_root is not None:
+        check_cache_root(cache_root)
     scratch = Path(tempfile.mkdtemp(prefix="mergesmith-grams-")) if cache_root is None else None
     root = cache_root if cache_root is not None else scratch
     opened: dict[str, ModelInput] = {}
@@ -115,6 +118,18 @@ def statistics_inputs(
             model.reader.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_cache_root(root: Path) -> None:
+    """The calibration cache is a directory, or can become one: before any model is keyed or run."""
+    fix = "give a writable directory with --calibration-cache (calibration_cache in the API) or MERGESMITH_CACHE"
+    if root.exists() and not root.is_dir():
+        raise InputFormatError(f"calibration cache {root} is a file, not a directory; {fix}")
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputFormatError(f"calibration cache {root}: {existing} is a file, not a directory; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputFormatError(f"calibration cache {root}: {existing} is not writable; {fix}")
 
 
 def check_grams(plan: Plan, statistics: Mapping[str, ModelInput]) -> None:

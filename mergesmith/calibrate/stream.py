@@ -2,17 +2,17 @@
 
 The transformers model is built on the meta device from the input's config (no weight
 allocated); everything outside the decoder layers (embeddings, rotary tables, final norm) is
-materialised from the checkpoint through mergesmith's reader. One forward pass per window, with
-every layer replaced by a recorder (the last one stops the pass), yields the window's embeddings
-and the arguments each layer receives (masks, position embeddings, sliding windows) exactly as the
-model computes them; the arguments are kept once per window length.
-Then, layer by layer: its weights are read (float32), forward pre-hooks on its ``nn.Linear``
-modules add ``XᵀX`` of their inputs to float64 sums (lower block triangle only, mirrored at the
-end), the windows' hidden states go through in batches of equal length (``BATCH_TOKENS``, the
-recorded masks and positions repeated along the batch), the layer's sums are handed on and its
-weights dropped. Peak memory: one layer, its Gram sums, the hidden states of all windows, one
-batch's activations, and the non-layer weights. Linear modules called with the very same input
-tensor (q/k/v, gate/up) share one sum.
+materialised from the checkpoint through mergesmith's reader; the model is in eval mode (no
+dropout: configs such as OPT's or Phi-2's give it one). Windows of one length are grouped into
+batches of at most ``BATCH_TOKENS`` tokens; one forward pass per batch, with every layer replaced
+by a recorder (the last one stops the pass), yields the batch's embeddings and the arguments each
+layer receives (masks, position embeddings, alibi tables, sliding windows) exactly as the model
+computes them for that batch. Then, layer by layer: its weights are read (float32), forward
+pre-hooks on its ``nn.Linear`` modules add ``XᵀX`` of their inputs to float64 sums (lower block
+triangle only, mirrored at the end), every batch's hidden states go through with its recorded
+arguments, the layer's sums are handed on and its weights dropped. Peak memory: one layer, its
+Gram sums, the hidden states of all windows, one batch's activations, and the non-layer weights.
+Linear modules called with the very same input tensor (q/k/v, gate/up) share one sum.
 
 Models whose decoder layers are not one ``nn.ModuleList`` at the place the architecture data
 names run whole (every weight in memory at once), with a warning.
@@ -20,12 +20,13 @@ names run whole (every weight in memory at once), with a warning.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from mergesmith._torch import torch
 from mergesmith.arch.spec import ArchSpec
-from mergesmith.errors import ArchitectureError
+from mergesmith.errors import ArchitectureError, InputFormatError
 from mergesmith.io.header import ModelInput
 
 Layer = tuple[int, dict, dict]  # (index, {stored name: Gram}, {weight name: stored name})
@@ -124,17 +125,34 @@ class GramHooks:
 
 def _build(model: ModelInput):
     from accelerate import init_empty_weights
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.for_model(**dict(model.config))
+        config = AutoConfig.for_model(**_decoded(dict(model.config)))
         with init_empty_weights():  # parameters on meta; buffers (rotary tables) computed for real
-            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    except (ValueError, KeyError, ImportError) as exc:
+            hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (ValueError, KeyError, TypeError, ImportError, StrictDataclassError) as exc:
         raise ArchitectureError(
             f"model '{model.key}': transformers cannot build {model.config.get('architectures')} ({exc}); "
             "regmean runs the model to calibrate it: merge it with another method"
         ) from None
+    return hf.eval()  # from_config leaves training mode on: dropout would perturb every Gram
+
+
+# transformers writes inf and nan into config.json as tagged objects (Falcon-H1's time_step_limit).
+_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _decoded(value):
+    """A config.json value with transformers' ``{"__float__": "Infinity"}`` tags made floats again."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _FLOATS:
+            return _FLOATS[value["__float__"]]
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
 
 
 def _set(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -163,15 +181,17 @@ def _linears(layer: torch.nn.Module, prefix: str) -> dict[str, torch.nn.Linear]:
     return {f"{dot}{name}.weight": m for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and name}
 
 
-def _record(base, layers, ids: list[int]) -> dict:
-    """Each layer's (hidden, args, kwargs) for one window, from one recorded forward pass."""
+def _record(base, layers, batch: list[list[int]]) -> dict:
+    """Each layer's (hidden, args, kwargs) for one batch of equal-length windows, from one
+    recorded forward pass: masks, positions and per-token inputs exactly as the model makes them
+    for that batch (alibi tables fold the batch into their first dimension; no reshaping guessed)."""
     calls: dict = {}
     real = list(layers)
     for i in range(len(layers)):
         layers[i] = _Recorder(i, calls, i == len(layers) - 1)
     try:
         with torch.no_grad():
-            base(input_ids=torch.tensor([ids]), use_cache=False)
+            base(input_ids=torch.tensor(batch), use_cache=False)
     except _Stop:
         pass
     finally:
@@ -183,6 +203,8 @@ def _record(base, layers, ids: list[int]) -> dict:
 def layer_grams(model: ModelInput, arch: ArchSpec, windows: list[list[int]]) -> Iterator[Layer]:
     """Per decoder layer (in order), the mean Gram matrices of its linear layers' inputs over
     ``windows`` (token id lists), computed as the layer is consumed: one layer in memory."""
+    if not windows:
+        raise InputFormatError(f"model '{model.key}': no calibration tokens to run it on; give a calibration text")
     hf = _build(model)
     prefix = _layer_prefix(arch)
     try:
@@ -198,33 +220,30 @@ def layer_grams(model: ModelInput, arch: ArchSpec, windows: list[list[int]]) -> 
     tied = {w.name: w.tied_to[0] for w in arch.pre + arch.post if w.tied_to}
     outside = [n for n in names if n.startswith(_prefix_of(base, hf))]
     _materialise(hf, model, outside, tied)
-    by_length: dict[int, dict] = {}
-    hidden = []
-    for ids in windows:
-        calls = _record(base, layers, ids)
-        by_length.setdefault(len(ids), {i: (a, k) for i, (_, a, k) in calls.items()})
-        hidden.append(calls[0][0])
-    hidden = _batches(hidden)
+    batches = []  # per batch: [hidden states, {layer: (args, kwargs)}]
+    for group in _groups(windows):
+        calls = _record(base, layers, group)
+        batches.append([calls[0][0], {i: (a, k) for i, (_, a, k) in calls.items()}])
     for name in outside:  # the embeddings did their work: only the layers run from here on
         _set(hf, name, torch.empty(hf.get_parameter(name).shape, device="meta"))
     with torch.no_grad():
         for i, layer in enumerate(layers):
-            yield i, *_run_layer(layer, f"{prefix}.{i}", model, hidden, by_length, i)
+            yield i, *_run_layer(layer, f"{prefix}.{i}", model, batches, i)
 
 
 def _prefix_of(base: torch.nn.Module, root: torch.nn.Module) -> str:
     return next(name for name, m in root.named_modules() if m is base)
 
 
-def _run_layer(layer, prefix: str, model: ModelInput, hidden: list, by_length: dict, index: int):
+def _run_layer(layer, prefix: str, model: ModelInput, batches: list, index: int):
     names = [f"{prefix}.{n}" for n, _ in layer.named_parameters()]
     _materialise_layer(layer, prefix, model, names)
     hooks = GramHooks(_linears(layer, prefix))
     try:
-        for w, h in enumerate(hidden):
-            args, kwargs = _expand(by_length[h.shape[1]][index], h.shape[0])
-            out = layer(h, *args, **kwargs)
-            hidden[w] = out[0] if isinstance(out, tuple) else out
+        for batch in batches:
+            args, kwargs = batch[1][index]
+            out = layer(batch[0], *args, **kwargs)
+            batch[0] = out[0] if isinstance(out, tuple) else out
             hooks.end_call()
     finally:
         hooks.remove()
@@ -232,30 +251,16 @@ def _run_layer(layer, prefix: str, model: ModelInput, hidden: list, by_length: d
     return hooks.means(), hooks.aliases
 
 
-def _batches(hidden: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Consecutive windows of one length stacked into batches of at most ``BATCH_TOKENS`` tokens."""
-    batches, run = [], []
-    for h in hidden + [None]:
-        if run and (h is None or h.shape[1] != run[0].shape[1] or (len(run) + 1) * h.shape[1] > BATCH_TOKENS):
-            batches.append(torch.cat(run) if len(run) > 1 else run[0])
-            run = []
-        if h is not None:
-            run.append(h)
-    return batches
-
-
-def _expand(value, batch: int):
-    """A one-window call's recorded arguments (masks, positions, rotary tables) as a call on
-    ``batch`` windows of the same length gets them: every tensor's batch dimension repeated."""
-    if isinstance(value, torch.Tensor):
-        if batch > 1 and value.dim() >= 2 and value.shape[0] == 1:
-            return value.expand(batch, *value.shape[1:]).contiguous()
-        return value
-    if type(value) in (tuple, list):  # plain containers; anything else is passed as recorded
-        return type(value)(_expand(v, batch) for v in value)
-    if isinstance(value, dict):
-        return {k: _expand(v, batch) for k, v in value.items()}
-    return value
+def _groups(windows: list[list[int]]) -> list[list[list[int]]]:
+    """Consecutive windows of one length, at most ``BATCH_TOKENS`` tokens a group (at least one window)."""
+    groups: list[list[list[int]]] = []
+    for ids in windows:
+        run = groups[-1] if groups else None
+        if run and len(run[0]) == len(ids) and (len(run) + 1) * len(ids) <= BATCH_TOKENS:
+            run.append(ids)
+        else:
+            groups.append([ids])
+    return groups
 
 
 def _materialise_layer(layer, prefix: str, model: ModelInput, names: list[str]) -> None:
@@ -269,7 +274,7 @@ def _materialise_layer(layer, prefix: str, model: ModelInput, names: list[str]) 
 
 
 def _whole_model(hf, model: ModelInput, windows, prefix: str, arch: ArchSpec) -> Iterator[Layer]:
-    total = sum(_numel(info.shape) for info in model.tensors.values())
+    total = sum(math.prod(info.shape) for info in model.tensors.values())
     warnings.warn(
         f"model '{model.key}': no layer-by-layer path for {model.config.get('architectures')} (no module list "
         f"'{prefix}'); calibrating the whole model in memory, about {total * 4 / 1e9:.1f} GB in float32",
@@ -287,10 +292,3 @@ def _whole_model(hf, model: ModelInput, windows, prefix: str, arch: ArchSpec) ->
     finally:
         hooks.remove()
     yield -1, hooks.means(), hooks.aliases
-
-
-def _numel(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count

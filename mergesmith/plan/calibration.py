@@ -79,6 +79,11 @@ def calibration_of(recipe: Recipe, method: MethodSpec, slices, models: Sequence[
                 "model's parameters, or once in the top-level parameters for every model"
             )
         texts = texts if isinstance(texts, tuple) else (texts,)
+        if not texts:
+            raise ConfigError(
+                f"{source}: model '{model}': 'calibration' is an empty list; give a text file, a list of "
+                "files, or a bundled name such as kjv_train"
+            )
         texts = tuple(params["calibration"].validate(t, f"{source}: model '{model}': ") for t in texts)
         tokens = _setting(recipe, slices, model, "calibration_tokens", source)
         param = params["calibration_tokens"]
@@ -131,6 +136,17 @@ def calibrated_jobs(
         raise ArchitectureError(
             f"{source}: merge method '{method.name}' has no calibration path for {arch.family}: its linear "
             "layers are Conv1D modules ([in, out]); merge it with another method"
+        )
+    if not LINEAR_ROLES & {w.role for w in arch.layer}:
+        raise ArchitectureError(
+            f"{source}: merge method '{method.name}' finds no attention or MLP linear layer to calibrate in "
+            f"{arch.family} (its layers are state-space blocks); it would be a plain average: use linear"
+        )
+    if arch.experts_keys:
+        raise ArchitectureError(
+            f"{source}: merge method '{method.name}' has no calibration path for {arch.family}'s expert layers "
+            "(transformers fuses the experts' weights in memory under other names than the checkpoint's); "
+            "merge it with another method"
         )
     roles = _roles(arch, jobs)
     out = []
