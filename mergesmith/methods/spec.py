@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from types import MappingProxyType
+from types import MappingProxyType, UnionType
 from typing import (
     Annotated,
     Any,
@@ -104,6 +104,9 @@ class Param:
     default: Any = REQUIRED
     doc: str = ""
     domain: Interval | None = None
+    # The search range of a name whose meaning differs between methods (``alpha``: a task-vector
+    # scale in tsv / iso_c, a Gram blend in regmean), where SEARCH_BOUNDS cannot hold one.
+    search: tuple[float, float] | None = None
     _adapter: TypeAdapter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -116,7 +119,7 @@ class Param:
     @property
     def search_bounds(self) -> tuple[float, float] | None:
         """The range a search explores when the space gives none (None: the space must give one)."""
-        return SEARCH_BOUNDS.get(self.name)
+        return self.search if self.search is not None else SEARCH_BOUNDS.get(self.name)
 
     def validate(self, value: Any, where: str = "") -> Any:
         """The value as the method takes it. Strict: ``"0.5"`` is not a float, ``1`` not a bool;
@@ -152,7 +155,7 @@ def _alternatives(kind: Any) -> list[str]:
         return _alternatives(args[0])
     if origin is Literal:
         return [repr(a) for a in args]
-    if origin is Union:
+    if origin is Union or origin is UnionType:  # Optional[int] and int | None
         return [option for a in args for option in _alternatives(a)]
     if kind is bool:
         return ["true", "false"]
@@ -181,6 +184,10 @@ class MethodSpec:
     # Cross-parameter checks for one job, run at plan time: raise ConfigError, warn on
     # suspicious values. ``where`` prefixes messages (recipe and tensor).
     check: Callable[[Params, str], None] | None = None
+    # Values the planner settles from one job's shape and input count, so that `plan` shows what
+    # will be computed (tsv: ``k`` from ``rank_fraction``): ``(params, shape, inputs, where)`` ->
+    # params; raises ConfigError for values the shape rules out.
+    settle: Callable[[Params, tuple[int, ...], int, str], Params] | None = None
     # Data-aware: each non-base model's linear-layer jobs also take its Gram matrices from the
     # calibration stage as inputs (plan/calibration.py, mergesmith/calibrate).
     calibrated: bool = False

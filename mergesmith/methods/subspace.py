@@ -25,6 +25,10 @@ from mergesmith.methods.deltas import Deltas, block_rows, work_dtype
 OVERSAMPLE = 10  # extra probe columns of the randomised range finder (Halko et al. §4.2)
 POWER_ITERATIONS = 1  # subspace iterations (Halko et al. Alg. 4.4); each costs two passes over the matrix
 RANDOMISED_SHARE = 4  # randomised while the probe width is at most min(shape) / this
+# ... and min(shape) is at least this: below, the full SVD costs a few ms (255 × 1024 float32:
+# ~20 ms on this CPU, against ~1 ms randomised) and gives the exact triplets, where one power
+# iteration leaves the k-th direction mixed with the next ones when the spectrum is flat.
+RANDOMISED_MIN_SIDE = 256
 FIRST_PROBE = 32  # probe width of the first try at a numerical rank; doubled until it fits
 RESIDUAL_BLOCK, RESIDUAL_STEPS = 4, 3  # block power steps estimating what a probe left out
 FLAT = 0.05  # probe still this flat at its last column: go to the full SVD (cost only, same triplets)
@@ -46,8 +50,9 @@ class Triplets:
         return Triplets(self.u[:, :k], self.s[:k], self.vh[:k])
 
     def above(self, floor: float) -> Triplets:
-        """The triplets whose singular value exceeds ``floor``."""
-        return self.head(int((self.s > floor).sum()))
+        """The triplets whose singular value exceeds ``floor``; all of them for a NaN floor (from
+        a matrix holding NaN: they carry it to the merged tensor, whose check names the input)."""
+        return self if floor != floor else self.head(int((self.s > floor).sum()))
 
 
 def mm(x, m: torch.Tensor) -> torch.Tensor:
@@ -73,8 +78,19 @@ def _svd(a: torch.Tensor) -> Triplets:
         return Triplets(t.vh.mT, t.s, t.u.mT)
     if a.shape[0] >= RANDOMISED_SHARE * a.shape[1] > 0:
         q = orthonormal(a)
-        u, s, vh = torch.linalg.svd(q.mT @ a, full_matrices=False)
-        return Triplets(q @ u, s, vh)
+        small = _lapack_svd(q.mT @ a)
+        return Triplets(q @ small.u, small.s, small.vh)
+    return _lapack_svd(a)
+
+
+def _lapack_svd(a: torch.Tensor) -> Triplets:
+    """LAPACK's thin SVD; NaN triplets for a matrix holding NaN or infinity, which LAPACK refuses
+    with an exception (and MKL with a message on stderr): the NaN reaches the merged tensor, whose
+    check (execute/finite.py) names the input that holds them."""
+    if not bool(torch.isfinite(a.sum())) and not bool(torch.isfinite(a).all()):
+        r = min(a.shape)
+        nan = lambda *shape: a.new_full(shape, float("nan"))  # noqa: E731
+        return Triplets(nan(a.shape[0], r), nan(r), nan(r, a.shape[1]))
     return Triplets(*torch.linalg.svd(a, full_matrices=False))
 
 
@@ -128,7 +144,7 @@ def randomised(x, width: int, generator: torch.Generator | None, check: int = 0)
 
 
 def _randomises(width: int, x: torch.Tensor) -> bool:
-    return width * RANDOMISED_SHARE <= min(x.shape)
+    return min(x.shape) >= max(RANDOMISED_MIN_SIDE, width * RANDOMISED_SHARE)
 
 
 def top(x: torch.Tensor, k: int, generator: torch.Generator | None) -> Triplets:

@@ -188,7 +188,12 @@ def _plan_tensor(ctx, out_slice, weight_out: WeightSpec, in_names, t, layer) -> 
     compute, out = _dtype(ctx, infos)
     sources = tuple(TensorSource(m.key, f) for m, f in zip(models, found))
     job = TensorJob(weight_out.name, sources, base_index, ctx.method.name, params, infos[0].shape, compute, out, layer)
-    return _reindexed(ctx, out_slice, weight_out, job)
+    job = _reindexed(ctx, out_slice, weight_out, job)
+    if ctx.method.settle is not None:
+        job = replace(
+            job, params=ctx.method.settle(job.params, job.shape, len(job.sources), f"{ctx.source}: {where}: ")
+        )
+    return job
 
 
 def _reindexed(ctx: _Context, out_slice: OutputSlice, weight_out: WeightSpec, job: TensorJob) -> TensorJob:
