@@ -89,11 +89,12 @@ def plan(recipe, *, seed: int = 0, allow_pickle: bool = False, trust_remote_code
 def calibration_status(recipe, the_plan: Plan, cache_root, allow_pickle: bool = False) -> list[dict]:
     """Per calibrated model: its texts (resolved), tokens, cache entry and whether it is there.
     Keying an entry reads every byte of the model's files (about 2 s per GB)."""
-    from mergesmith.calibrate.stage import prepare
+    from mergesmith.calibrate.stage import check_cache_root, prepare
 
+    root = Path(cache_root).expanduser()
+    check_cache_root(root)  # what the merge would refuse, `plan` refuses too
     src = read_recipe(recipe)
     headers = open_headers(model_keys(src.recipe), base_dir=src.base_dir, allow_pickle=allow_pickle)
-    root = Path(cache_root).expanduser()
     return [
         {
             "model": p.calibration.model,

@@ -118,6 +118,13 @@ def _translate(error: ValidationError, source: str) -> ConfigError:
         return ConfigError(f"{source}: unknown key '{_where(loc)}'{_nearest(key, fields)}")
     # Unions produce one error per alternative; the deepest location is the most precise.
     first = max(errors, key=lambda e: len(_where(e["loc"])))
+    if first.get("input", 0) is None and "parameters" in first["loc"]:  # `key: null`: no alternative fits
+        at = first["loc"].index("parameters") + 2  # ... the parameter's name, then list positions
+        loc = first["loc"][:at] + tuple(i for i in first["loc"][at:] if isinstance(i, int))
+        return ConfigError(
+            f"{source}: {_where(loc)} = null: a parameter needs a value (a number, true/false, a string, a list, "
+            "or a list of filters); remove the key to take the method's default"
+        )
     message = first["msg"].removeprefix("Value error, ")
     if not first["loc"]:
         return ConfigError(f"{source}: {message}")

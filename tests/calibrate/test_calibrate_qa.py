@@ -432,6 +432,9 @@ parameters:
     kjv = next(line for line in out.splitlines() if line.startswith(f"# calibration: {llama_family[2]} on "))
     assert "kjv_train.txt (4096 tokens; not cached" in kjv
     assert not (tmp_path / "cache").exists()  # planning writes nothing
+    (tmp_path / "cache").write_text("a file")
+    code, _, err = cli(capsys, "plan", recipe, "--calibration-cache", tmp_path / "cache")
+    assert code == 2 and f"calibration cache {tmp_path / 'cache'} is a file, not a directory" in err
 
 
 def test_base_model_changes_only_rounding(tmp_path, llama_family):

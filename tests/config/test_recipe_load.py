@@ -61,6 +61,11 @@ def test_published_slerp_parses_to_frozen_canonical_types():
         ("merge_method: ties\nmodels: [{model: a}]\ntokenizer_source: base\ntokenizer: {source: base}\n", "not both"),
         ("- just\n- a list\n", "a recipe is a YAML mapping"),
         ("merge_method: [unclosed\n", "not valid YAML"),
+        (
+            "merge_method: regmean\nmodels: [{model: a, parameters: {calibration: null}}]\n",
+            "models[0].parameters.calibration = null: a parameter needs a value",
+        ),
+        ("merge_method: ties\nmodels: [{model: a}]\nparameters: {weight: [1, null]}\n", "parameters.weight[1] = null"),
     ],
 )
 def test_bad_recipes_name_the_key_and_the_fix(text, expected):
