@@ -5,20 +5,22 @@
     python bench/bench_regmean.py --tokens 2048         # fewer, on a busy machine (scale the time)
     python bench/bench_regmean.py --cache /dev/shm/grams --reuse-cache   # the solve alone, again
 
-``--cache`` puts the Gram cache elsewhere (3.9 GB: a RAM disk where the disk is short); with
+``--cache`` puts the Gram cache elsewhere (7.8 GB: a RAM disk where the disk is short); with
 ``--reuse-cache`` a complete cache is kept and only floor and solve run.
 
-The synthetic pair (synthetic.py: TinyLlama's shape, bf16, no tokenizer) is hard-linked file by file
-into bench/out/regmean/<shape>/{a,b,b2} beside a small byte-level tokenizer (tests/pico.py's;
-token ids stay inside the vocabulary). The recipe merges b and b2 (b's files under a second name)
-against the base a, both calibrated on the bundled kjv_train text: the solve does the work of two
-models (two Grams per weight, read and regularised, two products), while b2 has b's content, so
-its statistics are b's cache entry and one model calibrates (3.9 GB of float32 Grams at this
-shape, not 7.8: the project machine's disk is small). Jobs, each one shell command ending in
+Models (synthetic.py: TinyLlama's shape, bf16, no tokenizer): the base A of the synthetic pair and
+the two "LoRA fine-tunes" C, D = A + B_i·A_i of bench_subspace.py (rank 16 on the seven projections
+of every layer, bf16: what merges of specialists see), hard-linked file by file into
+bench/out/regmean/<shape>/{a,c,d} beside a small byte-level tokenizer (tests/pico.py's; token ids
+stay inside the vocabulary). The recipe merges C and D against the base A, C calibrated on the
+bundled kjv_train text and D on austen_train: two models calibrate (3.9 GB of float32 Grams each
+at this shape), and the solve of every linear weight does the work of two distinct models (their
+weights differ on every projection, so no weight is given back without a solve).
+Jobs, each one shell command ending in
 `sync`, measured by measure.py (wall, CPU, peak RSS):
   floor         `cp -r` of one input + `sync`
   calibrate     the calibration stage alone (mergesmith.calibrate, as `mergesmith merge` runs it)
-                into an empty cache: one model, layer by layer, over --tokens tokens, then `sync`
+                into an empty cache: each model, layer by layer, over --tokens tokens, then `sync`
   solve         `mergesmith merge` with that cache: every Gram read, no model run; the solve of
                 every linear weight and the average of the other tensors
   arithmetic   no command: the least arithmetic any exact solve does, timed in this process on
@@ -54,32 +56,35 @@ MODELS, OUT = BENCH / "models", BENCH / "out" / "regmean"
 PY = shlex.quote(sys.executable)
 
 
-def linked_pair(shape: str) -> tuple[Path, Path, Path]:
-    """The pair's files hard-linked beside a tokenizer (the synthetic models ship none): a, b, and
-    b2, a second name for b's files."""
+def linked_models(shape: str) -> tuple[Path, Path, Path]:
+    """A, C and D's files hard-linked beside a tokenizer (the synthetic models ship none)."""
     sys.path.insert(0, str(REPO / "tests"))
+    from bench_subspace import ensure_lora
     from pico import build_tokenizer
 
     pair, _ = synthetic.ensure_pair(shape, MODELS)
+    c, d = ensure_lora(shape)
     dirs = []
-    for name, src in (("a", pair.a), ("b", pair.b), ("b2", pair.b)):
+    for name, src in (("a", pair.a), ("c", c), ("d", d)):
         dst = OUT / shape / name
         if not (dst / "tokenizer.json").is_file():
             shutil.rmtree(dst, ignore_errors=True)
             dst.mkdir(parents=True)
             for file in src.iterdir():  # hard links: mergesmith reads no symlink leaving the folder
-                os.link(file, dst / file.name)
+                if file.name != synthetic.MARKER:
+                    os.link(file, dst / file.name)
             build_tokenizer().save_pretrained(dst)
         dirs.append(dst)
     return dirs[0], dirs[1], dirs[2]
 
 
-def recipe(a: Path, b: Path, b2: Path, tokens: int) -> Path:
+def recipe(a: Path, c: Path, d: Path, tokens: int) -> Path:
     path = OUT / "regmean.yml"
     path.write_text(
-        f"models:\n  - model: {json.dumps(str(b))}\n  - model: {json.dumps(str(b2))}\n"
+        f"models:\n  - model: {json.dumps(str(c))}\n    parameters: {{calibration: kjv_train}}\n"
+        f"  - model: {json.dumps(str(d))}\n    parameters: {{calibration: austen_train}}\n"
         f"base_model: {json.dumps(str(a))}\nmerge_method: regmean\n"
-        f"parameters:\n  calibration: kjv_train\n  calibration_tokens: {tokens}\n  alpha: 0.9\n"
+        f"parameters:\n  calibration_tokens: {tokens}\n  alpha: 0.9\n"
         "dtype: bfloat16\n"
     )
     return path
@@ -165,9 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, default=OUT / "cache", help="the Gram cache (default bench/out/regmean/cache)")
     p.add_argument("--reuse-cache", action="store_true", help="keep a complete cache: no calibration run")
     args = p.parse_args(argv)
-    a, b, b2 = linked_pair(args.shape)
+    a, c, d = linked_models(args.shape)
     how, cache, out, floor = measure.probe(), args.cache, OUT / "merged", OUT / "floor"
-    merge = f"{PY} -m mergesmith merge {shlex.quote(str(recipe(a, b, b2, args.tokens)))} {shlex.quote(str(out))}"
+    merge = f"{PY} -m mergesmith merge {shlex.quote(str(recipe(a, c, d, args.tokens)))} {shlex.quote(str(out))}"
     merge += f" --quiet --force --calibration-cache {shlex.quote(str(cache))} && sync"
     copy = f"cp -r --reflink=never {shlex.quote(str(a))} {shlex.quote(str(floor))} && sync"
     calibrate = f"{PY} {shlex.quote(__file__)} --calibrate-only {shlex.quote(str(OUT / 'regmean.yml'))} "
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
     arithmetic = arithmetic_floor(synthetic.SHAPES[args.shape])
     layer, whole = sizes(synthetic.SHAPES[args.shape])
     print(
-        f"shape {args.shape}, {args.tokens} calibration tokens, 1 model calibrated, 2 in the solve; one layer {layer:.2f} GB "
+        f"shape {args.shape}, {args.tokens} calibration tokens, 2 models calibrated and merged; one layer {layer:.2f} GB "
         f"and the whole model {whole:.2f} GB in float32"
     )
     print("| job | wall s (median) | CPU s | peak RSS GB |\n|---|---|---|---|")
@@ -197,7 +202,7 @@ def main(argv=None) -> int:
         rss = max(s.peak_rss_bytes for s in samples) / 1e9
         print(f"| {name} | {med[name]:.2f} ({', '.join(f'{s.wall_s:.2f}' for s in samples)}) | {cpu:.1f} | {rss:.2f} |")
     if "calibrate" in med:
-        calibration = med["calibrate"]
+        calibration = med["calibrate"] / 2
         print(f"calibration per model {calibration:.1f} s ({calibration / args.tokens * 1000:.2f} s per 1000 tokens)")
     print(f"solve / floor = {med['solve'] / med['floor']:.2f}x (target ≤ 10x)")
     print(
@@ -205,7 +210,7 @@ def main(argv=None) -> int:
         f"float32, no IO): {arithmetic:.1f} s = {arithmetic / med['floor']:.1f}x the floor"
     )
     entry_gb = sum(f.stat().st_size for f in cache.rglob("*.safetensors")) / 1e9
-    print(f"cache on disk: {entry_gb:.2f} GB (one model)")
+    print(f"cache on disk: {entry_gb:.2f} GB (two models)")
     return 0
 
 

@@ -78,8 +78,13 @@ def regmean(
     """``(Σ s_i G̃_i)⁻¹ Σ s_i G̃_i W_iᵀ``, transposed back to ``[out, in]``: float64, or float32
     where ``fast`` and ``fast_enough``. With ``M = Σ s_i G̃_i`` the right-hand side is
     ``M W_0ᵀ + Σ_{i>0} s_i G̃_i (W_i − W_0)ᵀ``, so ``Wᵀ = W_0ᵀ + M⁻¹ Σ_{i>0} s_i G̃_i (W_i − W_0)ᵀ``:
-    one product fewer, and the rounding of the solve scales with the models' differences."""
+    one product fewer, and the rounding of the solve scales with the models' differences. Models
+    that agree on this weight (e.g. a projection no LoRA touched) give it back without a solve:
+    the correction is zero (also where ``Σ G̃_i`` is singular, whose least-squares solution would
+    drop the weight's components outside the Grams' range)."""
     dtype = torch.float32 if fast and fast_enough(alpha, grams[0].shape[0]) else torch.float64
+    if all(torch.equal(w, weights[0]) for w in weights[1:]):
+        return weights[0].to(dtype, copy=True)
     regs = [regularized(g, alpha, dtype).mul_(s) for g, s in zip(grams, scales)]
     total = regs[0].clone()
     for g in regs[1:]:

@@ -149,6 +149,23 @@ def test_a_singular_sum_of_grams_takes_the_minimum_norm_solution():
     assert torch.allclose(regmean(ws, gs, [1.0, 1.0], 1.0), expected.T, atol=1e-9)
 
 
+def test_models_that_agree_on_a_weight_give_it_back_without_a_solve():
+    """A weight every model shares (a projection no adapter touched): the merge is that weight, bit
+    for bit, through the planner's path with a base, and even for Grams no solve could use (NaN) or
+    a singular sum (α = 1, fewer tokens than features), where least squares would project it."""
+    base, shared = _weights(70), _weights(71)
+    xs = [torch.randn(2, 6, generator=torch.Generator().manual_seed(s), dtype=F64) for s in (72, 73)]
+    singular = [x.T @ x for x in xs]
+    assert torch.equal(regmean([shared, shared], singular, [1.0, 1.0], 1.0), shared)
+    nan = torch.full((6, 6), float("nan"), dtype=F64)
+    assert torch.equal(regmean([shared, shared.clone()], [nan, nan], [1.0, 2.0], 0.9), shared)
+    bf16 = [w.to(torch.bfloat16).float() for w in (base, shared)]  # a bf16 output's float32 path
+    merged = _merge([bf16[1], bf16[1]], [g.float() for g in singular], [1.0, 1.0], base=bf16[0])
+    assert merged.dtype == torch.float32 and torch.equal(merged, bf16[1])
+    differing = regmean([shared, base], singular, [1.0, 1.0], 0.9)
+    assert not torch.allclose(differing, shared) and not torch.allclose(differing, base)
+
+
 def _ill_conditioned_gram(seed: int, n: int = 384, tokens: int = 4096) -> torch.Tensor:
     """Correlated features with a spectrum decaying over 3 decades and three channels 300x the
     rest (LLM activations' massive channels): condition number ~1e16 before regularisation."""
