@@ -176,21 +176,6 @@ def test_k_and_rank_fraction_together_are_one_error_line(capsys, tmp_path, llama
     assert_one_error_line(*cli(capsys, "plan", recipe), "give one")
 
 
-@pytest.mark.parametrize(
-    "params,fragments",
-    [
-        ("k: 2.5", ("'k' = 2.5", "is not an int or null")),
-        ("k: '4'", ("'k' = '4'", "is not an int or null")),
-        ("rank_fraction: 0", ("'rank_fraction' = 0", "(0, 1]")),
-        ("rank_tol: 0", ("'rank_tol' = 0", "(0, 1)")),
-        ("alpha: .nan", ("'alpha'", "finite")),
-    ],
-)
-def test_non_numeric_and_edge_values_are_one_error_line(capsys, tmp_path, llama_family, params, fragments):
-    base, a, b = llama_family
-    merge_fails(capsys, tmp_path, RECIPE.format(method="tsv", base=base, a=a, b=b, params=params), *fragments)
-
-
 @pytest.mark.parametrize("shape", [(64, 48), (300, 280), (600, 40)])  # full SVD, randomised, tall
 @pytest.mark.parametrize("method,shared", [("tsv", {"k": 4}), ("tsv", {}), ("iso_c", {}), ("iso_cts", {})])
 def test_a_non_finite_input_gives_a_non_finite_merge_not_an_exception(method, shared, shape):

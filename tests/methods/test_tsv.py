@@ -195,6 +195,11 @@ def test_merge_and_plan_through_the_cli(capsys, tmp_path, llama_family):
         ("k: 0", ("'k' = 0", "[1, inf)")),
         ("alpha: -0.5", ("'alpha' = -0.5", "(0, inf)")),
         ("rank_fraction: 1.5", ("'rank_fraction' = 1.5", "(0, 1]")),
+        ("k: 2.5", ("'k' = 2.5", "is not an int or null")),
+        ("k: '4'", ("'k' = '4'", "is not an int or null")),
+        ("rank_fraction: 0", ("'rank_fraction' = 0", "(0, 1]")),
+        ("rank_tol: 0", ("'rank_tol' = 0", "(0, 1)")),
+        ("alpha: .nan", ("'alpha'", "finite")),
     ],
 )
 def test_out_of_range_parameters_are_one_error_line(capsys, tmp_path, llama_family, params, fragments):
