@@ -20,6 +20,8 @@ import json
 import os
 import re
 import shutil
+import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -159,26 +161,32 @@ class EntryWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def written(entry: Path, provenance: Mapping, layers: Iterable) -> Path:
-    """``entry`` made from ``layers`` (``(index, grams, aliases)`` each) unless already complete."""
-    if is_complete(entry):
+def written(entry: Path, provenance: Mapping, layers: Iterable, poll: float = 0.5) -> Path:
+    """``entry`` made from ``layers`` (``(index, grams, aliases)`` each) unless already complete.
+    While another live process computes the same entry (two merges sharing a model), wait for it,
+    with one warning, and reuse its entry; if that process dies first, compute it here."""
+    waiting = False
+    while not is_complete(entry):
+        try:
+            writer = EntryWriter(entry, provenance)  # another live process writing it: OutputExistsError
+            break
+        except OutputExistsError as exc:
+            if entry.exists() and not is_complete(entry):
+                raise InputFormatError(
+                    f"calibration cache entry {entry} is incomplete (no {MANIFEST}); remove that directory and "
+                    "merge again: its Gram matrices are computed anew"
+                ) from None
+            if not waiting:
+                pid = re.search(r"\(pid (\d+)", str(exc))
+                warnings.warn(
+                    f"calibration cache entry {entry} is being computed by another process"
+                    f"{f' (pid {pid[1]})' if pid else ''}; waiting for it, then its Gram matrices are reused",
+                    stacklevel=2,
+                )
+                waiting = True
+            time.sleep(poll)
+    else:
         return entry
-    try:
-        writer = EntryWriter(entry, provenance)  # another live process writing it: OutputExistsError
-    except OutputExistsError as exc:
-        if is_complete(entry):  # finished by another process since the check above
-            return entry
-        if entry.exists():
-            raise InputFormatError(
-                f"calibration cache entry {entry} is incomplete (no {MANIFEST}); remove that directory and "
-                "merge again: its Gram matrices are computed anew"
-            ) from None
-        pid = re.search(r"\(pid (\d+)", str(exc))
-        raise OutputExistsError(
-            f"calibration cache entry {entry} is being computed by another process"
-            f"{f' (pid {pid[1]})' if pid else ''}; wait for it to finish and merge again: its Gram matrices "
-            "are then reused"
-        ) from None
     try:
         for index, grams, aliases in layers:
             writer.add(index, grams, aliases)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -272,20 +274,46 @@ def test_a_damaged_cache_entry_is_named_with_the_fix(tmp_path, llama_family, cap
         capsys, tmp_path, text, f"calibration cache entry {entry} is incomplete", extra=("--calibration-cache", cache)
     )
     shutil.rmtree(entry)
-    live = cache / f".{entry.name}.partial-1"  # pid 1 is alive: another process computing the entry
-    live.mkdir()
-    merge_fails(
-        capsys,
-        tmp_path,
-        text,
-        f"{entry} is being computed by another process (pid 1)",
-        extra=("--calibration-cache", cache),
-    )
-    live.rmdir()
     code, _, _ = cli(
         capsys, "merge", write_recipe(tmp_path, text), tmp_path / "again", "--quiet", "--calibration-cache", cache
     )
     assert code == 0 and torch.equal(
+        output_tensors(tmp_path / "again")["model.layers.2.mlp.down_proj.weight"],
+        output_tensors(tmp_path / "first")["model.layers.2.mlp.down_proj.weight"],
+    )
+
+
+def test_a_merge_waits_for_another_process_computing_the_same_entry(tmp_path, llama_family, capsys, monkeypatch):
+    """Two merges sharing a model: while another live process (pid 1 here) stages the entry, the
+    merge waits with one warning and reuses what that process publishes, running no model."""
+    a, _ = _texts(tmp_path)
+    cache = tmp_path / "cache"
+    text = _recipe(llama_family, f"  calibration: {a}\n  calibration_tokens: {TOKENS}")
+    api.merge(text, tmp_path / "first", calibration_cache=cache)
+    entry = sorted(cache.iterdir())[0]
+    done = entry.rename(tmp_path / "done")
+    live = cache / f".{entry.name}.partial-1"  # pid 1 is alive: another process computing the entry
+    live.mkdir()
+    def no_model(*args, **kwargs):
+        pytest.fail("ran a model while waiting")
+        yield
+
+    monkeypatch.setattr(stream, "layer_grams", no_model)
+
+    def other_process_finishes():
+        time.sleep(1.0)
+        done.rename(entry)
+        live.rmdir()
+
+    finisher = threading.Thread(target=other_process_finishes)
+    finisher.start()
+    code, _, err = cli(
+        capsys, "merge", write_recipe(tmp_path, text), tmp_path / "again", "--quiet", "--calibration-cache", cache
+    )
+    finisher.join()
+    assert code == 0, err
+    assert err.count(f"{entry} is being computed by another process (pid 1); waiting for it") == 1
+    assert torch.equal(
         output_tensors(tmp_path / "again")["model.layers.2.mlp.down_proj.weight"],
         output_tensors(tmp_path / "first")["model.layers.2.mlp.down_proj.weight"],
     )
