@@ -4,6 +4,7 @@
     python bench/bench_regmean.py                       # 16384 calibration tokens per model
     python bench/bench_regmean.py --tokens 2048         # fewer, on a busy machine (scale the time)
     python bench/bench_regmean.py --cache /dev/shm/grams --reuse-cache   # the solve alone, again
+    python bench/bench_regmean.py --tokens 2048 --device cuda             # the solve on a GPU
 
 ``--cache`` puts the Gram cache elsewhere (7.8 GB: a RAM disk where the disk is short); with
 ``--reuse-cache`` a complete cache is kept and only floor and solve run.
@@ -104,7 +105,7 @@ def _numel(shape) -> int:
     return count
 
 
-def arithmetic_floor(shape: synthetic.Shape, repeat: int = 2) -> float:
+def arithmetic_floor(shape: synthetic.Shape, device: str = "cpu", repeat: int = 2) -> float:
     """Seconds of the arithmetic alone for every layer's solve (see the module docstring): best of
     ``repeat`` timings of one layer, times the layer count."""
     import time
@@ -119,13 +120,15 @@ def arithmetic_floor(shape: synthetic.Shape, repeat: int = 2) -> float:
         (shape.intermediate, (shape.hidden,)),
     )
     g = torch.Generator().manual_seed(0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
     best = math.inf
     for _ in range(repeat):
         took = 0.0
         for features, outs in groups:
-            x = torch.randn(features, features, generator=g)
-            spd = x @ x.T + features * torch.eye(features)
-            rhs = [torch.randn(features, out, generator=g) for out in outs]
+            x = torch.randn(features, features, generator=g).to(device)
+            spd = x @ x.T + features * torch.eye(features, device=device)
+            rhs = [torch.randn(features, out, generator=g).to(device) for out in outs]
+            sync()
             start = time.perf_counter()
             factor = torch.linalg.cholesky(spd)
             if features < sum(outs):  # M⁻¹ G̃ first, shared by the group's weights: fewer flops
@@ -135,6 +138,7 @@ def arithmetic_floor(shape: synthetic.Shape, repeat: int = 2) -> float:
             else:
                 for r in rhs:
                     torch.cholesky_solve(spd @ r, factor)
+            sync()
             took += time.perf_counter() - start
         best = min(best, took)
     return best * shape.layers
@@ -169,11 +173,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="runs of floor and solve (cold runs once)")
     p.add_argument("--cache", type=Path, default=OUT / "cache", help="the Gram cache (default bench/out/regmean/cache)")
     p.add_argument("--reuse-cache", action="store_true", help="keep a complete cache: no calibration run")
+    p.add_argument("--device", default="cpu", help="where the solve runs (the merge's --device; calibration: cpu)")
     args = p.parse_args(argv)
     a, c, d = linked_models(args.shape)
     how, cache, out, floor = measure.probe(), args.cache, OUT / "merged", OUT / "floor"
     merge = f"{PY} -m mergesmith merge {shlex.quote(str(recipe(a, c, d, args.tokens)))} {shlex.quote(str(out))}"
-    merge += f" --quiet --force --calibration-cache {shlex.quote(str(cache))} && sync"
+    merge += (
+        f" --quiet --force --device {shlex.quote(args.device)} --calibration-cache {shlex.quote(str(cache))} && sync"
+    )
     copy = f"cp -r --reflink=never {shlex.quote(str(a))} {shlex.quote(str(floor))} && sync"
     calibrate = f"{PY} {shlex.quote(__file__)} --calibrate-only {shlex.quote(str(OUT / 'regmean.yml'))} "
     calibrate += f"{shlex.quote(str(cache))} && sync"
@@ -189,7 +196,7 @@ def main(argv=None) -> int:
         results["solve"].append(measure.run_measured(merge, how, REPO))
     shutil.rmtree(floor, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    arithmetic = arithmetic_floor(synthetic.SHAPES[args.shape])
+    arithmetic = arithmetic_floor(synthetic.SHAPES[args.shape], args.device)
     layer, whole = sizes(synthetic.SHAPES[args.shape])
     print(
         f"shape {args.shape}, {args.tokens} calibration tokens, 2 models calibrated and merged; one layer {layer:.2f} GB "
@@ -207,7 +214,7 @@ def main(argv=None) -> int:
     print(f"solve / floor = {med['solve'] / med['floor']:.2f}x (target ≤ 10x)")
     print(
         f"arithmetic alone (one factor per Gram, one product and two triangular solves per weight, "
-        f"float32, no IO): {arithmetic:.1f} s = {arithmetic / med['floor']:.1f}x the floor"
+        f"float32 on {args.device}, no IO): {arithmetic:.1f} s = {arithmetic / med['floor']:.1f}x the floor"
     )
     entry_gb = sum(f.stat().st_size for f in cache.rglob("*.safetensors")) / 1e9
     print(f"cache on disk: {entry_gb:.2f} GB (two models)")
