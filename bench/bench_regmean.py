@@ -1,4 +1,4 @@
-"""RegMean on the 1.1B synthetic pair: the calibration stage's memory and the solve against the
+"""RegMean on the 1.1B synthetic models: the calibration stage's memory and the solve against the
 `cp -r` + `sync` floor, in one run.
 
     python bench/bench_regmean.py                       # 16384 calibration tokens per model
@@ -16,15 +16,14 @@ bench/out/regmean/<shape>/{a,c,d} beside a small byte-level tokenizer (tests/pic
 stay inside the vocabulary). The recipe merges C and D against the base A, C calibrated on the
 bundled kjv_train text and D on austen_train: two models calibrate (3.9 GB of float32 Grams each
 at this shape), and the solve of every linear weight does the work of two distinct models (their
-weights differ on every projection, so no weight is given back without a solve).
-Jobs, each one shell command ending in
-`sync`, measured by measure.py (wall, CPU, peak RSS):
+weights differ on every projection, so no weight is given back without a solve). Jobs, each one
+shell command ending in `sync`, measured by measure.py (wall, CPU, peak RSS):
   floor         `cp -r` of one input + `sync`
   calibrate     the calibration stage alone (mergesmith.calibrate, as `mergesmith merge` runs it)
                 into an empty cache: each model, layer by layer, over --tokens tokens, then `sync`
   solve         `mergesmith merge` with that cache: every Gram read, no model run; the solve of
                 every linear weight and the average of the other tensors
-  arithmetic   no command: the least arithmetic any exact solve does, timed in this process on
+  arithmetic    no command: the least arithmetic any exact solve does, timed in this process on
                 random matrices of one layer's shapes (float32, as a bf16 output's solve runs) and
                 multiplied by the layer count: per Gram one Cholesky factor (q/k/v share one, so
                 do gate/up), per weight one `[in, in] x [in, out]` product and the two triangular
