@@ -294,6 +294,7 @@ def test_a_merge_waits_for_another_process_computing_the_same_entry(tmp_path, ll
     done = entry.rename(tmp_path / "done")
     live = cache / f".{entry.name}.partial-1"  # pid 1 is alive: another process computing the entry
     live.mkdir()
+
     def no_model(*args, **kwargs):
         pytest.fail("ran a model while waiting")
         yield
